@@ -1,0 +1,192 @@
+"""Session fixtures: real PostgreSQL, Redis and Kafka for every test run.
+
+When a Docker engine answers, testcontainers starts them; otherwise the local servers of
+``scripts/infra.py`` are used (started if not running). Each run gets its own database, topic
+prefix and Redis key prefix, so runs and their data never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from common.kafka import ensure_topics, topic_specs
+from common.migrate import migrate
+from common.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parent
+TEST_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Where the real servers of this run listen."""
+
+    postgres_admin_dsn: str  # a role that may create databases
+    redis_url: str
+    kafka_bootstrap: str
+
+
+@dataclass(frozen=True)
+class TestEnv:
+    """This run's isolated slice of the servers, as ``SCOREBOARD_*`` settings."""
+
+    postgres_dsn: str
+    redis_url: str
+    redis_prefix: str
+    kafka_bootstrap: str
+    topic_prefix: str
+
+    def overrides(self) -> dict[str, str]:
+        """Settings keyword arguments (for ``Settings.load(**overrides)``)."""
+        return {
+            "postgres_dsn": self.postgres_dsn,
+            "redis_url": self.redis_url,
+            "redis_prefix": self.redis_prefix,
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "topic_prefix": self.topic_prefix,
+        }
+
+    def environ(self) -> dict[str, str]:
+        """The same settings as environment variables, for services run as subprocesses."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
+        env.update({f"SCOREBOARD_{k.upper()}": v for k, v in self.overrides().items()})
+        return env
+
+
+def _docker_engine_answers() -> bool:
+    if os.environ.get("SCOREBOARD_TEST_INFRA") == "local":
+        return False
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    import docker
+
+    try:
+        client = docker.from_env(timeout=2)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    """Real servers: testcontainers when Docker answers, else the local processes."""
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.postgres import PostgresContainer
+        from testcontainers.redis import RedisContainer
+
+        with (
+            PostgresContainer("postgres:15-alpine", driver=None) as pg,
+            RedisContainer("redis:7-alpine") as rd,
+            KafkaContainer("apache/kafka:3.9.1").with_kraft() as kf,
+        ):
+            yield Infra(
+                postgres_admin_dsn=pg.get_connection_url(),
+                redis_url=f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
+                kafka_bootstrap=kf.get_bootstrap_server(),
+            )
+        return
+    if not (_port_open(5432) and _port_open(6379) and _port_open(9092)):
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "infra.py"), "up"], check=True)
+    yield Infra(
+        postgres_admin_dsn="postgresql://scoreboard:scoreboard@127.0.0.1:5432/scoreboard",
+        redis_url="redis://127.0.0.1:6379/0",
+        kafka_bootstrap="127.0.0.1:9092",
+    )
+
+
+@pytest.fixture(scope="session")
+async def test_env(infra: Infra) -> AsyncIterator[TestEnv]:
+    """A fresh database (migrated), topic prefix and Redis key prefix for this run."""
+    run_id = uuid.uuid4().hex[:10]
+    db = f"sbtest_{run_id}"
+    admin = await asyncpg.connect(infra.postgres_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{db}"')
+    finally:
+        await admin.close()
+    base, _, _ = infra.postgres_admin_dsn.rpartition("/")
+    env = TestEnv(
+        postgres_dsn=f"{base}/{db}",
+        redis_url=infra.redis_url,
+        redis_prefix=f"sbtest:{run_id}:",
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=f"sbtest-{run_id}.",
+    )
+    await migrate(env.postgres_dsn)
+    await ensure_topics(
+        env.kafka_bootstrap, topic_specs(env.topic_prefix, partitions=TEST_PARTITIONS)
+    )
+    yield env
+    admin = await asyncpg.connect(infra.postgres_admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    client = aioredis.from_url(infra.redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{env.redis_prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    await _delete_topics(env)
+
+
+async def _delete_topics(env: TestEnv) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.kafka_bootstrap)
+    try:
+        await admin.start()
+        names = [t.name for t in topic_specs(env.topic_prefix)]
+        await asyncio.wait_for(admin.delete_topics(names), timeout=10)
+    except Exception as exc:  # leftover topics are harmless; say so instead of failing teardown
+        print(f"could not delete test topics: {exc!r}", file=sys.stderr)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def common_settings(test_env: TestEnv) -> CommonSettings:
+    """Shared settings pointing at this run's slice."""
+    return CommonSettings.load(**test_env.overrides())
+
+
+@pytest.fixture
+async def pg(test_env: TestEnv) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this run's database."""
+    conn = await asyncpg.connect(test_env.postgres_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis_client(test_env: TestEnv) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client on the real server (keys under ``test_env.redis_prefix``)."""
+    client = aioredis.from_url(test_env.redis_url)
+    yield client
+    await client.aclose()

@@ -1,0 +1,123 @@
+"""The messages on our Kafka topics: CloudEvents 1.0 (structured mode) with typed ``data``.
+
+These models are the source of truth for the JSON Schemas in ``schemas/`` (``make schemas``
+regenerates them; a test fails when a committed schema drifts from its model).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+SPEC_VERSION: Final = "1.0"
+CONTENT_TYPE: Final = "application/json"
+
+COMMAND_TYPE: Final = "scoreboard.score.command.v1"
+CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
+
+ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
+
+
+class Topics:
+    """Topic names, with the deployment's prefix applied (empty in production)."""
+
+    COMMANDS = "scoreboard.score-commands.v1"
+    CHANGED = "scoreboard.score-changed.v1"
+    DLQ = "scoreboard.score-commands.dlq.v1"
+
+    def __init__(self, prefix: str = "") -> None:
+        self.commands = prefix + self.COMMANDS
+        self.changed = prefix + self.CHANGED
+        self.dlq = prefix + self.DLQ
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreCommand(_Strict):
+    """Raise ``user_id``'s score by ``points`` for the completed action ``action_id``."""
+
+    action_id: uuid.UUID
+    user_id: uuid.UUID
+    action_type: ActionType
+    points: int = Field(gt=0, le=1_000_000)
+    issued_at: AwareDatetime
+    accepted_at: AwareDatetime
+
+
+class ScoreChanged(_Strict):
+    """``user_id``'s score became ``score``; ``version`` is the user's own sequence number."""
+
+    action_id: uuid.UUID
+    user_id: uuid.UUID
+    username: Username
+    delta: int = Field(gt=0)
+    score: int = Field(ge=0)
+    version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+
+
+class _Envelope(_Strict):
+    specversion: Literal["1.0"] = SPEC_VERSION
+    id: str = Field(min_length=1, max_length=128)
+    source: str = Field(min_length=1, max_length=256)
+    time: AwareDatetime
+    subject: str = Field(min_length=1, max_length=128)
+    datacontenttype: Literal["application/json"] = CONTENT_TYPE
+
+
+class ScoreCommandEvent(_Envelope):
+    """CloudEvent on ``scoreboard.score-commands.v1``; ``id`` is the action id."""
+
+    type: Literal["scoreboard.score.command.v1"] = COMMAND_TYPE
+    data: ScoreCommand
+
+    @classmethod
+    def wrap(cls, data: ScoreCommand, source: str) -> Self:
+        """Envelope a command; the event id is the action id, so duplicates are recognisable."""
+        return cls(
+            id=str(data.action_id),
+            source=source,
+            time=data.accepted_at,
+            subject=str(data.user_id),
+            data=data,
+        )
+
+
+class ScoreChangedEvent(_Envelope):
+    """CloudEvent on ``scoreboard.score-changed.v1``; ``id`` is ``<user_id>:<version>``."""
+
+    type: Literal["scoreboard.score.changed.v1"] = CHANGED_TYPE
+    data: ScoreChanged
+
+    @classmethod
+    def wrap(cls, data: ScoreChanged, source: str) -> Self:
+        """Envelope a change; the id is stable per (user, version), so a resend is a duplicate."""
+        return cls(
+            id=f"{data.user_id}:{data.version}",
+            source=source,
+            time=data.occurred_at,
+            subject=str(data.user_id),
+            data=data,
+        )
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise a message for Kafka (compact JSON, UTF-8)."""
+    return event.model_dump_json().encode()
+
+
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "score-command.v1": ScoreCommandEvent,
+    "score-changed.v1": ScoreChangedEvent,
+}

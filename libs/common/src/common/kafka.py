@@ -1,0 +1,119 @@
+"""Kafka clients with the settings every service wants, and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from common.events import Topics
+from common.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+
+def make_producer(
+    settings: CommonSettings, *, client_id: str, linger_ms: int = 5
+) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=linger_ms,
+        request_timeout_ms=10_000,
+        retry_backoff_ms=200,
+        compression_type=None,
+    )
+
+
+def make_consumer(
+    settings: CommonSettings,
+    *topics: str,
+    group_id: str | None,
+    client_id: str,
+    auto_offset_reset: str = "earliest",
+    max_poll_records: int = 500,
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: callers commit after their work is durable."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        request_timeout_ms=30_000,
+        metadata_max_age_ms=30_000,
+    )
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic we own, with its partition count and configs."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def topic_specs(prefix: str = "", *, partitions: int = 12) -> list[TopicSpec]:
+    """The topics of the contract; commands and changes are keyed by user id."""
+    topics = Topics(prefix)
+    week = str(7 * 24 * 3600 * 1000)
+    return [
+        TopicSpec(topics.commands, partitions, {"retention.ms": week, "min.insync.replicas": "1"}),
+        TopicSpec(topics.changed, partitions, {"retention.ms": week, "min.insync.replicas": "1"}),
+        TopicSpec(topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+
+
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], *, replication: int = 1, timeout_s: float = 60.0
+) -> None:
+    """Create the topics that do not exist yet (safe to run twice), retrying until Kafka answers."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [s for s in specs if s.name not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [
+                            NewTopic(s.name, s.partitions, replication, topic_configs=s.configs)
+                            for s in missing
+                        ]
+                    )
+                log.info("topics_created", topics=[s.name for s in missing])
+            return
+        except Exception as exc:  # Kafka still starting: retry until the deadline.
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("kafka_not_ready", error=repr(exc))
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def started(client: AIOKafkaProducer | AIOKafkaConsumer) -> AsyncIterator[None]:
+    """Start a Kafka client and stop it however the block ends."""
+    await client.start()
+    try:
+        yield
+    finally:
+        await client.stop()

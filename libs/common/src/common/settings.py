@@ -1,0 +1,44 @@
+"""Typed settings read once from ``SCOREBOARD_*`` environment variables.
+
+Every service subclasses :class:`CommonSettings` with its own fields; the object is frozen, so a
+value read at start cannot silently change while the service runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: where the infrastructure is and how to log."""
+
+    model_config = SettingsConfigDict(env_prefix="SCOREBOARD_", frozen=True, extra="ignore")
+
+    service_name: str = "scoreboard"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    postgres_dsn: str = "postgresql://scoreboard:scoreboard@127.0.0.1:5432/scoreboard"
+    postgres_pool_min: int = 1
+    postgres_pool_max: int = 10
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key starts with this, so test runs and tenants never see each other's data.
+    redis_prefix: str = "sb:"
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Prepended to every topic name (tests use a random one per run).
+    topic_prefix: str = ""
+
+    # OTLP is optional: without an endpoint, spans are created (trace ids reach the logs and
+    # Kafka headers) but not exported.
+    otel_exporter_endpoint: str = ""
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Read the environment once; ``overrides`` win (tests use them)."""
+        return cls(**overrides)

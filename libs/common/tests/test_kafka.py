@@ -1,0 +1,53 @@
+"""Produce to and consume from the real broker with the shared client settings."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
+from common.kafka import make_consumer, make_producer, started
+from common.settings import CommonSettings
+from common.tracing import configure_tracing, extract_context, inject_headers
+
+
+async def test_roundtrip_keeps_key_payload_and_traceparent(
+    common_settings: CommonSettings,
+) -> None:
+    from opentelemetry import trace
+
+    configure_tracing("test")
+    topics = Topics(common_settings.topic_prefix)
+    now = datetime.now(UTC)
+    cmd = ScoreCommand(
+        action_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        action_type="quest",
+        points=5,
+        issued_at=now,
+        accepted_at=now,
+    )
+    producer = make_producer(common_settings, client_id="test")
+    consumer = make_consumer(
+        common_settings, topics.commands, group_id=f"test-{uuid.uuid4()}", client_id="test"
+    )
+    tracer = trace.get_tracer("test")
+    async with started(producer), started(consumer):
+        with tracer.start_as_current_span("produce") as span:
+            trace_id = span.get_span_context().trace_id
+            await producer.send_and_wait(
+                topics.commands,
+                encode(ScoreCommandEvent.wrap(cmd, source="/test")),
+                key=str(cmd.user_id).encode(),
+                headers=inject_headers(),
+            )
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                event = ScoreCommandEvent.model_validate_json(record.value)
+                if event.data.action_id == cmd.action_id:
+                    break
+    assert record.key == str(cmd.user_id).encode()
+    assert event.data == cmd
+    ctx = trace.get_current_span(extract_context(record.headers)).get_span_context()
+    assert ctx.trace_id == trace_id

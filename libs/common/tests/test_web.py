@@ -1,0 +1,92 @@
+"""The shared HTTP plumbing: problem+json, strict bodies, request ids, health endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pydantic import BaseModel, ConfigDict
+
+from common.problems import Conflict
+from common.web import create_base_app, json_response, read_json, readiness_key
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = await read_json(request, Body)
+    if body.name == "taken":
+        raise Conflict("name taken")
+    return json_response({"name": body.name}, 201)
+
+
+async def _boom(_: web.Request) -> web.Response:
+    raise RuntimeError("secret internals")
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory) -> TestClient[web.Request, web.Application]:
+    app = create_base_app("test")
+    app.router.add_post("/echo", _echo)
+    app.router.add_get("/boom", _boom)
+
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    app[readiness_key]["thing"] = failing
+    return await aiohttp_client(app)
+
+
+async def test_valid_body(client: TestClient[web.Request, web.Application]) -> None:
+    resp = await client.post("/echo", json={"name": "x"})
+    assert resp.status == 201
+    assert resp.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": b"{nope", "headers": {"Content-Type": "application/json"}}, 400),
+        ({"data": b"name=x", "headers": {"Content-Type": "text/plain"}}, 415),
+        ({"json": {"name": "x", "admin": True}}, 400),
+        ({"json": [1, 2]}, 400),
+        ({"json": {"name": "x" * 20_000}}, 413),
+        ({"json": {"name": "taken"}}, 409),
+    ],
+)
+async def test_errors_are_problem_json(
+    client: TestClient[web.Request, web.Application], kwargs: dict[str, object], status: int
+) -> None:
+    resp = await client.post("/echo", **kwargs)  # type: ignore[arg-type]
+    assert resp.status == status
+    assert resp.content_type == "application/problem+json"
+    doc = await resp.json(content_type=None)
+    assert doc["status"] == status
+    assert {"type", "title", "detail"} <= doc.keys()
+
+
+async def test_unexpected_error_hides_internals(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    resp = await client.get("/boom", headers={"X-Request-ID": "abc123"})
+    assert resp.status == 500
+    doc = await resp.json(content_type=None)
+    assert "secret" not in doc["detail"]
+    assert doc["request_id"] == "abc123"
+
+
+async def test_health_ready_metrics(client: TestClient[web.Request, web.Application]) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["thing"].startswith("failed")
+    await client.get("/healthz")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'scoreboard_http_requests_total{method="GET",route="/healthz"' in metrics

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Local infrastructure without Docker: real PostgreSQL 15, Redis and Apache Kafka (KRaft).
+
+    python3 scripts/infra.py up [postgres|redis|kafka ...]   start (installing what is missing)
+    python3 scripts/infra.py down                           stop what `up` started
+    python3 scripts/infra.py status                         where each server listens
+    python3 scripts/infra.py clean                          stop and wipe .local/ and the database
+
+Idempotent: a server already answering is left alone. Standard library only, so it runs before
+the Python environment exists. State lives under .local/ (ignored by git); the Kafka jars are
+cached under ~/.cache/scoreboard so a second start needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scoreboard"
+
+PG_PORT = int(os.environ.get("SCOREBOARD_PG_PORT", "5432"))
+REDIS_PORT = int(os.environ.get("SCOREBOARD_REDIS_PORT", "6379"))
+KAFKA_PORT = int(os.environ.get("SCOREBOARD_KAFKA_PORT", "9092"))
+KAFKA_CONTROLLER_PORT = KAFKA_PORT + 1
+KAFKA_VERSION = "3.9.1"
+KAFKA_HEAP = os.environ.get("SCOREBOARD_KAFKA_HEAP", "384m")
+DB_USER = DB_PASSWORD = DB_NAME = "scoreboard"  # noqa: S105 - local development only
+
+
+def say(msg: str) -> None:
+    print(f"[infra] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = subprocess.run(cmd, check=True, text=True, **kw)
+    return result
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(what: str, check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"[infra] {what} did not become ready within {timeout:.0f}s")
+
+
+_apt_updated = False
+
+
+def apt_install(*packages: str) -> None:
+    global _apt_updated
+    if os.geteuid() != 0:
+        raise SystemExit(f"[infra] please install: {' '.join(packages)} (needs root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        say("apt-get update")
+        run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        _apt_updated = True
+    say(f"installing {' '.join(packages)}")
+    run(["apt-get", "install", "-y", "-q", *packages], env=env, stdout=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _psql(sql: str, db: str = "postgres") -> str:
+    out = run(
+        ["runuser", "-u", "postgres", "--", "psql", "-p", str(PG_PORT), "-d", db, "-tAc", sql],
+        capture_output=True,
+        cwd="/",
+    )
+    return out.stdout.strip()
+
+
+def postgres_up() -> None:
+    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").exists():
+        apt_install("postgresql")
+    if not port_open(PG_PORT):
+        versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+        version = "15" if "15" in versions else versions[-1]
+        say(f"starting PostgreSQL {version}")
+        run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"])
+        wait_for("PostgreSQL", lambda: port_open(PG_PORT), 60)
+    if _psql(f"SELECT 1 FROM pg_roles WHERE rolname='{DB_USER}'") != "1":
+        _psql(f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{DB_PASSWORD}'")
+    if _psql(f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'") != "1":
+        _psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+    say(f"PostgreSQL ready: postgresql://{DB_USER}:***@127.0.0.1:{PG_PORT}/{DB_NAME}")
+
+
+def postgres_down() -> None:
+    if port_open(PG_PORT) and shutil.which("pg_ctlcluster"):
+        for version in sorted(p.name for p in Path("/etc/postgresql").iterdir()):
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop"],
+                check=False,
+            )
+        say("PostgreSQL stopped")
+
+
+def postgres_clean() -> None:
+    if port_open(PG_PORT):
+        _psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        for name in _psql("SELECT datname FROM pg_database WHERE datname LIKE 'sbtest_%'").split():
+            _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        say("database dropped")
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def redis_up() -> None:
+    if port_open(REDIS_PORT):
+        say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0 (already running)")
+        return
+    if not shutil.which("redis-server"):
+        apt_install("redis-server")
+    state = LOCAL / "redis"
+    state.mkdir(parents=True, exist_ok=True)
+    say("starting Redis")
+    run(
+        [
+            "redis-server",
+            "--port", str(REDIS_PORT),
+            "--bind", "127.0.0.1",
+            "--dir", str(state),
+            "--daemonize", "yes",
+            "--pidfile", str(state / "redis.pid"),
+            "--logfile", str(state / "redis.log"),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxclients", "20000",
+        ]
+    )  # fmt: skip
+    wait_for("Redis", lambda: port_open(REDIS_PORT), 30)
+    say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0")
+
+
+def redis_down() -> None:
+    pidfile = LOCAL / "redis" / "redis.pid"
+    if pidfile.exists():
+        _kill(pidfile, "Redis")
+
+
+# --------------------------------------------------------------------------- Kafka
+
+KAFKA_POM = ROOT / "deploy" / "local" / "kafka" / "pom.xml"
+KAFKA_LOG4J = ROOT / "deploy" / "local" / "kafka" / "log4j.properties"
+
+
+def kafka_jars() -> Path:
+    jars = CACHE / f"kafka-{KAFKA_VERSION}-jars"
+    marker = jars / ".complete"
+    if marker.exists():
+        return jars
+    if not shutil.which("java"):
+        apt_install("openjdk-17-jre-headless")
+    if not shutil.which("mvn"):
+        apt_install("maven")
+    say(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central into {jars}")
+    jars.mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+            "-DincludeScope=runtime", f"-DoutputDirectory={jars}",
+        ]
+    )  # fmt: skip
+    marker.touch()
+    return jars
+
+
+def _kafka_metadata_has_broker(port: int) -> bool:
+    """Send a Metadata v1 request; ready when the broker lists itself."""
+    client = b"scoreboard-infra"
+    body = struct.pack(">hhih", 3, 1, 7, len(client)) + client + struct.pack(">i", -1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(struct.pack(">i", len(body)) + body)
+            size = struct.unpack(">i", _recv(s, 4))[0]
+            data = _recv(s, size)
+    except OSError:
+        return False
+    correlation, brokers = struct.unpack(">ii", data[:8])
+    return bool(correlation == 7 and brokers >= 1)
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf
+
+
+def kafka_up() -> None:
+    if _kafka_metadata_has_broker(KAFKA_PORT):
+        say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (already running)")
+        return
+    jars = kafka_jars()
+    state = LOCAL / "kafka"
+    data = state / "data"
+    state.mkdir(parents=True, exist_ok=True)
+    props = state / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},"
+                f"CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
+                "inter.broker.listener.name=PLAINTEXT",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=12",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=12",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.cleaner.dedupe.buffer.size=2097152",
+                "log.flush.interval.messages=1",  # fsync every write: a restart loses nothing acked
+                "",
+            ]
+        )
+    )
+    java = ["java", f"-Xms{KAFKA_HEAP}", f"-Xmx{KAFKA_HEAP}", "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{KAFKA_LOG4J}", "-cp", f"{jars}/*"]  # fmt: skip
+    if not (data / "meta.properties").exists():
+        cluster_id = (
+            (state / "cluster.id").read_text().strip()
+            if (state / "cluster.id").exists()
+            else str(uuid.uuid4())
+        )
+        (state / "cluster.id").write_text(cluster_id)
+        import base64
+
+        kraft_id = base64.urlsafe_b64encode(uuid.UUID(cluster_id).bytes).decode().rstrip("=")
+        run([*java, "kafka.tools.StorageTool", "format", "-t", kraft_id, "-c", str(props),
+             "--ignore-formatted"], stdout=subprocess.DEVNULL)  # fmt: skip
+    say(f"starting Kafka {KAFKA_VERSION} (KRaft, heap {KAFKA_HEAP})")
+    log = open(state / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [*java, "kafka.Kafka", str(props)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (state / "kafka.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 120
+    while not _kafka_metadata_has_broker(KAFKA_PORT):
+        if proc.poll() is not None:
+            tail = (state / "kafka.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"[infra] Kafka exited with {proc.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise SystemExit("[infra] Kafka did not become ready within 120s")
+        time.sleep(0.3)
+    say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (log {state / 'kafka.log'})")
+
+
+def kafka_down() -> None:
+    pidfile = LOCAL / "kafka" / "kafka.pid"
+    if pidfile.exists():
+        _kill(pidfile, "Kafka", timeout=30)
+
+
+def _kill(pidfile: Path, name: str, timeout: float = 15) -> None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 15)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        pidfile.unlink(missing_ok=True)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+    pidfile.unlink(missing_ok=True)
+    say(f"{name} stopped")
+
+
+SERVERS = {
+    "postgres": (postgres_up, postgres_down),
+    "redis": (redis_up, redis_down),
+    "kafka": (kafka_up, kafka_down),
+}
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    command, names = argv[0], argv[1:] or list(SERVERS)
+    unknown = set(names) - set(SERVERS)
+    if unknown:
+        raise SystemExit(f"[infra] unknown server(s): {', '.join(sorted(unknown))}")
+    if command == "up":
+        for name in names:
+            SERVERS[name][0]()
+    elif command == "down":
+        for name in reversed(names):
+            SERVERS[name][1]()
+    elif command == "status":
+        say(f"PostgreSQL 127.0.0.1:{PG_PORT}: {'up' if port_open(PG_PORT) else 'down'}")
+        say(f"Redis      127.0.0.1:{REDIS_PORT}: {'up' if port_open(REDIS_PORT) else 'down'}")
+        up = _kafka_metadata_has_broker(KAFKA_PORT)
+        say(f"Kafka      127.0.0.1:{KAFKA_PORT}: {'up' if up else 'down'}")
+    elif command == "clean":
+        postgres_clean()
+        for name in reversed(names):
+            SERVERS[name][1]()
+        shutil.rmtree(LOCAL, ignore_errors=True)
+        say(f"removed {LOCAL}")
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,21 @@
+"""``auth``: start the auth service."""
+
+from __future__ import annotations
+
+from auth.app import create_app
+from auth.settings import Settings
+from common.logs import configure_logging
+from common.tracing import configure_tracing
+from common.web import run
+
+
+def main() -> None:
+    """Load settings, set up logging and tracing, serve until SIGTERM."""
+    settings = Settings.load()
+    configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
+    configure_tracing(settings.service_name)
+    run(create_app(settings), settings.host, settings.port)
+
+
+if __name__ == "__main__":
+    main()
