@@ -34,6 +34,10 @@ class CommonSettings(BaseSettings):
     # Prepended to every topic name (tests use a random one per run).
     topic_prefix: str = ""
 
+    # Access tokens: issued by auth, verified by the gateway against auth's JWKS.
+    jwt_issuer: str = "scoreboard-auth"
+    jwt_audience: str = "scoreboard"
+
     # OTLP is optional: without an endpoint, spans are created (trace ids reach the logs and
     # Kafka headers) but not exported.
     otel_exporter_endpoint: str = ""
