@@ -14,7 +14,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -24,45 +23,10 @@ import redis.asyncio as aioredis
 from common.kafka import ensure_topics, topic_specs
 from common.migrate import migrate
 from common.settings import CommonSettings
+from common.testing import Infra, TestEnv
 
 ROOT = Path(__file__).resolve().parent
 TEST_PARTITIONS = 4
-
-
-@dataclass(frozen=True)
-class Infra:
-    """Where the real servers of this run listen."""
-
-    postgres_admin_dsn: str  # a role that may create databases
-    redis_url: str
-    kafka_bootstrap: str
-
-
-@dataclass(frozen=True)
-class TestEnv:
-    """This run's isolated slice of the servers, as ``SCOREBOARD_*`` settings."""
-
-    postgres_dsn: str
-    redis_url: str
-    redis_prefix: str
-    kafka_bootstrap: str
-    topic_prefix: str
-
-    def overrides(self) -> dict[str, str]:
-        """Settings keyword arguments (for ``Settings.load(**overrides)``)."""
-        return {
-            "postgres_dsn": self.postgres_dsn,
-            "redis_url": self.redis_url,
-            "redis_prefix": self.redis_prefix,
-            "kafka_bootstrap": self.kafka_bootstrap,
-            "topic_prefix": self.topic_prefix,
-        }
-
-    def environ(self) -> dict[str, str]:
-        """The same settings as environment variables, for services run as subprocesses."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
-        env.update({f"SCOREBOARD_{k.upper()}": v for k, v in self.overrides().items()})
-        return env
 
 
 def _docker_engine_answers() -> bool:

@@ -1,0 +1,123 @@
+"""The whole path for real: gateway → Kafka → score → PostgreSQL → outbox → Kafka → broadcaster →
+Redis → WebSocket, with the contract's checks on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from common.testing import TestEnv
+from tests.e2e.harness import System, complete_action, register_and_login
+
+
+def _name() -> str:
+    return f"p{uuid.uuid4().hex[:12]}"
+
+
+async def _next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        frame: dict[str, Any] = json.loads(msg.data)
+        if frame["type"] == kind:
+            return frame
+
+
+async def test_completed_action_reaches_watchers_and_postgres(
+    system: System, http: aiohttp.ClientSession, test_env: TestEnv
+) -> None:
+    player = await register_and_login(http, system.gateway, _name())
+    ws_url = system.gateway.replace("http", "ws", 1) + "/ws/scoreboard"
+    async with http.ws_connect(ws_url) as watcher:
+        first = await _next_frame(watcher, "top")
+        status, body = await complete_action(http, system.gateway, player, "quest", wait_s=10)
+        assert status == 200, body
+        assert body["status"] == "applied"
+        assert body["score"] == 50
+        assert body["user_id"] == player.user_id
+        # The watcher sees the player on the board, with a newer version.
+        async with asyncio.timeout(5):
+            while True:
+                frame = await _next_frame(watcher, "top")
+                mine = [e for e in frame["entries"] if e["user_id"] == player.user_id]
+                if mine:
+                    break
+        assert frame["version"] > first["version"]
+        assert mine[0]["score"] == 50
+        assert mine[0]["username"] == player.username
+
+    conn = await asyncpg.connect(test_env.postgres_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT score, version FROM scores WHERE user_id = $1", uuid.UUID(player.user_id)
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    assert (row["score"], row["version"]) == (50, 1)
+
+    async with http.get(f"{system.gateway}/api/scoreboard/me", headers=player.auth) as resp:
+        assert resp.status == 200
+        me = await resp.json()
+    assert me["score"] == 50
+    assert me["rank"] >= 1
+
+
+async def test_replayed_action_is_refused_and_counts_once(
+    system: System, http: aiohttp.ClientSession
+) -> None:
+    player = await register_and_login(http, system.gateway, _name())
+    async with http.post(
+        f"{system.gateway}/api/actions", json={"action_type": "tap"}, headers=player.auth
+    ) as resp:
+        ticket = await resp.json()
+    body = {k: ticket[k] for k in ("action_id", "action_type", "action_hash")}
+    url = f"{system.gateway}/api/scoreboard/update"
+    headers = {**player.auth, "Prefer": "wait=10"}
+    async with http.post(url, json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.post(url, json=body, headers=headers) as resp:
+        assert resp.status == 409
+        assert resp.content_type == "application/problem+json"
+    async with http.get(f"{system.gateway}/api/scoreboard/users/{player.user_id}") as resp:
+        assert (await resp.json())["score"] == 1
+
+
+async def test_forged_and_foreign_updates_are_refused(
+    system: System, http: aiohttp.ClientSession
+) -> None:
+    alice = await register_and_login(http, system.gateway, _name())
+    mallory = await register_and_login(http, system.gateway, _name())
+    async with http.post(
+        f"{system.gateway}/api/actions", json={"action_type": "tap"}, headers=alice.auth
+    ) as resp:
+        ticket = await resp.json()
+    url = f"{system.gateway}/api/scoreboard/update"
+    body = {k: ticket[k] for k in ("action_id", "action_type", "action_hash")}
+    # No token, a garbage token.
+    async with http.post(url, json=body) as resp:
+        assert resp.status == 401
+    async with http.post(url, json=body, headers={"Authorization": "Bearer x.y.z"}) as resp:
+        assert resp.status == 401
+    # Claiming to be someone else.
+    async with http.post(
+        url, json={**body, "user_id": alice.user_id}, headers=mallory.auth
+    ) as resp:
+        assert resp.status == 403
+    # Someone else's ticket, a forged hash, inflated points.
+    async with http.post(url, json=body, headers=mallory.auth) as resp:
+        assert resp.status == 400
+    forged = {**body, "action_hash": body["action_hash"][:-4] + "0000"}
+    async with http.post(url, json=forged, headers=alice.auth) as resp:
+        assert resp.status == 400
+    async with http.post(url, json={**body, "points": 1000}, headers=alice.auth) as resp:
+        assert resp.status == 400
+    # None of that counted; the honest submission still works once.
+    async with http.post(url, json=body, headers={**alice.auth, "Prefer": "wait=10"}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["score"] == 1
