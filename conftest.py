@@ -7,12 +7,10 @@ prefix and Redis key prefix, so runs and their data never meet.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from common.kafka import ensure_topics, topic_specs
-from common.migrate import migrate
 from common.settings import CommonSettings
-from common.testing import Infra, TestEnv
+from common.testing import LOCAL_INFRA, Infra, TestEnv, create_test_env, drop_test_env
 
 ROOT = Path(__file__).resolve().parent
 TEST_PARTITIONS = 4
@@ -75,63 +71,15 @@ def infra() -> Iterator[Infra]:
         return
     if not (_port_open(5432) and _port_open(6379) and _port_open(9092)):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "infra.py"), "up"], check=True)
-    yield Infra(
-        postgres_admin_dsn="postgresql://scoreboard:scoreboard@127.0.0.1:5432/scoreboard",
-        redis_url="redis://127.0.0.1:6379/0",
-        kafka_bootstrap="127.0.0.1:9092",
-    )
+    yield LOCAL_INFRA
 
 
 @pytest.fixture(scope="session")
 async def test_env(infra: Infra) -> AsyncIterator[TestEnv]:
     """A fresh database (migrated), topic prefix and Redis key prefix for this run."""
-    run_id = uuid.uuid4().hex[:10]
-    db = f"sbtest_{run_id}"
-    admin = await asyncpg.connect(infra.postgres_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{db}"')
-    finally:
-        await admin.close()
-    base, _, _ = infra.postgres_admin_dsn.rpartition("/")
-    env = TestEnv(
-        postgres_dsn=f"{base}/{db}",
-        redis_url=infra.redis_url,
-        redis_prefix=f"sbtest:{run_id}:",
-        kafka_bootstrap=infra.kafka_bootstrap,
-        topic_prefix=f"sbtest-{run_id}.",
-    )
-    await migrate(env.postgres_dsn)
-    await ensure_topics(
-        env.kafka_bootstrap, topic_specs(env.topic_prefix, partitions=TEST_PARTITIONS)
-    )
+    env = await create_test_env(infra, partitions=TEST_PARTITIONS)
     yield env
-    admin = await asyncpg.connect(infra.postgres_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    client = aioredis.from_url(infra.redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{env.redis_prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-    await _delete_topics(env)
-
-
-async def _delete_topics(env: TestEnv) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=env.kafka_bootstrap)
-    try:
-        await admin.start()
-        names = [t.name for t in topic_specs(env.topic_prefix)]
-        await asyncio.wait_for(admin.delete_topics(names), timeout=10)
-    except Exception as exc:  # leftover topics are harmless; say so instead of failing teardown
-        print(f"could not delete test topics: {exc!r}", file=sys.stderr)
-    finally:
-        await admin.close()
+    await drop_test_env(infra, env)
 
 
 @pytest.fixture(scope="session")
