@@ -9,13 +9,22 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from common.testing import TestEnv
+from common.testing import Infra, TestEnv, create_test_env, drop_test_env
 from tests.e2e.harness import E2E_CATALOG, Service, System, free_port
 
 
 @pytest.fixture(scope="session")
-def system(test_env: TestEnv) -> Iterator[System]:
+async def e2e_env(infra: Infra) -> AsyncIterator[TestEnv]:
+    """A slice of its own, so other suites' rows never land on the end-to-end board."""
+    env = await create_test_env(infra)
+    yield env
+    await drop_test_env(infra, env)
+
+
+@pytest.fixture(scope="session")
+def system(e2e_env: TestEnv) -> Iterator[System]:
     """Start auth, score, broadcaster and gateway; stop them at the end of the session."""
+    test_env = e2e_env
     ports = {name: free_port() for name in ("auth", "score", "broadcaster", "gateway")}
     base = test_env.environ()
     base.update(

@@ -29,7 +29,7 @@ async def _next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[st
 
 
 async def test_completed_action_reaches_watchers_and_postgres(
-    system: System, http: aiohttp.ClientSession, test_env: TestEnv
+    system: System, http: aiohttp.ClientSession, e2e_env: TestEnv
 ) -> None:
     player = await register_and_login(http, system.gateway, _name())
     ws_url = system.gateway.replace("http", "ws", 1) + "/ws/scoreboard"
@@ -51,7 +51,7 @@ async def test_completed_action_reaches_watchers_and_postgres(
         assert mine[0]["score"] == 50
         assert mine[0]["username"] == player.username
 
-    conn = await asyncpg.connect(test_env.postgres_dsn)
+    conn = await asyncpg.connect(e2e_env.postgres_dsn)
     try:
         row = await conn.fetchrow(
             "SELECT score, version FROM scores WHERE user_id = $1", uuid.UUID(player.user_id)
