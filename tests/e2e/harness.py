@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from common.testing import TestEnv
+
 LOGS = Path(__file__).resolve().parents[2] / "test-artifacts" / "logs"
 
 # Short minimum durations keep the tests quick; the checks themselves are the production ones.
@@ -96,7 +98,7 @@ class Service:
 
 @dataclass
 class System:
-    """The four services of one test run."""
+    """The four services of one run."""
 
     services: dict[str, Service] = field(default_factory=dict)
 
@@ -104,6 +106,42 @@ class System:
     def gateway(self) -> str:
         """The public origin."""
         return self.services["gateway"].url
+
+    def stop(self) -> None:
+        """Stop every service, the gateway first."""
+        for service in reversed(self.services.values()):
+            service.stop()
+
+
+def start_system(env: TestEnv, extra_env: dict[str, str] | None = None) -> System:
+    """Start auth, score, broadcaster and gateway on free ports, wait until all are ready."""
+    ports = {name: free_port() for name in ("auth", "score", "broadcaster", "gateway")}
+    base = env.environ()
+    base.update(
+        {
+            "SCOREBOARD_LOG_JSON": "true",
+            "SCOREBOARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
+            "SCOREBOARD_BROADCASTER_URL": f"http://127.0.0.1:{ports['broadcaster']}",
+            # Consumer groups are per run, like the topics.
+            "SCOREBOARD_GROUP_ID": f"{env.topic_prefix}score",
+            "SCOREBOARD_GROUP_ID_PREFIX": f"{env.topic_prefix}broadcaster",
+            "SCOREBOARD_REPLICA_ID": "e2e",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+    )
+    system = System()
+    try:
+        for name, port in ports.items():
+            service = Service(name, port, {**base, "SCOREBOARD_PORT": str(port)})
+            system.services[name] = service
+            service.start()
+        for service in system.services.values():
+            service.wait_ready()
+    except BaseException:
+        system.stop()
+        raise
+    return system
 
 
 @dataclass
