@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
 from common.settings import CommonSettings
 
 
@@ -10,3 +14,70 @@ class Settings(CommonSettings):
 
     service_name: str = "auth"
     port: int = 8081
+
+    # Tokens and sessions.
+    access_ttl_s: int = Field(
+        900, ge=1, le=900, description="Access token lifetime (the contract caps it at 15 min)."
+    )
+    refresh_ttl_s: int = Field(
+        14 * 24 * 3600, ge=60, description="A refresh token's lifetime; each rotation renews it."
+    )
+
+    # Signing keys.
+    key_publish_ahead_s: float = Field(
+        120.0,
+        ge=0,
+        description="A rotated-in key is in the JWKS this long before it signs anything.",
+    )
+    key_reload_s: float = Field(
+        30.0, gt=0, description="How often each replica re-reads the signing keys."
+    )
+    key_unknown_kid_reload_s: float = Field(
+        5.0,
+        ge=0,
+        description="A token with an unknown kid reloads the keys at most this often "
+        "(forged kids must not become a flood of queries).",
+    )
+    key_retire_margin_s: float = Field(
+        60.0,
+        ge=0,
+        description="Extra time an old key stays published after its last token expired "
+        "(verifiers' leeway and clock skew).",
+    )
+    signing_key_passphrase: SecretStr = Field(
+        SecretStr(""),
+        description="If set, private keys are stored encrypted with it in PostgreSQL.",
+    )
+    jwks_max_age_s: int = Field(60, ge=0, description="Cache-Control max-age of the JWKS.")
+
+    # Login throttling (see throttle.py for the design).
+    trust_forwarded_for: bool = Field(
+        True, description="Take the client address from X-Forwarded-For's last hop (the gateway)."
+    )
+    login_fail_window_s: float = Field(
+        900.0, gt=0, description="Failed logins are counted in windows of this length."
+    )
+    login_fail_per_name: int = Field(10, ge=1, description="Failures per username per window.")
+    login_fail_per_address: int = Field(
+        50, ge=1, description="Failures per client address (IPv6: per /64) per window."
+    )
+
+    # Password hashing: argon2id, OWASP's recommended minimum (~30 ms per hash on a 2-core VM).
+    argon2_time_cost: int = Field(2, ge=1)
+    argon2_memory_kib: int = Field(19 * 1024, ge=8 * 1024)
+    argon2_parallelism: int = Field(1, ge=1)
+    password_hash_workers: int = Field(
+        2, ge=1, description="Threads hashing passwords (each holds argon2_memory_kib)."
+    )
+    password_hash_max_pending: int = Field(
+        64, ge=1, description="Hashes queued beyond this get 503 instead of growing latency."
+    )
+
+    @model_validator(mode="after")
+    def _keys_reach_every_replica_before_signing(self) -> Self:
+        # Replicas choose the signing key by time from what they loaded; a replica must have
+        # loaded a new key before it activates, or two replicas would sign with different keys
+        # and the old one could be retired while this replica still signs with it.
+        if self.key_publish_ahead_s <= self.key_reload_s:
+            raise ValueError("key_publish_ahead_s must be longer than key_reload_s")
+        return self

@@ -1,0 +1,132 @@
+"""Operator commands: ban, unban, delete-user, through the real ``auth`` CLI and the domain."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import jwt
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from auth.admin import Admin, UnknownUser
+from auth.revocations import Revocations
+from auth.settings import Settings
+from common.postgres import create_pool
+
+Client = TestClient[web.Request, web.Application]
+RunCli = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+PASSWORD = "correct horse battery"
+
+
+async def login(client: Client, name: str, password: str = PASSWORD) -> tuple[int, dict[str, Any]]:
+    resp = await client.post(
+        "/api/auth/login",
+        json={"username": name, "password": password},
+        headers={"X-Forwarded-For": f"10.7.{random.randrange(256)}.{random.randrange(256)}"},
+    )
+    body: dict[str, Any] = await resp.json(content_type=None)
+    return resp.status, body
+
+
+async def new_user(client: Client) -> tuple[str, str]:
+    """Register and return (name, user_id)."""
+    name = f"a_{uuid.uuid4().hex[:12]}"
+    resp = await client.post("/api/auth/register", json={"username": name, "password": PASSWORD})
+    assert resp.status == 201
+    return name, (await resp.json())["user_id"]
+
+
+@pytest.fixture
+async def admin(
+    auth_settings: Callable[..., Settings], redis_client: aioredis.Redis
+) -> AsyncIterator[Admin]:
+    settings = auth_settings()
+    pool = await create_pool(settings)
+    yield Admin(pool, Revocations(redis_client, settings.redis_prefix, settings.access_ttl_s))
+    await pool.close()
+
+
+async def test_ban_from_the_cli_ends_sessions_and_blocks_login(
+    client: Client,
+    auth_cli: RunCli,
+    redis_client: aioredis.Redis,
+    auth_settings: Callable[..., Settings],
+) -> None:
+    prefix = auth_settings().redis_prefix
+    name, user_id = await new_user(client)
+    status, tokens = await login(client, name)
+    assert status == 200
+    sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+
+    done = await auth_cli("ban", name.upper())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"user_id": user_id, "username": name, "sessions_revoked": 1}
+
+    # Gateways see it at once: the status key (403 for every token) and the revoked session.
+    assert await redis_client.get(f"{prefix}user-status:{user_id}") == b"banned"
+    assert await redis_client.get(f"{prefix}revoked-session:{sid}") == b"1"
+    # The session can no longer be refreshed; the right password gets 403, a wrong one 401
+    # (the ban is not revealed to someone who does not know the password).
+    resp = await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 401
+    status, problem = await login(client, name)
+    assert status == 403
+    assert problem["detail"] == "this account is banned"
+    status, _ = await login(client, name, "not the password")
+    assert status == 401
+
+
+async def test_unban_lets_the_user_back_in(
+    client: Client,
+    admin: Admin,
+    redis_client: aioredis.Redis,
+    auth_settings: Callable[..., Settings],
+) -> None:
+    name, user_id = await new_user(client)
+    await admin.ban(name)
+    result = await admin.unban(name)
+    assert str(result.user_id) == user_id
+    assert await redis_client.exists(f"{auth_settings().redis_prefix}user-status:{user_id}") == 0
+    status, _ = await login(client, name)
+    assert status == 200
+
+
+async def test_delete_user_removes_the_account_and_frees_the_name(
+    client: Client,
+    admin: Admin,
+    redis_client: aioredis.Redis,
+    auth_settings: Callable[..., Settings],
+) -> None:
+    name, user_id = await new_user(client)
+    status, tokens = await login(client, name)
+    assert status == 200
+    result = await admin.delete(name)
+    assert result.sessions_revoked == 1
+    prefix = auth_settings().redis_prefix
+    assert await redis_client.get(f"{prefix}user-status:{user_id}") == b"deleted"
+    status, _ = await login(client, name)
+    assert status == 401
+    resp = await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 401
+    # The name is free again, for a new account with a new id.
+    _, again = await login(client, name)
+    resp = await client.post("/api/auth/register", json={"username": name, "password": PASSWORD})
+    assert resp.status == 201
+    assert (await resp.json())["user_id"] != user_id
+    assert again["status"] == 401
+
+
+async def test_commands_on_unknown_users_fail_clearly(admin: Admin, auth_cli: RunCli) -> None:
+    with pytest.raises(UnknownUser):
+        await admin.unban("nobody-by-this-name")
+    done = await auth_cli("delete-user", "nobody-by-this-name")
+    assert done.returncode == 1
+    assert "no user named" in done.stderr
+    assert done.stdout == ""
