@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from common.web import registry_key
+from deploy.tests.markdown import anchors, github_anchor
 
 Manifest = dict[str, Any]
 
@@ -30,19 +31,6 @@ def rules() -> list[Manifest]:
     """Every alerting rule in the file."""
     data = yaml.safe_load(ALERTS.read_text())
     return [rule for group in data["groups"] for rule in group["rules"]]
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
-    text = heading.strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def runbook_anchors() -> set[str]:
-    """Anchors of every heading in docs/operations.md."""
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", RUNBOOK.read_text(), flags=re.MULTILINE)
-    return {github_anchor(h) for h in headings}
 
 
 def exported_metrics() -> dict[str, str]:
@@ -84,13 +72,13 @@ def test_every_alert_is_complete() -> None:
 
 def test_every_alert_links_to_its_runbook_section() -> None:
     """runbook_url points at a heading of docs/operations.md named after the alert."""
-    anchors = runbook_anchors()
+    headings = anchors(RUNBOOK)
     for rule in rules():
         url = rule["annotations"]["runbook_url"]
         path, _, anchor = url.partition("#")
         assert path == "docs/operations.md", url
         assert anchor == github_anchor(rule["alert"]), url
-        assert anchor in anchors, f"docs/operations.md has no heading for {rule['alert']}"
+        assert anchor in headings, f"docs/operations.md has no heading for {rule['alert']}"
 
 
 def test_runbook_documents_no_alert_that_does_not_exist() -> None:
