@@ -59,7 +59,7 @@ endif
 lint: deps ## ruff and mypy --strict
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy libs services conftest.py bench scripts
+	$(UV) run --frozen mypy libs services conftest.py bench scripts tests deploy
 
 .PHONY: test
 test: deps lint ## lint, then the whole suite against real PostgreSQL, Redis and Kafka

@@ -68,14 +68,19 @@ class TopicSpec:
     configs: dict[str, str]
 
 
-def topic_specs(prefix: str = "", *, partitions: int = 12) -> list[TopicSpec]:
+def topic_specs(
+    prefix: str = "", *, partitions: int = 12, min_insync_replicas: int = 1
+) -> list[TopicSpec]:
     """The topics of the contract; commands and changes are keyed by user id."""
     topics = Topics(prefix)
     week = str(7 * 24 * 3600 * 1000)
+    isr = str(min_insync_replicas)
     return [
-        TopicSpec(topics.commands, partitions, {"retention.ms": week, "min.insync.replicas": "1"}),
-        TopicSpec(topics.changed, partitions, {"retention.ms": week, "min.insync.replicas": "1"}),
-        TopicSpec(topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(topics.commands, partitions, {"retention.ms": week, "min.insync.replicas": isr}),
+        TopicSpec(topics.changed, partitions, {"retention.ms": week, "min.insync.replicas": isr}),
+        TopicSpec(
+            topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": isr}
+        ),
     ]
 
 

@@ -33,6 +33,10 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Prepended to every topic name (tests use a random one per run).
     topic_prefix: str = ""
+    # How `scoreboard-topics` creates the topics: 1/1 for the local single broker; production
+    # clusters want 3 and 2 (with acks=all, a write then survives the loss of one broker).
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
 
     # Access tokens: issued by auth, verified by the gateway against auth's JWKS.
     jwt_issuer: str = "scoreboard-auth"

@@ -13,7 +13,14 @@ def main() -> None:
     """Create the topics named in the settings' prefix, waiting for Kafka to answer."""
     settings = CommonSettings.load()
     configure_logging("topics", settings.log_level, json=False)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_prefix)))
+    specs = topic_specs(
+        settings.topic_prefix, min_insync_replicas=settings.kafka_min_insync_replicas
+    )
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap, specs, replication=settings.kafka_replication_factor
+        )
+    )
 
 
 if __name__ == "__main__":
