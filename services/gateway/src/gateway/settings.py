@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
 from common.settings import CommonSettings
+from gateway.catalog import ACTION_TYPE, DEFAULT_CATALOG, ActionSpec
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A development-only key so `make up` works out of the box; the gateway logs a warning when it
+# is in use. Production sets SCOREBOARD_ACTION_HMAC_KEYS from a Secret.
+DEV_HMAC_KEY = "dev:insecure-development-key-change-me"
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class HmacKey(BaseModel):
+    """One action-hash key: ``key_id`` travels in the hash (``<key_id>.<hex>``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str
+    secret: SecretStr
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string (friendlier in env files and Secrets)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class Settings(CommonSettings):
@@ -10,3 +48,99 @@ class Settings(CommonSettings):
 
     service_name: str = "gateway"
     port: int = 8080
+
+    # Internal upstreams (the gateway is the only public origin).
+    auth_url: str = "http://127.0.0.1:8081"
+    broadcaster_url: str = "http://127.0.0.1:8083"
+    upstream_timeout_s: float = Field(default=10.0, gt=0)
+    # The web page (index.html, app.js, style.css); overridable so tests can serve a fixture dir.
+    static_dir: Path = Path(__file__).resolve().parent / "static"
+
+    # Redis connections per process; a request waits up to the timeout for a free one.
+    redis_max_connections: int = Field(default=64, ge=2)
+    redis_pool_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Access-token verification against auth's JWKS.
+    jwks_min_refresh_s: float = Field(default=10.0, ge=0)
+    jwks_refresh_interval_s: float = Field(default=300.0, gt=0)
+    jwt_leeway_s: float = Field(default=30.0, ge=0)
+    # The contract caps access tokens at 15 minutes; a longer-lived token is refused outright.
+    jwt_max_lifetime_s: int = Field(default=900, gt=0)
+    token_cache_size: int = Field(default=10_000, ge=0)
+
+    # GCRA limits: sustained rate per second and burst (requests allowed at once).
+    update_rate_per_user: float = Field(default=10.0, gt=0)
+    update_burst_per_user: int = Field(default=20, ge=1)
+    update_rate_per_address: float = Field(default=50.0, gt=0)
+    update_burst_per_address: int = Field(default=100, ge=1)
+    actions_rate_per_address: float = Field(default=50.0, gt=0)
+    actions_burst_per_address: int = Field(default=100, ge=1)
+    # A coarse flood guard only: auth itself throttles failed logins per name and per address.
+    auth_rate_per_address: float = Field(default=20.0, gt=0)
+    auth_burst_per_address: int = Field(default=100, ge=1)
+    # Peers whose X-Forwarded-For last hop is believed (an ingress, a load balancer).
+    trusted_proxies: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
+
+    # Actions: the catalog (JSON object) and the ticket keys ("kid:secret", first one signs).
+    action_catalog: dict[str, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_CATALOG))
+    action_hmac_keys: Annotated[list[HmacKey], NoDecode] = Field(
+        default_factory=lambda: [_parse_key(DEV_HMAC_KEY)]
+    )
+    ticket_ttl_s: int = Field(default=600, gt=0)
+    # How long a completed action id is remembered (duplicates within it get 409).
+    done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+
+    # WebSocket proxy.
+    ws_heartbeat_s: float = Field(default=20.0, gt=0)
+    ws_send_timeout_s: float = Field(default=10.0, gt=0)
+    ws_max_client_message: int = Field(default=1024, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if isinstance(items, list):
+            return [ipaddress.ip_network(str(v), strict=False) for v in items]
+        return items
+
+    @field_validator("action_hmac_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if isinstance(items, list):
+            keys = [_parse_key(v) if isinstance(v, str) else v for v in items]
+            if not keys:
+                raise ValueError("at least one key is required")
+            ids = [k.key_id if isinstance(k, HmacKey) else k.get("key_id") for k in keys]
+            if len(set(ids)) != len(ids):
+                raise ValueError("key ids must be unique")
+            return keys
+        return items
+
+    @field_validator("action_catalog")
+    @classmethod
+    def _check_catalog(cls, value: dict[str, ActionSpec]) -> dict[str, ActionSpec]:
+        if not value:
+            raise ValueError("the catalog needs at least one action type")
+        for name in value:
+            if not ACTION_TYPE.fullmatch(name):
+                raise ValueError(f"action type {name!r} must match {ACTION_TYPE.pattern}")
+        return value
+
+    @property
+    def uses_dev_hmac_key(self) -> bool:
+        """True when the built-in development key is configured (never in production)."""
+        return any(k.key_id == "dev" for k in self.action_hmac_keys)
+
+
+def _parse_key(text: str) -> HmacKey:
+    key_id, sep, secret = text.partition(":")
+    if not sep or not _KEY_ID.fullmatch(key_id):
+        raise ValueError("an action HMAC key is '<key id>:<secret>', key id [A-Za-z0-9_-]{1,32}")
+    if len(secret) < 16:
+        raise ValueError(f"action HMAC key {key_id!r}: the secret needs at least 16 characters")
+    return HmacKey(key_id=key_id, secret=SecretStr(secret))
+
+
+settings_key = web.AppKey("settings", Settings)

@@ -1,0 +1,64 @@
+"""The action catalog: which actions exist and what each is worth. Points come from here only."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.problems import BadRequest
+from gateway.security import Rejection
+
+ACTION_TYPE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ActionSpec(BaseModel):
+    """One catalog entry: the points it is worth and the least time it can take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The same bound as ScoreCommand.points, so a catalog entry always yields a valid command.
+    points: int = Field(gt=0, le=1_000_000)
+    min_duration_ms: int = Field(default=0, ge=0, le=24 * 3600 * 1000)
+
+
+DEFAULT_CATALOG: Final[Mapping[str, ActionSpec]] = {
+    "quest": ActionSpec(points=50, min_duration_ms=2000),
+    "puzzle": ActionSpec(points=20, min_duration_ms=1000),
+    "daily_login": ActionSpec(points=10, min_duration_ms=0),
+    "tap": ActionSpec(points=1, min_duration_ms=100),
+}
+
+
+class UnknownActionType(BadRequest, Rejection):
+    """400: the action type is not in the catalog."""
+
+    reason = "unknown_action_type"
+
+
+class Catalog:
+    """Read-only view of the configured catalog."""
+
+    def __init__(self, entries: Mapping[str, ActionSpec]) -> None:
+        self._entries = dict(entries)
+
+    def get(self, action_type: str) -> ActionSpec:
+        """The entry for ``action_type``, or :class:`UnknownActionType`."""
+        spec = self._entries.get(action_type)
+        if spec is None:
+            known = ", ".join(sorted(self._entries))
+            raise UnknownActionType(f"unknown action_type {action_type!r}; known: {known}")
+        return spec
+
+    def listing(self) -> list[dict[str, object]]:
+        """The public list: ``[{action_type, points, min_duration_ms}]`` sorted by name."""
+        return [
+            {"action_type": name, "points": spec.points, "min_duration_ms": spec.min_duration_ms}
+            for name, spec in sorted(self._entries.items())
+        ]
+
+
+catalog_key = web.AppKey("catalog", Catalog)

@@ -1,0 +1,370 @@
+"""Reverse proxy to the internal services: HTTP to auth and the broadcaster, and the WebSocket.
+
+One shared :class:`aiohttp.ClientSession` (connection pooling) serves every upstream. Requests
+go upstream without hop-by-hop headers and without any client-sent ``X-Scoreboard-User-Id``: the
+broadcaster trusts that header, so only the gateway may set it, and only after verifying a token.
+``X-Forwarded-For`` carries exactly one address, the client's as the gateway resolved it, so
+upstreams that believe the last hop get the right one. An unreachable upstream is a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from typing import Final
+from uuid import UUID
+
+import structlog
+from aiohttp import (
+    ClientError,
+    ClientSession,
+    ClientTimeout,
+    ClientWebSocketResponse,
+    ClientWSTimeout,
+    WSCloseCode,
+    WSMsgType,
+    web,
+)
+from multidict import CIMultiDict, MultiMapping
+from yarl import URL
+
+from common.problems import ServiceUnavailable
+from common.web import REQUEST_ID, request_id_key
+from gateway.authn import Principal, authenticator_key, require_principal, websocket_token
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import Limit, rate_limiter_key, rate_policy_key
+from gateway.security import client_address
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+USER_HEADER: Final = "X-Scoreboard-User-Id"
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REQUEST_DROP: Final = _HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    REQUEST_ID.lower(),
+    USER_HEADER.lower(),
+}
+_RESPONSE_DROP: Final = _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+# Codes that may appear in a close frame (RFC 6455 7.4); 1005, 1006 and 1015 may not.
+_SENDABLE_CLOSE: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+CLOSE_TOO_SLOW: Final = 4008
+
+
+class UpstreamUnavailable(ServiceUnavailable):
+    """503: an internal service did not answer."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(
+            f"the {upstream} service is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
+
+
+def _connection_tokens(headers: MultiMapping[str]) -> set[str]:
+    """Header names listed in Connection: hop-by-hop for this message only (RFC 9110 7.6.1)."""
+    values = headers.getall("Connection", [])
+    return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+
+
+def _sendable(code: int) -> bool:
+    return code in _SENDABLE_CLOSE or 3000 <= code <= 4999
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """How one direction of a WebSocket pipe ended."""
+
+    code: int | None = None
+    reason: str = ""
+    stuck: bool = False
+
+
+def _outcome(task: asyncio.Task[_Ended]) -> _Ended | None:
+    """How a pump ended, or None if it was cancelled or failed (a failure is logged)."""
+    if task.cancelled():
+        return None
+    if (error := task.exception()) is not None:
+        log.info("ws_pipe_failed", error=repr(error))
+        return None
+    return task.result()
+
+
+class Proxy:
+    """Forwards requests to auth and the broadcaster through one client session."""
+
+    def __init__(self, session: ClientSession, settings: Settings, metrics: GatewayMetrics) -> None:
+        self._session = session
+        self._metrics = metrics
+        self._timeout = ClientTimeout(total=settings.upstream_timeout_s)
+        self._upstream_timeout = settings.upstream_timeout_s
+        self.upstreams = {"auth": settings.auth_url, "broadcaster": settings.broadcaster_url}
+        self._heartbeat = settings.ws_heartbeat_s
+        self._send_timeout = settings.ws_send_timeout_s
+        self._max_client_message = settings.ws_max_client_message
+        self.clients: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    def _headers(
+        self, request: web.Request, *, user_id: UUID | None, keep_authorization: bool
+    ) -> CIMultiDict[str]:
+        incoming = request.headers
+        drop = _REQUEST_DROP | _connection_tokens(incoming)
+        if not keep_authorization:
+            drop = drop | {"authorization"}
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in incoming.items() if k.lower() not in drop
+        )
+        headers["X-Forwarded-For"] = client_address(request)
+        headers[REQUEST_ID] = request[request_id_key]
+        if user_id is not None:
+            headers[USER_HEADER] = str(user_id)
+        return headers
+
+    def _url(self, upstream: str, request: web.Request) -> URL:
+        # The routes only match safe path characters, so the raw path can be reused verbatim.
+        return URL(self.upstreams[upstream].rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
+
+    async def forward(
+        self,
+        request: web.Request,
+        upstream: str,
+        *,
+        user_id: UUID | None = None,
+        keep_authorization: bool = False,
+    ) -> web.Response:
+        """Send ``request`` to ``upstream`` (same path and query) and relay its answer."""
+        body = await request.read()
+        try:
+            async with self._session.request(
+                request.method,
+                self._url(upstream, request),
+                headers=self._headers(
+                    request, user_id=user_id, keep_authorization=keep_authorization
+                ),
+                data=body or None,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                payload = await resp.read()
+                drop = _RESPONSE_DROP | _connection_tokens(resp.headers)
+                headers = CIMultiDict(
+                    (k, v) for k, v in resp.headers.items() if k.lower() not in drop
+                )
+                return web.Response(status=resp.status, body=payload, headers=headers)
+        except (ClientError, TimeoutError) as exc:
+            self._metrics.upstream_errors.labels(upstream).inc()
+            log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
+            raise UpstreamUnavailable(upstream) from None
+
+    async def websocket(
+        self, request: web.Request, principal: Principal | None, *, bearer_subprotocol: bool
+    ) -> web.WebSocketResponse:
+        """Pipe a client WebSocket to the broadcaster's, frames both ways, closing together.
+
+        The upstream connection is opened before the client's upgrade, so an unreachable
+        broadcaster is a plain 503. A client that stops reading is closed with 4008 after
+        ``ws_send_timeout_s``; until then backpressure reaches the broadcaster, which skips
+        frames for it (it always sends the newest state).
+        """
+        url = URL(self.upstreams["broadcaster"].rstrip("/") + "/ws/scoreboard")
+        headers = self._headers(
+            request,
+            user_id=principal.user_id if principal else None,
+            keep_authorization=False,
+        )
+        headers = CIMultiDict(
+            (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket")
+        )
+        try:
+            async with asyncio.timeout(self._upstream_timeout):
+                upstream = await self._session.ws_connect(
+                    url,
+                    headers=headers,
+                    autoping=True,
+                    timeout=ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                )
+        except (ClientError, TimeoutError) as exc:
+            self._metrics.upstream_errors.labels("broadcaster").inc()
+            log.warning("upstream_unavailable", upstream="broadcaster", error=repr(exc))
+            raise UpstreamUnavailable("broadcaster") from None
+
+        client = web.WebSocketResponse(
+            protocols=("bearer",) if bearer_subprotocol else (),
+            heartbeat=self._heartbeat,
+            max_msg_size=self._max_client_message,
+        )
+        try:
+            await client.prepare(request)
+        except BaseException:
+            await upstream.close()
+            raise
+        self.clients.add(client)
+        self._metrics.ws_connections.inc()
+        try:
+            await self._pipe(request, client, upstream)
+        finally:
+            self._metrics.ws_connections.dec()
+            self.clients.discard(client)
+        return client
+
+    async def _pipe(
+        self,
+        request: web.Request,
+        client: web.WebSocketResponse,
+        upstream: ClientWebSocketResponse[bool],
+    ) -> None:
+        to_upstream = asyncio.create_task(self._client_to_upstream(client, upstream))
+        to_client = asyncio.create_task(self._upstream_to_client(upstream, client))
+        try:
+            await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this handler is cancelled (aiohttp may do that once the client's
+            # connection is gone): the other side must still learn how the pipe ended.
+            for task in (to_upstream, to_client):
+                task.cancel()
+            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            await self._close_both(
+                request, client, upstream, _outcome(to_client), _outcome(to_upstream)
+            )
+
+    async def _close_both(
+        self,
+        request: web.Request,
+        client: web.WebSocketResponse,
+        upstream: ClientWebSocketResponse[bool],
+        from_upstream: _Ended | None,
+        from_client: _Ended | None,
+    ) -> None:
+        if from_upstream is not None and from_upstream.stuck:
+            log.info("ws_client_too_slow", address=client_address(request))
+            await upstream.close(code=WSCloseCode.GOING_AWAY)
+            await self._close_abortively(
+                request, client, CLOSE_TOO_SLOW, "too slow: not reading frames"
+            )
+        elif from_upstream is not None:
+            # The broadcaster closed: pass its code on (4008, 1012, ...); a dropped link is 1011.
+            await upstream.close()
+            code = from_upstream.code
+            if code is None or not _sendable(code):
+                code = WSCloseCode.INTERNAL_ERROR
+            await self._close_abortively(request, client, code, from_upstream.reason)
+        else:
+            # The client left (its own close code goes upstream) or vanished (going away).
+            code = from_client.code if from_client is not None else None
+            if code is None or not _sendable(code):
+                code = WSCloseCode.OK if from_client is not None else WSCloseCode.GOING_AWAY
+            reason = from_client.reason if from_client is not None else ""
+            await upstream.close(code=code, message=reason.encode()[:120])
+            if not client.closed:
+                await self._close_abortively(request, client, WSCloseCode.INTERNAL_ERROR, "")
+
+    async def _client_to_upstream(
+        self, client: web.WebSocketResponse, upstream: ClientWebSocketResponse[bool]
+    ) -> _Ended:
+        while True:
+            msg = await client.receive()
+            if msg.type is WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                return _Ended(code=msg.data, reason=msg.extra or "")
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return _Ended(code=client.close_code)
+
+    async def _upstream_to_client(
+        self, upstream: ClientWebSocketResponse[bool], client: web.WebSocketResponse
+    ) -> _Ended:
+        while True:
+            msg = await upstream.receive()
+            try:
+                if msg.type is WSMsgType.TEXT:
+                    await asyncio.wait_for(client.send_str(msg.data), self._send_timeout)
+                elif msg.type is WSMsgType.BINARY:
+                    await asyncio.wait_for(client.send_bytes(msg.data), self._send_timeout)
+                elif msg.type is WSMsgType.CLOSE:
+                    return _Ended(code=msg.data, reason=msg.extra or "")
+                elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    return _Ended(code=upstream.close_code)
+            except TimeoutError:
+                return _Ended(stuck=True)
+
+    async def _close_abortively(
+        self, request: web.Request, client: web.WebSocketResponse, code: int, reason: str
+    ) -> None:
+        try:
+            await asyncio.wait_for(client.close(code=code, message=reason.encode()[:120]), 2.0)
+        except (TimeoutError, ConnectionError):
+            # A client that does not read will not read our close frame either: drop it.
+            if request.transport is not None:
+                request.transport.abort()
+
+    async def close_clients(self) -> None:
+        """Close every proxied WebSocket with 1012 (service restart) so clients reconnect."""
+        clients = list(self.clients)
+        await asyncio.gather(
+            *(
+                asyncio.wait_for(ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"restart"), 2)
+                for ws in clients
+            ),
+            return_exceptions=True,
+        )
+
+
+proxy_key = web.AppKey("proxy", Proxy)
+
+
+async def auth_route(request: web.Request) -> web.Response:
+    """``/api/auth/*``: to the auth service, under a per-address limit."""
+    app = request.app
+    await app[rate_limiter_key].enforce(
+        Limit("auth_address", client_address(request), app[rate_policy_key].auth_address)
+    )
+    return await app[proxy_key].forward(request, "auth", keep_authorization=True)
+
+
+async def jwks_route(request: web.Request) -> web.Response:
+    """``GET /.well-known/jwks.json``: auth's public keys."""
+    return await request.app[proxy_key].forward(request, "auth")
+
+
+async def board_route(request: web.Request) -> web.Response:
+    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster."""
+    return await request.app[proxy_key].forward(request, "broadcaster")
+
+
+async def me_route(request: web.Request) -> web.Response:
+    """``GET /api/scoreboard/me``: the broadcaster answers for the verified token's user."""
+    principal = await require_principal(request)
+    return await request.app[proxy_key].forward(request, "broadcaster", user_id=principal.user_id)
+
+
+async def ws_route(request: web.Request) -> web.WebSocketResponse:
+    """``GET /ws/scoreboard``: anyone may watch; a presented token must verify (401 otherwise)."""
+    token, bearer_subprotocol = websocket_token(request)
+    principal = None
+    if token is not None:
+        principal = await request.app[authenticator_key].authenticate(request, token)
+    return await request.app[proxy_key].websocket(
+        request, principal, bearer_subprotocol=bearer_subprotocol
+    )

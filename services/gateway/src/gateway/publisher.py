@@ -1,0 +1,142 @@
+"""Score commands to Kafka: the idempotent, acks=all producer, started lazily.
+
+The gateway must start (and answer health checks) while Kafka is down, so the producer is started
+by a background task that retries with backoff; until it is up, and whenever Kafka does not
+acknowledge a command within ``publish_timeout_s``, publishing raises :class:`PublishFailed` and the
+handler answers 503 after releasing the action (nothing was recorded; the client may retry).
+
+A timed-out send may still reach Kafka later. That is safe: the retry publishes the same action id
+again and the score service applies an action id at most once (primary key on ``actions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+
+from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
+from common.kafka import make_producer
+from common.tracing import inject_headers
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+
+EVENT_SOURCE = "/gateway"
+
+
+class PublishFailed(Exception):
+    """Kafka did not take the command (not connected, error, or no ack in time)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class KafkaNotReady(Exception):
+    """Readiness: the producer has not started yet."""
+
+
+class CommandPublisher:
+    """Publishes :class:`ScoreCommand` events keyed by user id, waiting for acks=all."""
+
+    def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._topic = Topics(settings.topic_prefix).commands
+        self._timeout = settings.publish_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._started = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        """Whether the producer is connected and can publish."""
+        return self._producer is not None
+
+    async def wait_started(self) -> None:
+        """Return once the producer has started."""
+        await self._started.wait()
+
+    async def check_ready(self) -> None:
+        """Readiness check: raises while the producer is not started."""
+        if self._producer is None:
+            raise KafkaNotReady("kafka producer not started")
+
+    async def run(self) -> None:
+        """Start the producer, retrying with backoff until Kafka answers."""
+        delay = 0.5
+        client_id = f"gateway-{socket.gethostname()}"
+        while self._producer is None:
+            producer = make_producer(self._settings, client_id=client_id, linger_ms=2)
+            attempt = asyncio.ensure_future(producer.start())
+            try:
+                await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # Shutting down: a bootstrap cancelled midway leaks its connection, so let the
+                # attempt end (briefly) and then stop the producer properly.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(attempt, 5.0)
+                await producer.stop()
+                raise
+            except Exception as exc:  # any start failure means "Kafka not reachable yet"
+                log.warning("kafka_producer_unavailable", error=repr(exc), retry_in_s=delay)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._producer = producer
+            self._started.set()
+            log.info("kafka_producer_started", topic=self._topic)
+
+    async def close(self) -> None:
+        """Flush and stop the producer, if it started."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish(self, command: ScoreCommand) -> None:
+        """Publish and wait for the acks=all acknowledgement, or raise :class:`PublishFailed`."""
+        producer = self._producer
+        if producer is None:
+            self._metrics.publish_failures.labels("not_connected").inc()
+            raise PublishFailed("not_connected")
+        value = encode(ScoreCommandEvent.wrap(command, source=EVENT_SOURCE))
+        started = time.perf_counter()
+        with tracer.start_as_current_span(
+            f"{self._topic} publish", kind=trace.SpanKind.PRODUCER
+        ) as span:
+            span.set_attribute("messaging.system", "kafka")
+            span.set_attribute("messaging.destination.name", self._topic)
+            span.set_attribute("scoreboard.action_id", str(command.action_id))
+            try:
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        self._topic,
+                        value,
+                        key=str(command.user_id).encode(),
+                        headers=inject_headers(),
+                    ),
+                    timeout=self._timeout,
+                )
+            except TimeoutError:
+                self._metrics.publish_failures.labels("timeout").inc()
+                log.warning("publish_timeout", action_id=str(command.action_id))
+                raise PublishFailed("timeout") from None
+            except Exception as exc:  # aiokafka raises many types; all mean "not recorded"
+                self._metrics.publish_failures.labels("error").inc()
+                log.warning("publish_failed", action_id=str(command.action_id), error=repr(exc))
+                raise PublishFailed("error") from exc
+        self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        self._metrics.commands_accepted.labels(command.action_type).inc()
+
+
+publisher_key = web.AppKey("publisher", CommandPublisher)

@@ -1,0 +1,155 @@
+"""Rate limits shared by every gateway replica: GCRA in one atomic Redis Lua script.
+
+GCRA (the generic cell rate algorithm) keeps one number per key, the theoretical arrival time
+(TAT) of the next request. A request is allowed when it would not arrive earlier than
+``TAT - tolerance``, where ``tolerance = (burst - 1) * interval``; allowing it moves TAT one
+``interval`` (``1 / rate``) later. Several limits are checked and charged together in one script:
+a request denied by any limit charges none of them, and the first denying limit (in the order
+given) is reported. The clock is Redis's own (``TIME``), so replicas with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from common.problems import TooManyRequests
+from gateway.security import Rejection
+from gateway.settings import Settings
+
+# Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with
+# %.0f, because Lua's default number format would round a 16-digit value.
+_GCRA_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local wait = tat - tolerance - now
+  if wait > 0 then
+    return {i, string.format('%.0f', wait)}
+  end
+  tats[i] = tat + interval
+end
+for i, key in ipairs(KEYS) do
+  local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
+  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl_ms)
+end
+return {0, '0'}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A sustained rate (requests per second) with a burst allowance."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.per_second <= 0 or self.burst < 1:
+            raise ValueError("a rate needs per_second > 0 and burst >= 1")
+
+    @property
+    def interval_us(self) -> int:
+        """Microseconds between requests at the sustained rate."""
+        return max(1, round(1_000_000 / self.per_second))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit to check: a name (for errors and metrics), the subject's key and its rate."""
+
+    name: str
+    key: str
+    rate: Rate
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome: allowed, or which limit denied and how long until a retry may pass."""
+
+    allowed: bool
+    denied_by: str | None = None
+    retry_after_s: float = 0.0
+
+
+class RateLimited(TooManyRequests, Rejection):
+    """429 with Retry-After (whole seconds, rounded up)."""
+
+    def __init__(self, decision: Decision) -> None:
+        scope = decision.denied_by or "rate"
+        super().__init__(
+            f"too many requests ({scope} limit); retry after the time in Retry-After",
+            retry_after_s=math.ceil(decision.retry_after_s),
+        )
+        self.reason = f"rate_limited_{scope}"
+
+
+class RateLimiter:
+    """Checks and charges GCRA limits atomically in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._script = redis.register_script(_GCRA_LUA)
+        self._prefix = f"{prefix}rl:"
+
+    async def check(self, *limits: Limit) -> Decision:
+        """Charge one request against every limit if all allow it; else charge none."""
+        if not limits:
+            return Decision(allowed=True)
+        keys = [f"{self._prefix}{limit.name}:{limit.key}" for limit in limits]
+        args: list[int] = []
+        for limit in limits:
+            interval = limit.rate.interval_us
+            args += [interval, interval * (limit.rate.burst - 1)]
+        index, wait_us = await self._script(keys=keys, args=args)
+        if int(index) == 0:
+            return Decision(allowed=True)
+        return Decision(
+            allowed=False,
+            denied_by=limits[int(index) - 1].name,
+            retry_after_s=int(wait_us) / 1_000_000,
+        )
+
+    async def enforce(self, *limits: Limit) -> None:
+        """Like :meth:`check`, raising :class:`RateLimited` when denied."""
+        decision = await self.check(*limits)
+        if not decision.allowed:
+            raise RateLimited(decision)
+
+
+rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    """The configured rates, by what they protect."""
+
+    update_user: Rate
+    update_address: Rate
+    actions_address: Rate
+    auth_address: Rate
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RatePolicy:
+        """Build the policy from the gateway settings."""
+        return cls(
+            update_user=Rate(settings.update_rate_per_user, settings.update_burst_per_user),
+            update_address=Rate(
+                settings.update_rate_per_address, settings.update_burst_per_address
+            ),
+            actions_address=Rate(
+                settings.actions_rate_per_address, settings.actions_burst_per_address
+            ),
+            auth_address=Rate(settings.auth_rate_per_address, settings.auth_burst_per_address),
+        )
+
+
+rate_policy_key = web.AppKey("rate_policy", RatePolicy)

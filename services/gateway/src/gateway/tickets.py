@@ -1,0 +1,233 @@
+"""Action tickets: issued when an action starts, redeemed once when it completes.
+
+``POST /api/actions`` stores a ticket in Redis (``P ticket:{action_id}``, TTL ``ticket_ttl_s``) and
+hands the client ``action_hash``, an HMAC-SHA256 over ``v1|action_id|user_id|action_type|issued_at``
+under the first configured key (``<key id>.<hex>``; every configured key verifies, so keys rotate
+by prepending a new one). Completing the action redeems the ticket; ``P done:{action_id}`` (SET NX)
+makes the redemption happen at most once, whatever the concurrency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from common.problems import BadRequest, Conflict
+from gateway.catalog import ActionSpec, Catalog
+from gateway.security import Rejection
+from gateway.settings import HmacKey
+
+log = structlog.get_logger(__name__)
+
+
+class AlreadyCompleted(Conflict, Rejection):
+    """409: this action id was already submitted."""
+
+    reason = "duplicate_action"
+
+
+class TicketRejected(BadRequest, Rejection):
+    """400: the completion does not match a valid ticket, or is not plausible."""
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def isoformat(moment: datetime) -> str:
+    """The canonical text of a timestamp (UTC, milliseconds, ``Z``), as signed and returned."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_ms() -> datetime:
+    """The current UTC time truncated to milliseconds (what tickets record)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A started action, as stored in Redis."""
+
+    action_id: uuid.UUID
+    user_id: uuid.UUID
+    action_type: str
+    issued_at: datetime
+    expires_at: datetime
+
+    def to_json(self) -> str:
+        """The stored form."""
+        return json.dumps(
+            {
+                "user_id": str(self.user_id),
+                "action_type": self.action_type,
+                "issued_at": isoformat(self.issued_at),
+                "expires_at": isoformat(self.expires_at),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, action_id: uuid.UUID, raw: bytes | str) -> Ticket:
+        """Parse the stored form."""
+        data = json.loads(raw)
+        return cls(
+            action_id=action_id,
+            user_id=uuid.UUID(data["user_id"]),
+            action_type=data["action_type"],
+            issued_at=datetime.fromisoformat(data["issued_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+        )
+
+
+class TicketSigner:
+    """HMAC-SHA256 action hashes with key rotation: the first key signs, all keys verify."""
+
+    VERSION = "v1"
+
+    def __init__(self, keys: Sequence[HmacKey]) -> None:
+        if not keys:
+            raise ValueError("at least one HMAC key is required")
+        self._signing_id = keys[0].key_id
+        self._keys = {k.key_id: k.secret.get_secret_value().encode() for k in keys}
+
+    def _mac(self, key: bytes, ticket: Ticket) -> str:
+        message = "|".join(
+            (
+                self.VERSION,
+                str(ticket.action_id),
+                str(ticket.user_id),
+                ticket.action_type,
+                isoformat(ticket.issued_at),
+            )
+        )
+        return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+    def sign(self, ticket: Ticket) -> str:
+        """``<key id>.<hex HMAC>`` for the ticket's (action_id, user_id, action_type, issued_at)."""
+        return f"{self._signing_id}.{self._mac(self._keys[self._signing_id], ticket)}"
+
+    def verify(self, action_hash: str, ticket: Ticket) -> bool:
+        """Whether ``action_hash`` was made by one of our keys for exactly this ticket."""
+        key_id, sep, mac = action_hash.partition(".")
+        key = self._keys.get(key_id)
+        if not sep or key is None:
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(key, ticket).encode())
+
+
+class TicketStore:
+    """Tickets and completion markers in Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        signer: TicketSigner,
+        *,
+        ttl_s: int,
+        done_ttl_s: int,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self.signer = signer
+        self._ttl = ttl_s
+        self._done_ttl = done_ttl_s
+
+    def _ticket_key(self, action_id: uuid.UUID) -> str:
+        return f"{self._prefix}ticket:{action_id}"
+
+    def _done_key(self, action_id: uuid.UUID) -> str:
+        return f"{self._prefix}done:{action_id}"
+
+    async def issue(self, user_id: uuid.UUID, action_type: str) -> tuple[Ticket, str]:
+        """Store a new ticket; returns it with its action hash."""
+        issued = now_ms()
+        ticket = Ticket(
+            action_id=uuid.uuid4(),
+            user_id=user_id,
+            action_type=action_type,
+            issued_at=issued,
+            expires_at=issued + timedelta(seconds=self._ttl),
+        )
+        await self._redis.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=self._ttl)
+        return ticket, self.signer.sign(ticket)
+
+    async def load(self, action_id: uuid.UUID) -> Ticket | None:
+        """The stored ticket, or None (never issued, expired or already redeemed)."""
+        raw = await self._redis.get(self._ticket_key(action_id))
+        return None if raw is None else Ticket.from_json(action_id, raw)
+
+    async def is_done(self, action_id: uuid.UUID) -> bool:
+        """Whether the action was already submitted (the cheap early 409)."""
+        return bool(await self._redis.exists(self._done_key(action_id)))
+
+    async def claim(self, action_id: uuid.UUID) -> bool:
+        """Mark the action done; False if another request got there first (SET NX)."""
+        return bool(
+            await self._redis.set(self._done_key(action_id), b"1", nx=True, ex=self._done_ttl)
+        )
+
+    async def release(self, action_id: uuid.UUID) -> None:
+        """Undo :meth:`claim` (the command could not be published, so a retry may succeed)."""
+        await self._redis.delete(self._done_key(action_id))
+
+    async def discard(self, action_id: uuid.UUID) -> None:
+        """Drop a redeemed ticket (best effort: its TTL removes it anyway)."""
+        try:
+            await self._redis.delete(self._ticket_key(action_id))
+        except RedisError as exc:
+            log.warning("ticket_discard_failed", action_id=str(action_id), error=repr(exc))
+
+
+def check_completion(
+    ticket: Ticket | None,
+    *,
+    user_id: uuid.UUID,
+    action_type: str,
+    action_hash: str,
+    points: int | None,
+    catalog: Catalog,
+    signer: TicketSigner,
+    now: datetime,
+) -> ActionSpec:
+    """Check a completion against its ticket, in the contract's order; returns the catalog entry.
+
+    400 for: unknown or expired ticket, someone else's ticket, a hash that does not verify, an
+    action type other than the ticket's, completion sooner than the action's minimum duration,
+    or client-sent points that differ from the catalog's.
+    """
+    if ticket is None or ticket.expires_at <= now:
+        raise TicketRejected("unknown or expired action_id", reason="ticket_unknown")
+    if ticket.user_id != user_id:
+        raise TicketRejected("this action was issued to another user", reason="ticket_not_yours")
+    if not signer.verify(action_hash, ticket):
+        raise TicketRejected("action_hash does not verify", reason="hash_invalid")
+    if action_type != ticket.action_type:
+        raise TicketRejected("action_type does not match the ticket", reason="type_mismatch")
+    spec = catalog.get(ticket.action_type)
+    elapsed_ms = (now - ticket.issued_at) / timedelta(milliseconds=1)
+    if elapsed_ms < spec.min_duration_ms:
+        raise TicketRejected(
+            f"completed after {elapsed_ms:.0f} ms; '{action_type}' takes at least "
+            f"{spec.min_duration_ms} ms",
+            reason="too_fast",
+        )
+    if points is not None and points != spec.points:
+        raise TicketRejected(
+            f"points must be {spec.points} for '{action_type}' (the catalog decides)",
+            reason="points_mismatch",
+        )
+    return spec
+
+
+ticket_store_key = web.AppKey("ticket_store", TicketStore)

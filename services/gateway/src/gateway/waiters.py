@@ -1,0 +1,111 @@
+"""``Prefer: wait=N``: requests waiting for the broadcaster to report their action applied.
+
+The broadcaster PUBLISHes ``{"action_id","user_id","username","score","version","rank"}`` on the
+Redis channel ``P applied`` each time it applies a score change. Each gateway process holds ONE
+subscription (a background task that reconnects) and resolves the futures of its own waiting
+requests; messages for actions nobody here waits for are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+
+
+class Applied(BaseModel):
+    """The broadcaster's notice that an action's score change is on the board."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    action_id: uuid.UUID
+    user_id: uuid.UUID
+    score: int
+    rank: int | None = None
+    version: int | None = None
+    username: str | None = None
+
+
+class AppliedWaiters:
+    """Futures of requests waiting for their action, keyed by action id."""
+
+    def __init__(self) -> None:
+        self._pending: dict[uuid.UUID, list[asyncio.Future[Applied]]] = {}
+        self.subscribed = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting right now."""
+        return sum(len(futures) for futures in self._pending.values())
+
+    @contextmanager
+    def expect(self, action_id: uuid.UUID) -> Iterator[asyncio.Future[Applied]]:
+        """Register interest in ``action_id`` for the duration of the block."""
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(action_id, []).append(future)
+        try:
+            yield future
+        finally:
+            futures = self._pending.get(action_id, [])
+            if future in futures:
+                futures.remove(future)
+            if not futures:
+                self._pending.pop(action_id, None)
+            if not future.done():
+                future.cancel()
+
+    def resolve(self, applied: Applied) -> bool:
+        """Wake the requests waiting for ``applied.action_id``; False if there were none."""
+        futures = self._pending.pop(applied.action_id, [])
+        for future in futures:
+            if not future.done():
+                future.set_result(applied)
+        return bool(futures)
+
+    def on_message(self, data: bytes) -> None:
+        """Handle one raw channel message."""
+        try:
+            applied = Applied.model_validate_json(data)
+        except ValidationError as exc:
+            log.warning("applied_message_invalid", error=str(exc)[:200])
+            return
+        self.resolve(applied)
+
+    async def listen(self, redis: aioredis.Redis, channel: str) -> None:
+        """Subscribe to ``channel`` and dispatch messages forever, reconnecting on errors."""
+        delay = 0.5
+        task = asyncio.current_task()
+        while True:
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self.subscribed.set()
+                delay = 0.5
+                while True:
+                    # A bounded read keeps the connection's health checks running while idle.
+                    message = await pubsub.get_message(timeout=1.0)
+                    if task is not None and task.cancelling():
+                        # On Python 3.11 a cancellation racing redis-py's read timeout can
+                        # surface as that timeout (asyncio.timeout), so it would be lost.
+                        raise asyncio.CancelledError
+                    if message is not None and message.get("type") == "message":
+                        self.on_message(message["data"])
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                log.warning("applied_listener_reconnecting", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+waiters_key = web.AppKey("applied_waiters", AppliedWaiters)

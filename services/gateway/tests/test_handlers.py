@@ -1,0 +1,296 @@
+"""The score-update contract, status by status, through the real app, Redis and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import redis.asyncio as aioredis
+
+from common.events import ScoreCommandEvent
+from common.testing import TestEnv as SliceEnv
+from common.tracing import configure_tracing
+from gateway.settings import settings_key
+from services.gateway.tests.support import (
+    Client,
+    MakeGateway,
+    TokenMint,
+    bearer,
+    command_records,
+)
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
+CATALOG = {
+    "tap": {"points": 1, "min_duration_ms": 0},
+    "quest": {"points": 50, "min_duration_ms": 0},
+    "slow": {"points": 5, "min_duration_ms": 60_000},
+}
+UPDATE = "/api/scoreboard/update"
+
+
+@pytest.fixture
+async def gateway(make_gateway: MakeGateway) -> Client:
+    """A gateway whose catalog has instant actions (and one that takes a minute)."""
+    return await make_gateway(action_catalog=CATALOG)
+
+
+class Player:
+    """A token holder with helpers for the ticket flow."""
+
+    def __init__(self, client: Client, mint: TokenMint) -> None:
+        self.client = client
+        self.user_id = uuid.uuid4()
+        self.sid = str(uuid.uuid4())
+        self.token = mint.mint(self.user_id, sid=self.sid)
+        self.auth = bearer(self.token)
+
+    async def ticket(self, action_type: str = "tap") -> dict[str, Any]:
+        resp = await self.client.post(
+            "/api/actions", json={"action_type": action_type}, headers=self.auth
+        )
+        assert resp.status == 201, await resp.text()
+        ticket: dict[str, Any] = await resp.json()
+        return ticket
+
+    async def completion(self, action_type: str = "tap") -> dict[str, Any]:
+        ticket = await self.ticket(action_type)
+        return {k: ticket[k] for k in ("action_id", "action_type", "action_hash")}
+
+    async def submit(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        resp = await self.client.post(UPDATE, json=body, headers={**self.auth, **(headers or {})})
+        return resp.status, await resp.json(content_type=None)
+
+
+@pytest.fixture
+def player(gateway: Client, mint: TokenMint) -> Player:
+    return Player(gateway, mint)
+
+
+async def test_catalog_is_public(gateway: Client) -> None:
+    resp = await gateway.get("/api/actions/types")
+    assert resp.status == 200
+    assert await resp.json() == [
+        {"action_type": name, **spec} for name, spec in sorted(CATALOG.items())
+    ]
+
+
+async def test_ticket_is_signed_and_stored_with_a_ttl(
+    gateway: Client, player: Player, redis_client: aioredis.Redis
+) -> None:
+    ticket = await player.ticket("quest")
+    assert ticket["points"] == 50
+    assert ticket["action_type"] == "quest"
+    assert ticket["action_hash"].startswith("t1.")
+    uuid.UUID(ticket["action_id"])
+    prefix = gateway.app[settings_key].redis_prefix
+    ttl = await redis_client.ttl(f"{prefix}ticket:{ticket['action_id']}")
+    assert 590 <= ttl <= 600
+
+
+@pytest.mark.parametrize(
+    "body", [{"action_type": "nope"}, {"action_type": "tap", "points": 5}, {}, {"action_type": 3}]
+)
+async def test_bad_ticket_requests_are_400(player: Player, body: dict[str, Any]) -> None:
+    resp = await player.client.post("/api/actions", json=body, headers=player.auth)
+    assert resp.status == 400
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_accepted_command_is_on_kafka_with_catalog_points(
+    player: Player, test_env: SliceEnv, redis_client: aioredis.Redis
+) -> None:
+    configure_tracing("gateway")  # as __main__ does; then the trace context reaches Kafka
+    body = await player.completion("quest")
+    status, doc = await player.submit({**body, "user_id": str(player.user_id), "points": 50})
+    assert status == 202
+    assert doc == {"status": "accepted", "action_id": body["action_id"], "points": 50}
+
+    [record] = await command_records(test_env, body["action_id"])
+    assert record.key == str(player.user_id).encode()
+    value = json.loads(record.value)
+    schema = json.loads((SCHEMAS / "score-command.v1.json").read_text())
+    jsonschema.validate(value, schema)
+    event = ScoreCommandEvent.model_validate(value)
+    assert event.source == "/gateway"
+    assert event.subject == str(player.user_id)
+    assert (event.data.user_id, event.data.action_type) == (player.user_id, "quest")
+    assert event.data.points == 50
+    assert event.data.accepted_at >= event.data.issued_at
+    assert any(k == "traceparent" for k, _ in record.headers)
+
+    prefix = player.client.app[settings_key].redis_prefix
+    assert await redis_client.exists(f"{prefix}ticket:{body['action_id']}") == 0  # redeemed
+    assert await redis_client.ttl(f"{prefix}done:{body['action_id']}") > 6 * 24 * 3600
+
+
+async def test_points_are_never_taken_from_the_client(player: Player) -> None:
+    body = await player.completion("tap")
+    status, doc = await player.submit({**body, "points": 1000})
+    assert status == 400
+    assert "points" in doc["detail"]
+    status, doc = await player.submit(body)
+    assert (status, doc["points"]) == (202, 1)
+
+
+async def test_401_without_a_token(player: Player) -> None:
+    body = await player.completion()
+    resp = await player.client.post(UPDATE, json=body)
+    assert resp.status == 401
+
+
+async def test_403_for_another_users_id_and_for_a_banned_user(
+    player: Player, redis_client: aioredis.Redis
+) -> None:
+    body = await player.completion()
+    status, _ = await player.submit({**body, "user_id": str(uuid.uuid4())})
+    assert status == 403
+    prefix = player.client.app[settings_key].redis_prefix
+    await redis_client.set(f"{prefix}user-status:{player.user_id}", "banned")
+    status, _ = await player.submit(body)
+    assert status == 403
+
+
+async def test_409_for_a_completed_action_even_with_other_faults(player: Player) -> None:
+    body = await player.completion()
+    assert (await player.submit(body))[0] == 202
+    assert (await player.submit(body))[0] == 409
+    # 409 is checked before the hash (400) ...
+    assert (await player.submit({**body, "action_hash": "t1.00"}))[0] == 409
+    # ... and 403 before 409.
+    assert (await player.submit({**body, "user_id": str(uuid.uuid4())}))[0] == 403
+
+
+async def test_400_for_tickets_that_do_not_match(
+    player: Player, mint: TokenMint, redis_client: aioredis.Redis
+) -> None:
+    body = await player.completion("tap")
+    other = Player(player.client, mint)
+    prefix = player.client.app[settings_key].redis_prefix
+    flipped = body["action_hash"][:-1] + ("0" if body["action_hash"][-1] != "0" else "1")
+    cases: dict[str, tuple[Player, dict[str, Any]]] = {
+        "unknown action": (player, {**body, "action_id": str(uuid.uuid4())}),
+        "someone else's ticket": (other, body),
+        "flipped hash": (player, {**body, "action_hash": flipped}),
+        "hash from an unknown key": (
+            player,
+            {**body, "action_hash": "k9" + body["action_hash"][2:]},
+        ),
+        "not a hash": (player, {**body, "action_hash": "garbage"}),
+        "type mismatch": (player, {**body, "action_type": "quest"}),
+        "extra field": (player, {**body, "bonus": True}),
+        "points as a string": (player, {**body, "points": "1"}),
+    }
+    for name, (who, attempt) in cases.items():
+        status, doc = await who.submit(attempt)
+        assert status == 400, name
+        assert doc["status"] == 400
+    # An expired ticket (its expiry passed before Redis dropped it).
+    ticket = json.loads(await redis_client.get(f"{prefix}ticket:{body['action_id']}") or b"{}")
+    expired = {**ticket, "expires_at": "2000-01-01T00:00:00.000Z"}
+    await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(expired))
+    assert (await player.submit(body))[0] == 400
+    await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(ticket))
+    # None of that counted: the honest completion still goes through, once.
+    assert (await player.submit(body))[0] == 202
+
+
+async def test_400_when_completed_faster_than_possible(player: Player) -> None:
+    status, doc = await player.submit(await player.completion("slow"))
+    assert status == 400
+    assert "at least 60000 ms" in doc["detail"]
+
+
+@pytest.mark.parametrize("prefer", ["wait=0", "wait=11", "wait=abc", "wait", "wait=1.5"])
+async def test_400_for_an_invalid_wait_preference(player: Player, prefer: str) -> None:
+    status, _ = await player.submit(await player.completion(), {"Prefer": prefer})
+    assert status == 400
+
+
+async def test_100_concurrent_submissions_of_one_ticket_count_once(
+    make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv
+) -> None:
+    client = await make_gateway(
+        action_catalog=CATALOG, update_burst_per_user=1000, update_burst_per_address=1000
+    )
+    player = Player(client, mint)
+    body = await player.completion()
+    results = await asyncio.gather(*(player.submit(body) for _ in range(100)))
+    assert Counter(status for status, _ in results) == {202: 1, 409: 99}
+    assert len(await command_records(test_env, body["action_id"])) == 1
+
+
+async def test_kafka_down_is_503_and_the_same_request_then_succeeds(
+    make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv, unused_tcp_port: int
+) -> None:
+    working = await make_gateway(action_catalog=CATALOG)
+    prefix = working.app[settings_key].redis_prefix
+    broken = await make_gateway(
+        wait_kafka=False,
+        action_catalog=CATALOG,
+        redis_prefix=prefix,
+        kafka_bootstrap=f"127.0.0.1:{unused_tcp_port}",
+    )
+    player = Player(broken, mint)
+    body = await player.completion()
+    resp = await broken.post(UPDATE, json=body, headers=player.auth)
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert "retry" in (await resp.json(content_type=None))["detail"]
+    ready = await broken.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["kafka"].startswith("failed")
+    assert await command_records(test_env, body["action_id"], wait=False) == []
+
+    resp = await working.post(UPDATE, json=body, headers=player.auth)
+    assert resp.status == 202
+    assert len(await command_records(test_env, body["action_id"])) == 1
+
+
+async def test_prefer_wait_returns_the_applied_score(
+    player: Player, test_env: SliceEnv, redis_client: aioredis.Redis
+) -> None:
+    body = await player.completion("quest")
+    submitting = asyncio.create_task(player.submit(body, {"Prefer": "respond-async, wait=5"}))
+    await command_records(test_env, body["action_id"])  # published, so the waiter is registered
+    prefix = player.client.app[settings_key].redis_prefix
+    # An unrelated notice first: it must not wake this request.
+    unrelated = {"action_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "score": 1}
+    await redis_client.publish(f"{prefix}applied", json.dumps(unrelated))
+    notice = {
+        "action_id": body["action_id"],
+        "user_id": str(player.user_id),
+        "username": "player",
+        "score": 150,
+        "version": 3,
+        "rank": 2,
+    }
+    await redis_client.publish(f"{prefix}applied", json.dumps(notice))
+    status, doc = await submitting
+    assert status == 200
+    assert doc == {
+        "status": "applied",
+        "action_id": body["action_id"],
+        "user_id": str(player.user_id),
+        "score": 150,
+        "rank": 2,
+    }
+
+
+async def test_prefer_wait_gives_202_when_not_applied_in_time(player: Player) -> None:
+    body = await player.completion()
+    started = time.monotonic()
+    resp = await player.client.post(UPDATE, json=body, headers={**player.auth, "Prefer": "wait=1"})
+    elapsed = time.monotonic() - started
+    assert resp.status == 202
+    assert resp.headers["Preference-Applied"] == "wait=1"
+    assert (await resp.json())["status"] == "accepted"
+    assert 0.9 <= elapsed < 2.5
