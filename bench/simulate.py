@@ -14,9 +14,7 @@ import time
 
 import aiohttp
 
-NAMES = (
-    "ada bob cy dee eve fay gus hal ivy jo kai lu max nia oz pam quin rae sol tea uma vic"
-)
+NAMES = "ada bob cy dee eve fay gus hal ivy jo kai lu max nia oz pam quin rae sol tea uma vic"
 
 
 async def player(
