@@ -1,4 +1,4 @@
-"""The score service's settings (``SCOREBOARD_*`` variables; see the README's table)."""
+"""The score service's settings (``SCOREBOARD_*`` variables; see services/score/README.md)."""
 
 from __future__ import annotations
 
@@ -10,3 +10,35 @@ class Settings(CommonSettings):
 
     service_name: str = "score"
     port: int = 8082
+    # The pool serves one apply transaction at a time plus health checks; the relay has its own
+    # connection. Connecting lazily (min 0) lets the service start while PostgreSQL is down.
+    postgres_pool_min: int = 0
+    postgres_pool_max: int = 4
+    # Apply the shared migrations at start (idempotent, under an advisory lock).
+    migrate_on_start: bool = True
+
+    # Consumer group on the commands topic; every replica uses the same one.
+    group_id: str = "score"
+    # A batch is what getmany() returns, topped up for at most batch_wait_ms, up to batch_max.
+    batch_max: int = 500
+    batch_wait_ms: int = 20
+    # How long one poll waits when nothing arrives (bounds how quickly a stop is noticed).
+    poll_idle_ms: int = 500
+    # Transient failures (database or Kafka) are retried with exponential backoff and jitter.
+    retry_base_s: float = 0.1
+    retry_cap_s: float = 5.0
+    # How long a rebalance waits for the in-flight batch to finish and commit before giving up
+    # its partitions anyway (the batch then does not commit; the new owner dedupes it).
+    revoke_wait_s: float = 10.0
+    # An offset commit that takes longer is given up (the next commit covers its offsets).
+    commit_timeout_s: float = 10.0
+    # How long SIGTERM waits for the in-flight batch and the relay before cancelling them.
+    shutdown_grace_s: float = 8.0
+
+    # Outbox relay: rows per publish round, poll interval when no NOTIFY arrives, retention of
+    # sent rows, and how often a standby replica tries to take over the relay lock.
+    relay_batch: int = 500
+    relay_poll_ms: int = 500
+    outbox_retention_s: float = 3600.0
+    outbox_purge_interval_s: float = 60.0
+    relay_standby_poll_s: float = 2.0

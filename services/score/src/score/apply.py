@@ -1,0 +1,121 @@
+"""How a batch of commands changes scores: the pure rules, with no I/O.
+
+The store (``store.py``) locks the users' rows, asks :func:`plan_batch` what the batch does, and
+writes that in the same transaction. Keeping the rules here makes them testable without a
+database and keeps the SQL free of business decisions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from common.events import CHANGED_TYPE, CONTENT_TYPE, SPEC_VERSION
+from score.commands import Command
+
+EVENT_SOURCE = "/score"
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class UserState:
+    """A user's row: name, score and version (their own sequence number)."""
+
+    username: str
+    score: int
+    version: int
+
+
+@dataclass(slots=True)
+class Applied:
+    """A command that changes the score now: the user's new score and sequence number."""
+
+    command: Command
+    score: int
+    version: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one batch does: the applied commands in stream order, and what it skips."""
+
+    applied: list[Applied] = field(default_factory=list)
+    duplicates: list[Command] = field(default_factory=list)
+    unknown_users: list[Command] = field(default_factory=list)
+    final: dict[uuid.UUID, UserState] = field(default_factory=dict)
+    """The rows this batch changes, as they are after it."""
+
+
+def plan_batch(
+    commands: Sequence[Command],
+    users: Mapping[uuid.UUID, UserState],
+    already_applied: Iterable[uuid.UUID],
+) -> Plan:
+    """Apply ``commands`` in order on top of ``users`` (their rows before the batch).
+
+    A command for a user missing from ``users`` is reported as unknown (it goes to the DLQ). An
+    action id seen before, in the table or earlier in this batch, is a duplicate and changes
+    nothing. Every other command adds its points and takes the user's next version.
+    """
+    seen = set(already_applied)
+    plan = Plan()
+    final = plan.final
+    for command in commands:
+        data = command.data
+        user_id = data.user_id
+        current = final.get(user_id)
+        if current is None and user_id not in users:
+            plan.unknown_users.append(command)
+            continue
+        if data.action_id in seen:
+            plan.duplicates.append(command)
+            continue
+        seen.add(data.action_id)
+        if current is None:
+            before = users[user_id]
+            current = final[user_id] = UserState(before.username, before.score, before.version)
+        current.score += data.points
+        current.version += 1
+        plan.applied.append(Applied(command, current.score, current.version))
+    return plan
+
+
+def changed_event(applied: Applied, user_key: str, username: str, occurred_at: datetime) -> bytes:
+    """The ScoreChanged CloudEvent for an applied command, serialised for the outbox.
+
+    The bytes are exactly ``encode(ScoreChangedEvent.wrap(ScoreChanged(...), source="/score"))``
+    (test_apply pins that for every field); msgspec builds them about six times faster than
+    the pydantic models, which the batched apply needs for its throughput target.
+    ``user_key`` is ``str(user_id)``, computed once per user and batch.
+    """
+    data = applied.command.data
+    return _json_encode(
+        {
+            "specversion": SPEC_VERSION,
+            "id": f"{user_key}:{applied.version}",
+            "source": EVENT_SOURCE,
+            "time": occurred_at,
+            "subject": user_key,
+            "datacontenttype": CONTENT_TYPE,
+            "type": CHANGED_TYPE,
+            "data": {
+                "action_id": data.action_id,
+                "user_id": user_key,
+                "username": username,
+                "delta": data.points,
+                "score": applied.score,
+                "version": applied.version,
+                "occurred_at": occurred_at,
+            },
+        }
+    )
+
+
+def outbox_headers(applied: Applied) -> str:
+    """The Kafka headers to publish with the change (the command's trace context), as JSON."""
+    return _json_encode(applied.command.delivery.trace_headers()).decode()

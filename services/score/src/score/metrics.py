@@ -1,0 +1,84 @@
+"""The score service's Prometheus metrics, registered on the app's own registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class ScoreMetrics:
+    """Everything the consumer and the relay report."""
+
+    applied: Counter
+    duplicates: Counter
+    dead_lettered: Counter
+    batch_size: Histogram
+    apply_seconds: Histogram
+    failures: Counter
+    consumer_lag: Gauge
+    outbox_backlog: Gauge
+    relay_published: Counter
+    relay_leader: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ScoreMetrics:
+        """Register the metrics on ``registry``."""
+        return cls(
+            applied=Counter(
+                "scoreboard_score_commands_applied",
+                "Score commands applied (each changed a score once)",
+                registry=registry,
+            ),
+            duplicates=Counter(
+                "scoreboard_score_commands_duplicate",
+                "Score commands skipped because their action was already applied",
+                registry=registry,
+            ),
+            dead_lettered=Counter(
+                "scoreboard_score_commands_dead_lettered",
+                "Score commands sent to the dead-letter topic, by reason",
+                ["reason"],
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "scoreboard_score_batch_size",
+                "Records per consumed batch",
+                buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
+                registry=registry,
+            ),
+            apply_seconds=Histogram(
+                "scoreboard_score_apply_duration_seconds",
+                "Time to apply one batch in PostgreSQL (one transaction)",
+                buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=registry,
+            ),
+            failures=Counter(
+                "scoreboard_score_failures",
+                "Transient failures that were retried, by stage",
+                ["stage"],
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "scoreboard_score_consumer_lag",
+                "Commands not yet applied, per partition (high watermark minus position)",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            outbox_backlog=Gauge(
+                "scoreboard_score_outbox_backlog",
+                "Outbox rows not yet published",
+                registry=registry,
+            ),
+            relay_published=Counter(
+                "scoreboard_score_relay_published",
+                "ScoreChanged events published by the outbox relay",
+                registry=registry,
+            ),
+            relay_leader=Gauge(
+                "scoreboard_score_relay_leader",
+                "1 when this replica holds the relay lock and publishes the outbox",
+                registry=registry,
+            ),
+        )

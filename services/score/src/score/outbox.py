@@ -1,0 +1,70 @@
+"""The outbox table as the relay sees it: unsent rows in id order, marking, retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+# pg_try_advisory_lock key: whoever holds it is the one relay that publishes (any replica).
+RELAY_LOCK_ID = 0x5C0_2E1A7
+
+_UNSENT = """
+SELECT id, event_key, payload, headers::text
+FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1
+"""
+
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One ScoreChanged event waiting to be published."""
+
+    id: int
+    key: bytes
+    payload: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class Outbox:
+    """Queries over the outbox, on the relay's own connection (which also holds its lock)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def try_lead(self) -> bool:
+        """Take the relay lock if nobody holds it; it lasts as long as this connection."""
+        return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID))
+
+    async def unsent(self, limit: int) -> list[OutboxRow]:
+        """The oldest unsent rows, in id order (per user, that is version order)."""
+        return [
+            OutboxRow(
+                r[0],
+                bytes(r[1]),
+                bytes(r[2]),
+                [(k, v.encode()) for k, v in _decode_headers(r[3]).items()],
+            )
+            for r in await self._conn.fetch(_UNSENT, limit)
+        ]
+
+    async def mark_sent(self, ids: list[int]) -> None:
+        """Record that these rows reached Kafka."""
+        await self._conn.execute(
+            "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids
+        )
+
+    async def purge(self, older_than_s: float) -> int:
+        """Delete rows sent more than ``older_than_s`` ago; returns how many."""
+        status = await self._conn.execute(
+            "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)",
+            older_than_s,
+        )
+        return int(status.rpartition(" ")[2])
+
+    async def backlog(self) -> int:
+        """How many rows wait to be published."""
+        count = await self._conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        return int(count)

@@ -1,0 +1,173 @@
+"""The score store: applies a batch of commands to PostgreSQL in one transaction.
+
+A batch costs five statements whatever its size: read the users' rows, look up which actions
+are already applied, write the scores, COPY the actions, COPY the outbox rows. Arrays travel
+through ``unnest`` and rows through ``COPY``, so the work per command is a few microseconds.
+
+Exactly once, with optimistic concurrency: normally one replica owns a user's partition, but
+during a rebalance the old and the new owner may apply the same records at once. A score row is
+written only if its version is still the one read at the start; if another transaction changed
+it (or created it, or inserted one of the actions: the ``actions`` primary key), this one rolls
+back as a whole and its retry reads the new state, where those actions are duplicates. Waiting
+on the row lock in the UPDATE makes the second writer see the first one's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from score.apply import Plan, UserState, changed_event, outbox_headers, plan_batch
+from score.commands import Command
+
+# The relay LISTENs here; the apply transaction notifies it (delivered at commit).
+NOTIFY_CHANNEL = "score_outbox"
+
+# The batch's users as they are now. Unknown user ids are missing; users without a row yet
+# (their first action) come with score 0, version 0 and has_row false. Nothing is locked: the
+# write below only succeeds if no other transaction changed these rows in between.
+_READ_USERS = """
+SELECT u.user_id, u.username, coalesce(s.score, 0), coalesce(s.version, 0),
+       s.user_id IS NOT NULL AS has_row
+FROM users u LEFT JOIN scores s USING (user_id)
+WHERE u.user_id = ANY($1::uuid[])
+"""
+
+# now() is the transaction's time: the moment every score of this batch was reached.
+_ALREADY_APPLIED = """
+SELECT now() AS now,
+       ARRAY(SELECT action_id FROM actions WHERE action_id = ANY($1::uuid[])) AS applied
+"""
+
+# Optimistic concurrency: a row is updated only if its version is still the one we read, and a
+# new row inserted only if nobody created it meanwhile (else a unique violation). The count
+# tells whether every row was written.
+_WRITE_SCORES = """
+WITH updated AS (
+    UPDATE scores AS s
+    SET score = x.score, version = x.version, reached_at = now(), updated_at = now()
+    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+         AS x(user_id, score, version, read_version)
+    WHERE s.user_id = x.user_id AND s.version = x.read_version
+    RETURNING 1
+), created AS (
+    INSERT INTO scores (user_id, score, version, reached_at)
+    SELECT user_id, score, version, now()
+    FROM unnest($5::uuid[], $6::bigint[], $7::bigint[]) AS y(user_id, score, version)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM created) AS written,
+       pg_notify('score_outbox', '') AS notified
+"""
+
+# Actions and outbox rows go in with COPY, the cheapest bulk insert PostgreSQL has.
+# ``applied_at`` is left to its default, now(): the transaction's time.
+_ACTION_COLUMNS = (
+    "action_id", "user_id", "action_type", "points", "issued_at", "accepted_at", "version",
+)  # fmt: skip
+_OUTBOX_COLUMNS = ("event_key", "payload", "headers")
+
+
+def _uuid_int(value: uuid.UUID) -> int:
+    return value.int
+
+
+class ConcurrentApplyError(Exception):
+    """Another transaction changed this batch's users or actions after we read them: retry."""
+
+
+class ScoreStore:
+    """Applies batches of score commands; every change goes to the outbox in the same commit."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def apply(self, commands: Sequence[Command]) -> Plan:
+        """Apply ``commands`` (in stream order) exactly once, in one transaction.
+
+        Returns what was applied, what was a duplicate and which commands name unknown users
+        (those change nothing). Raises on any database failure, with nothing written;
+        :class:`ConcurrentApplyError` when another replica changed the same users meanwhile.
+        """
+        if not commands:
+            return Plan()
+        user_ids = list({c.data.user_id: None for c in commands})
+        async with self._pool.acquire() as conn, conn.transaction():
+            users: dict[uuid.UUID, UserState] = {}
+            existing: set[uuid.UUID] = set()
+            for r in await conn.fetch(_READ_USERS, user_ids):
+                users[r[0]] = UserState(r[1], r[2], r[3])
+                if r[4]:
+                    existing.add(r[0])
+            row = await conn.fetchrow(_ALREADY_APPLIED, [c.data.action_id for c in commands])
+            assert row is not None
+            plan = plan_batch(commands, users, row["applied"])
+            if plan.applied:
+                await self._write(conn, plan, users, existing, row["now"])
+        return plan
+
+    async def _write(
+        self,
+        conn: PoolConnectionProxy,
+        plan: Plan,
+        before: dict[uuid.UUID, UserState],
+        existing: set[uuid.UUID],
+        now: datetime,
+    ) -> None:
+        final = plan.final
+        # In one global order (uuid order, as PostgreSQL compares them), so two overlapping
+        # writers queue up on the row locks instead of deadlocking.
+        ordered = sorted(final, key=_uuid_int)
+        update = [u for u in ordered if u in existing]
+        create = [u for u in ordered if u not in existing]
+        # The score write goes out first, and PostgreSQL executes it while we encode the rows
+        # below (asyncpg writes a cached statement to the socket before its first await).
+        written = asyncio.ensure_future(
+            conn.fetchval(
+                _WRITE_SCORES,
+                update,
+                [final[u].score for u in update],
+                [final[u].version for u in update],
+                [before[u].version for u in update],
+                create,
+                [final[u].score for u in create],
+                [final[u].version for u in create],
+            )
+        )
+        try:
+            await asyncio.sleep(0)
+            keys = {user_id: str(user_id) for user_id in final}
+            actions = []
+            outbox = []
+            for a in plan.applied:
+                d = a.command.data
+                key = keys[d.user_id]
+                actions.append(
+                    (d.action_id, d.user_id, d.action_type, d.points, d.issued_at,
+                     d.accepted_at, a.version)
+                )  # fmt: skip
+                outbox.append(
+                    (
+                        key.encode(),
+                        changed_event(a, key, final[d.user_id].username, now),
+                        outbox_headers(a),
+                    )
+                )
+        finally:
+            try:
+                count = await written
+            except asyncpg.UniqueViolationError as exc:  # a first action, created meanwhile
+                raise ConcurrentApplyError(str(exc)) from exc
+        if count != len(final):
+            raise ConcurrentApplyError(f"{len(final) - count} user(s) changed meanwhile")
+        try:
+            await conn.copy_records_to_table("actions", columns=_ACTION_COLUMNS, records=actions)
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrentApplyError(str(exc)) from exc
+        # Row order is id order, which is the order the relay publishes in.
+        await conn.copy_records_to_table("outbox", columns=_OUTBOX_COLUMNS, records=outbox)

@@ -1,0 +1,84 @@
+"""Score service fixtures: topics of its own per test (so consumers see only that test's
+commands), settings for fast retries, a command sender and a pool, all on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from common.events import Topics
+from common.kafka import ensure_topics, make_producer, started, topic_specs
+from common.postgres import create_pool
+from common.testing import TestEnv
+from score.settings import Settings
+from services.score.tests.support import Sender
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+async def topic_prefix(test_env: TestEnv) -> AsyncIterator[str]:
+    """Fresh commands/changed/DLQ topics for one test, deleted afterwards."""
+    prefix = f"{test_env.topic_prefix}score-{uuid.uuid4().hex[:8]}."
+    specs = topic_specs(prefix, partitions=PARTITIONS)
+    await ensure_topics(test_env.kafka_bootstrap, specs)
+    yield prefix
+    admin = AIOKafkaAdminClient(bootstrap_servers=test_env.kafka_bootstrap)
+    try:
+        await admin.start()
+        await asyncio.wait_for(admin.delete_topics([s.name for s in specs]), timeout=10)
+    except Exception as exc:  # leftovers are harmless: the session's prefix is unique
+        print(f"could not delete test topics: {exc!r}")
+    finally:
+        await admin.close()
+
+
+def score_settings(test_env: TestEnv, topic_prefix: str, **overrides: object) -> Settings:
+    """Settings on this run's database and the test's topics, with quick retries."""
+    values: dict[str, object] = {
+        **test_env.overrides(),
+        "topic_prefix": topic_prefix,
+        "group_id": f"{topic_prefix}score",
+        "migrate_on_start": False,
+        "postgres_pool_max": 2,
+        "retry_base_s": 0.05,
+        "retry_cap_s": 0.5,
+        "relay_poll_ms": 200,
+        "relay_standby_poll_s": 0.2,
+        "shutdown_grace_s": 5.0,
+    }
+    values.update(overrides)
+    return Settings.load(**values)
+
+
+@pytest.fixture
+def settings(test_env: TestEnv, topic_prefix: str) -> Settings:
+    """This test's score settings."""
+    return score_settings(test_env, topic_prefix)
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Topics:
+    """This test's topic names."""
+    return Topics(settings.topic_prefix)
+
+
+@pytest.fixture
+async def sender(settings: Settings, topics: Topics) -> AsyncIterator[Sender]:
+    """Produces commands to this test's topic."""
+    producer = make_producer(settings, client_id="score-test")
+    async with started(producer):
+        yield Sender(producer, topics)
+
+
+@pytest.fixture
+async def pool(test_env: TestEnv) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this run's database."""
+    pool = await create_pool(Settings.load(**test_env.overrides(), postgres_pool_max=2))
+    yield pool
+    await pool.close()

@@ -1,0 +1,190 @@
+"""Test helpers for the score service: players in the users table, commands on a real topic,
+and a reader for what reached a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from common.events import ScoreChangedEvent, ScoreCommand, ScoreCommandEvent, Topics, encode
+from score.app import create_app
+from score.settings import Settings
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def add_users(conn: Conn, n: int) -> list[uuid.UUID]:
+    """``n`` players, inserted as the auth service would (the score service only reads them)."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    await conn.executemany(
+        "INSERT INTO users (user_id, username, password_hash) VALUES ($1, $2, 'x')",
+        [(u, f"p_{u.hex[:16]}") for u in ids],
+    )
+    return ids
+
+
+def command(
+    user_id: uuid.UUID, points: int = 5, action_id: uuid.UUID | None = None
+) -> ScoreCommand:
+    """A command as the gateway would accept it."""
+    now = datetime.now(UTC)
+    return ScoreCommand(
+        action_id=action_id or uuid.uuid4(),
+        user_id=user_id,
+        action_type="quest",
+        points=points,
+        issued_at=now - timedelta(seconds=2),
+        accepted_at=now,
+    )
+
+
+@dataclass
+class Sender:
+    """Produces to this test's commands topic, as the gateway does (key = user id)."""
+
+    producer: AIOKafkaProducer
+    topics: Topics
+
+    async def send(self, cmds: Iterable[ScoreCommand]) -> None:
+        """Send commands (in order) and wait until Kafka has all of them."""
+        acks = [
+            await self.producer.send(
+                self.topics.commands,
+                encode(ScoreCommandEvent.wrap(c, source="/gateway")),
+                key=str(c.user_id).encode(),
+                headers=[("traceparent", TRACEPARENT.encode())],
+            )
+            for c in cmds
+        ]
+        await asyncio.gather(*acks)
+
+    async def send_raw(self, value: bytes | None, key: bytes | None) -> None:
+        """Send arbitrary bytes (poison)."""
+        await self.producer.send_and_wait(self.topics.commands, value, key=key)
+
+
+async def read_topic(
+    settings: Settings, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 30
+) -> list[Any]:
+    """Read ``topic`` from the beginning until ``done(records)`` holds; returns the records."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    records: list[Any] = []
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not done(records):
+                batch = await consumer.getmany(timeout_ms=200)
+                for recs in batch.values():
+                    records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def topic_size(settings: Settings, topic: str) -> int:
+    """How many records the topic holds (sum of its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return int(sum(ends.values()))
+
+
+def changes(records: list[Any]) -> list[ScoreChangedEvent]:
+    """Parse ScoreChanged records."""
+    return [ScoreChangedEvent.model_validate_json(r.value) for r in records]
+
+
+def distinct_changes(
+    n: int, users: Iterable[uuid.UUID] | None = None
+) -> Callable[[list[Any]], bool]:
+    """A ``read_topic`` condition: ``n`` distinct (user, version) events (of ``users``) arrived.
+
+    Publishing is at least once, so the same event may arrive twice; it counts once.
+    """
+    wanted = None if users is None else {str(u).encode() for u in users}
+
+    def done(records: list[Any]) -> bool:
+        mine = [r for r in records if wanted is None or r.key in wanted]
+        return (
+            len(
+                {(r.key, ScoreChangedEvent.model_validate_json(r.value).data.version) for r in mine}
+            )
+            >= n
+        )
+
+    return done
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    """Wait until ``check()`` holds (the database has no event to await, so poll it briefly)."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - no event to wait for
+            await asyncio.sleep(0.05)
+
+
+async def applied_count(conn: Conn, users: list[uuid.UUID]) -> int:
+    """How many actions of these users are applied."""
+    return int(await conn.fetchval("SELECT count(*) FROM actions WHERE user_id = ANY($1)", users))
+
+
+def assert_versions_consecutive(events: list[ScoreChangedEvent]) -> dict[uuid.UUID, int]:
+    """Per user, versions 1..n with no gap and no conflicting duplicate; returns n per user.
+
+    Duplicates are allowed (at-least-once publishing) only if they are the same event.
+    """
+    by_key: dict[tuple[uuid.UUID, int], ScoreChangedEvent] = {}
+    for e in events:
+        key = (e.data.user_id, e.data.version)
+        if key in by_key:
+            assert by_key[key] == e, f"conflicting events for {key}: {by_key[key]} vs {e}"
+        by_key[key] = e
+    top: dict[uuid.UUID, int] = {}
+    for user, version in by_key:
+        top[user] = max(top.get(user, 0), version)
+    for user, n in top.items():
+        versions = sorted(v for u, v in by_key if u == user)
+        assert versions == list(range(1, n + 1)), f"user {user} has versions {versions}"
+        scores = [by_key[(user, v)].data.score for v in versions]
+        deltas = [by_key[(user, v)].data.delta for v in versions]
+        running = [sum(deltas[: i + 1]) for i in range(len(deltas))]
+        assert scores == running, f"user {user}: scores {scores} are not the running sum"
+    return top
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The real score app in-process (consumer and relay running); stopped like on SIGTERM."""
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def ready(client: TestClient[Any, Any]) -> dict[str, Any]:
+    """The /readyz document."""
+    async with client.get("/readyz") as resp:
+        body: dict[str, Any] = await resp.json()
+        body["http_status"] = resp.status
+        return body
