@@ -138,14 +138,15 @@ class CommandConsumer:
                 Poison(c.delivery, PoisonReason.UNKNOWN_USER, f"no user {c.data.user_id}")
                 for c in plan.unknown_users
             )
+            dead: list[Poison] = []
             if poison:
-                await self._retry("dead-letter", stop, lambda: self._dead_letter(poison))
+                dead = await self._retry("dead-letter", stop, lambda: self._dead_letter(poison))
             span.set_attribute("score.batch.applied", len(plan.applied))
             span.set_attribute("score.batch.duplicates", len(plan.duplicates))
 
         self._metrics.applied.inc(len(plan.applied))
         self._metrics.duplicates.inc(len(plan.duplicates))
-        for p in poison:
+        for p in dead:
             self._metrics.dead_lettered.labels(p.reason.value).inc()
         await self._commit(batch)
 
@@ -156,11 +157,19 @@ class CommandConsumer:
         self._metrics.apply_seconds.observe(time.perf_counter() - start)
         return plan
 
-    async def _dead_letter(self, poison: list[Poison]) -> None:
-        """Publish poison records to the DLQ unchanged, with the reason in ``x-error``."""
+    async def _dead_letter(self, poison: list[Poison]) -> list[Poison]:
+        """Publish poison records to the DLQ unchanged, with the reason in ``x-error``.
+
+        Returns the records published (those of partitions this replica still owns).
+        """
+        owned = self._owned(poison)
         sent = []
-        for p in self._owned(poison):
+        for p in owned:
             d = p.delivery
+            if d.key is None and d.value is None:
+                # Kafka cannot carry a record with neither key nor value: nothing to keep.
+                log.warning("empty_record_dropped", partition=d.partition, offset=d.offset)
+                continue
             headers = [
                 *d.headers,
                 ("x-error", p.reason.value.encode()),
@@ -172,14 +181,18 @@ class CommandConsumer:
             sent.append(
                 await self._producer.send(self._topics.dlq, d.value, key=d.key, headers=headers)
             )
+        for result in await asyncio.gather(*sent, return_exceptions=True):
+            if isinstance(result, BaseException):  # raised after all settled: none left unread
+                raise result
+        for p in owned:
             log.warning(
                 "dead_lettered",
                 reason=p.reason.value,
                 detail=p.detail[:200],
-                partition=d.partition,
-                offset=d.offset,
+                partition=p.delivery.partition,
+                offset=p.delivery.offset,
             )
-        await asyncio.gather(*sent)
+        return owned
 
     def _owned(self, items: Sequence[Item]) -> list[Item]:
         """The items whose partition this replica still owns (work for others is dropped)."""

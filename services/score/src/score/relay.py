@@ -128,7 +128,7 @@ class OutboxRelay:
                 if not batch.append(key=r.key, value=r.payload, timestamp=None, headers=r.headers):
                     raise ValueError(f"outbox row {r.id} does not fit in a Kafka record batch")
             acks.append(await self._producer.send_batch(batch, self._topic, partition=partition))
-        await asyncio.gather(*acks)
+        await _all_acked(acks)
         await outbox.mark_sent([r.id for r in rows])
         self._metrics.relay_published.inc(len(rows))
         return len(rows)
@@ -148,6 +148,13 @@ class OutboxRelay:
             attempt=backoff.attempt + 1,
             exc_info=exc if backoff.attempt == 0 else None,
         )
+
+
+async def _all_acked(acks: list[asyncio.Future[object]]) -> None:
+    """Wait for every ack; raise the first failure, after all are settled (none left unread)."""
+    for result in await asyncio.gather(*acks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 @functools.lru_cache(maxsize=65536)

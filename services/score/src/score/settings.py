@@ -11,10 +11,11 @@ class Settings(CommonSettings):
     service_name: str = "score"
     port: int = 8082
     # The pool serves one apply transaction at a time plus health checks; the relay has its own
-    # connection. Connecting lazily (min 0) lets the service start while PostgreSQL is down.
+    # connection. Connecting lazily (min 0) keeps idle replicas from holding connections.
     postgres_pool_min: int = 0
     postgres_pool_max: int = 4
-    # Apply the shared migrations at start (idempotent, under an advisory lock).
+    # Apply the shared migrations at start (idempotent, under an advisory lock). PostgreSQL must
+    # answer then; later outages are retried while the service keeps running.
     migrate_on_start: bool = True
 
     # Consumer group on the commands topic; every replica uses the same one.
