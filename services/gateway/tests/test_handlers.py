@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from common.events import ScoreCommandEvent
 from common.testing import TestEnv as SliceEnv
 from common.tracing import configure_tracing
+from common.web import registry_key
 from gateway.settings import settings_key
 from services.gateway.tests.support import (
     Client,
@@ -294,3 +295,34 @@ async def test_prefer_wait_gives_202_when_not_applied_in_time(player: Player) ->
     assert resp.headers["Preference-Applied"] == "wait=1"
     assert (await resp.json())["status"] == "accepted"
     assert 0.9 <= elapsed < 2.5
+
+
+async def test_no_ack_in_time_is_503_and_the_claim_is_released(
+    make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv
+) -> None:
+    working = await make_gateway(action_catalog=CATALOG)
+    prefix = working.app[settings_key].redis_prefix
+    # A connected producer whose topic does not exist: Kafka never acknowledges the send.
+    stalled = await make_gateway(
+        action_catalog=CATALOG,
+        redis_prefix=prefix,
+        topic_prefix=f"missing-{uuid.uuid4().hex[:8]}.",
+        publish_timeout_s=0.5,
+    )
+    player = Player(stalled, mint)
+    body = await player.completion()
+    started = time.monotonic()
+    status, doc = await player.submit(body)
+    assert status == 503, doc
+    assert time.monotonic() - started < 3
+    registry = stalled.app[registry_key]
+    assert (
+        registry.get_sample_value(
+            "scoreboard_gateway_publish_failures_total", {"reason": "timeout"}
+        )
+        == 1
+    )
+
+    resp = await working.post(UPDATE, json=body, headers=player.auth)
+    assert resp.status == 202
+    assert len(await command_records(test_env, body["action_id"])) == 1

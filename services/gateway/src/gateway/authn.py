@@ -159,7 +159,7 @@ class JwksCache:
                 document = await resp.json(content_type=None)
         except (ClientError, TimeoutError, ValueError) as exc:
             self._metrics.jwks_refreshes.labels("failed").inc()
-            raise JwksError(f"JWKS fetch failed: {exc!r}") from exc
+            raise JwksError(f"JWKS fetch failed: {type(exc).__name__}: {exc}") from exc
         except JwksError:
             self._metrics.jwks_refreshes.labels("failed").inc()
             raise

@@ -27,6 +27,7 @@ from gateway.ratelimit import Limit, rate_limiter_key, rate_policy_key
 from gateway.security import Rejection, client_address
 from gateway.tickets import (
     AlreadyCompleted,
+    Ticket,
     check_completion,
     isoformat,
     ticket_store_key,
@@ -97,7 +98,8 @@ async def submit_update(request: web.Request) -> web.Response:
     if body.user_id is not None and body.user_id != principal.user_id:
         raise NotYourScore("you can only update your own score")
     store = app[ticket_store_key]
-    if await store.is_done(body.action_id):
+    done, stored = await store.lookup(body.action_id)
+    if done:
         raise AlreadyCompleted("this action was already completed")
     policy = app[rate_policy_key]
     await app[rate_limiter_key].enforce(
@@ -105,9 +107,8 @@ async def submit_update(request: web.Request) -> web.Response:
         Limit("update_address", client_address(request), policy.update_address),
     )
     now = datetime.now(UTC)
-    ticket = await store.load(body.action_id)
-    spec = check_completion(
-        ticket,
+    ticket, spec = check_completion(
+        stored,
         user_id=principal.user_id,
         action_type=body.action_type,
         action_hash=body.action_hash,
@@ -116,8 +117,7 @@ async def submit_update(request: web.Request) -> web.Response:
         signer=store.signer,
         now=now,
     )
-    assert ticket is not None  # check_completion rejects a missing ticket
-    if not await store.claim(body.action_id):
+    if not await store.claim(ticket):
         raise AlreadyCompleted("this action was already completed")
     command = ScoreCommand(
         action_id=body.action_id,
@@ -129,14 +129,12 @@ async def submit_update(request: web.Request) -> web.Response:
     )
     accepted = {"status": "accepted", "action_id": str(command.action_id), "points": spec.points}
     if wait_s is None:
-        await _publish_or_release(request, command)
-        await store.discard(body.action_id)
+        await _publish_or_release(request, command, ticket)
         return json_response(accepted, status=202, headers=NO_STORE)
 
     # Registered before publishing, so even an instant "applied" notice cannot be missed.
     with app[waiters_key].expect(body.action_id) as applied_future:
-        await _publish_or_release(request, command)
-        await store.discard(body.action_id)
+        await _publish_or_release(request, command, ticket)
         remaining = wait_s - (asyncio.get_running_loop().time() - started)
         try:
             applied: Applied | None = await asyncio.wait_for(applied_future, max(remaining, 0))
@@ -159,7 +157,7 @@ async def submit_update(request: web.Request) -> web.Response:
     )
 
 
-async def _publish_or_release(request: web.Request, command: ScoreCommand) -> None:
+async def _publish_or_release(request: web.Request, command: ScoreCommand, ticket: Ticket) -> None:
     """Publish the claimed command; on any failure release the claim so a retry can succeed."""
     app = request.app
     try:
@@ -167,7 +165,7 @@ async def _publish_or_release(request: web.Request, command: ScoreCommand) -> No
     except BaseException as exc:
         try:
             # Shielded: even a cancelled request must not leave the action claimed but unsent.
-            await asyncio.shield(app[ticket_store_key].release(command.action_id))
+            await asyncio.shield(app[ticket_store_key].release(ticket))
         except Exception:
             log.exception("release_failed", action_id=str(command.action_id))
         if isinstance(exc, PublishFailed):

@@ -24,6 +24,7 @@ from aiohttp import (
     ClientWSTimeout,
     WSCloseCode,
     WSMsgType,
+    WSServerHandshakeError,
     web,
 )
 from multidict import CIMultiDict, MultiMapping
@@ -85,6 +86,13 @@ def _connection_tokens(headers: MultiMapping[str]) -> set[str]:
     """Header names listed in Connection: hop-by-hop for this message only (RFC 9110 7.6.1)."""
     values = headers.getall("Connection", [])
     return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+
+
+def _describe(exc: BaseException) -> str:
+    """A short description of a client error (its repr can carry every request header)."""
+    if isinstance(exc, WSServerHandshakeError):
+        return f"WebSocket handshake refused with {exc.status}"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _sendable(code: int) -> bool:
@@ -173,7 +181,7 @@ class Proxy:
                 return web.Response(status=resp.status, body=payload, headers=headers)
         except (ClientError, TimeoutError) as exc:
             self._metrics.upstream_errors.labels(upstream).inc()
-            log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
+            log.warning("upstream_unavailable", upstream=upstream, error=_describe(exc))
             raise UpstreamUnavailable(upstream) from None
 
     async def websocket(
@@ -205,7 +213,7 @@ class Proxy:
                 )
         except (ClientError, TimeoutError) as exc:
             self._metrics.upstream_errors.labels("broadcaster").inc()
-            log.warning("upstream_unavailable", upstream="broadcaster", error=repr(exc))
+            log.warning("upstream_unavailable", upstream="broadcaster", error=_describe(exc))
             raise UpstreamUnavailable("broadcaster") from None
 
         client = web.WebSocketResponse(

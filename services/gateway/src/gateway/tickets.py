@@ -4,7 +4,8 @@
 hands the client ``action_hash``, an HMAC-SHA256 over ``v1|action_id|user_id|action_type|issued_at``
 under the first configured key (``<key id>.<hex>``; every configured key verifies, so keys rotate
 by prepending a new one). Completing the action redeems the ticket; ``P done:{action_id}`` (SET NX)
-makes the redemption happen at most once, whatever the concurrency.
+makes the redemption happen at most once, whatever the concurrency; the ticket is deleted in the
+same step and restored if the command cannot be published.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from common.problems import BadRequest, Conflict
 from gateway.catalog import ActionSpec, Catalog
@@ -28,6 +29,16 @@ from gateway.security import Rejection
 from gateway.settings import HmacKey
 
 log = structlog.get_logger(__name__)
+
+
+# Marking the action done and dropping its ticket happen together, or not at all.
+_CLAIM_LUA = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
 
 
 class AlreadyCompleted(Conflict, Rejection):
@@ -142,6 +153,7 @@ class TicketStore:
         self.signer = signer
         self._ttl = ttl_s
         self._done_ttl = done_ttl_s
+        self._claim = redis.register_script(_CLAIM_LUA)
 
     def _ticket_key(self, action_id: uuid.UUID) -> str:
         return f"{self._prefix}ticket:{action_id}"
@@ -162,31 +174,34 @@ class TicketStore:
         await self._redis.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=self._ttl)
         return ticket, self.signer.sign(ticket)
 
-    async def load(self, action_id: uuid.UUID) -> Ticket | None:
-        """The stored ticket, or None (never issued, expired or already redeemed)."""
-        raw = await self._redis.get(self._ticket_key(action_id))
-        return None if raw is None else Ticket.from_json(action_id, raw)
+    async def lookup(self, action_id: uuid.UUID) -> tuple[bool, Ticket | None]:
+        """Whether the action is already done, and its stored ticket (one round trip).
 
-    async def is_done(self, action_id: uuid.UUID) -> bool:
-        """Whether the action was already submitted (the cheap early 409)."""
-        return bool(await self._redis.exists(self._done_key(action_id)))
+        The ticket is None when it was never issued, has expired or was redeemed.
+        """
+        done, raw = await self._redis.mget(self._done_key(action_id), self._ticket_key(action_id))
+        return done is not None, None if raw is None else Ticket.from_json(action_id, raw)
 
-    async def claim(self, action_id: uuid.UUID) -> bool:
-        """Mark the action done; False if another request got there first (SET NX)."""
-        return bool(
-            await self._redis.set(self._done_key(action_id), b"1", nx=True, ex=self._done_ttl)
+    async def claim(self, ticket: Ticket) -> bool:
+        """Redeem the ticket: mark the action done (SET NX) and drop the ticket, atomically.
+
+        False if another request got there first.
+        """
+        claimed = await self._claim(
+            keys=[self._done_key(ticket.action_id), self._ticket_key(ticket.action_id)],
+            args=[self._done_ttl],
         )
+        return bool(claimed)
 
-    async def release(self, action_id: uuid.UUID) -> None:
-        """Undo :meth:`claim` (the command could not be published, so a retry may succeed)."""
-        await self._redis.delete(self._done_key(action_id))
-
-    async def discard(self, action_id: uuid.UUID) -> None:
-        """Drop a redeemed ticket (best effort: its TTL removes it anyway)."""
-        try:
-            await self._redis.delete(self._ticket_key(action_id))
-        except RedisError as exc:
-            log.warning("ticket_discard_failed", action_id=str(action_id), error=repr(exc))
+    async def release(self, ticket: Ticket) -> None:
+        """Undo :meth:`claim` (the command was not published): a retry of the same request
+        finds the ticket again, for the rest of its lifetime."""
+        remaining = math.ceil((ticket.expires_at - datetime.now(UTC)).total_seconds())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._done_key(ticket.action_id))
+            if remaining > 0:
+                pipe.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=remaining)
+            await pipe.execute()
 
 
 def check_completion(
@@ -199,8 +214,10 @@ def check_completion(
     catalog: Catalog,
     signer: TicketSigner,
     now: datetime,
-) -> ActionSpec:
-    """Check a completion against its ticket, in the contract's order; returns the catalog entry.
+) -> tuple[Ticket, ActionSpec]:
+    """Check a completion against its ticket, in the contract's order.
+
+    Returns the ticket and its catalog entry.
 
     400 for: unknown or expired ticket, someone else's ticket, a hash that does not verify, an
     action type other than the ticket's, completion sooner than the action's minimum duration,
@@ -227,7 +244,7 @@ def check_completion(
             f"points must be {spec.points} for '{action_type}' (the catalog decides)",
             reason="points_mismatch",
         )
-    return spec
+    return ticket, spec
 
 
 ticket_store_key = web.AppKey("ticket_store", TicketStore)
