@@ -131,7 +131,8 @@ class Settings(CommonSettings):
     @property
     def uses_dev_hmac_key(self) -> bool:
         """True when the built-in development key is configured (never in production)."""
-        return any(k.key_id == "dev" for k in self.action_hmac_keys)
+        dev_secret = DEV_HMAC_KEY.partition(":")[2]
+        return any(k.secret.get_secret_value() == dev_secret for k in self.action_hmac_keys)
 
 
 def _parse_key(text: str) -> HmacKey:
