@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.app import create_redis_client
+from common.redis_client import create_redis
 from gateway.ratelimit import Limit, Rate, RateLimiter
 from gateway.security import resolve_client_address
 from gateway.settings import Settings
@@ -22,7 +22,7 @@ TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0}}
 @pytest.fixture
 async def limiter(gateway_settings: Callable[..., Settings]) -> AsyncIterator[RateLimiter]:
     settings = gateway_settings()
-    client = create_redis_client(settings)  # the gateway's own pool (it queues, never fails)
+    client = create_redis(settings)  # the shared pool queues, never fails
     yield RateLimiter(client, settings.redis_prefix)
     await client.aclose()
 

@@ -1,4 +1,4 @@
-"""The Redis client with timeouts, and key naming under the deployment's prefix."""
+"""The Redis client with timeouts and a pool that queues briefly instead of failing."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ from common.settings import CommonSettings
 
 
 def create_redis(settings: CommonSettings) -> aioredis.Redis:
-    """A pooled client; commands time out rather than hang (Redis down must not stall requests)."""
-    return aioredis.from_url(
+    """A pooled client; commands time out rather than hang (Redis down must not stall requests).
+
+    redis-py's default pool raises "Too many connections" beyond its limit; under a burst a
+    request should wait a moment for a free connection instead.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
         socket_timeout=2.0,
         socket_connect_timeout=2.0,
         health_check_interval=15,
-        decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)

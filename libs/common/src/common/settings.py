@@ -29,6 +29,9 @@ class CommonSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key starts with this, so test runs and tenants never see each other's data.
     redis_prefix: str = "sb:"
+    # Connections per process; a command waits up to the timeout for a free one.
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 2.0
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Prepended to every topic name (tests use a random one per run).

@@ -29,6 +29,8 @@ class Infra:
 class TestEnv:
     """This run's isolated slice of the servers, as ``SCOREBOARD_*`` settings."""
 
+    __test__ = False  # not a test class, whatever its name says
+
     postgres_dsn: str
     redis_url: str
     redis_prefix: str

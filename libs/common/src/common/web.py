@@ -176,7 +176,8 @@ def create_base_app(service: str, registry: CollectorRegistry | None = None) -> 
     registry = registry or CollectorRegistry()
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[problem_middleware, metrics_middleware(service, registry)],
+        # Metrics outermost, so they record the status of the rendered problem responses.
+        middlewares=[metrics_middleware(service, registry), problem_middleware],
     )
     app[registry_key] = registry
     app[readiness_key] = {}

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
+from common.redis_client import create_redis
 from common.web import create_base_app, readiness_key, registry_key
 from gateway import handlers, proxy
 from gateway.authn import Authenticator, JwksCache, TokenVerifier, authenticator_key, jwks_key
@@ -59,26 +60,9 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-def create_redis_client(settings: Settings) -> aioredis.Redis:
-    """A Redis client whose pool makes requests wait briefly for a free connection.
-
-    redis-py's default pool raises "Too many connections" beyond 100 concurrent commands; a
-    public gateway under a burst should queue for a moment instead of failing requests.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=15,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    redis = create_redis_client(settings)
+    redis = create_redis(settings)
     app[redis_key] = redis
     app[rate_limiter_key] = RateLimiter(redis, settings.redis_prefix)
     app[ticket_store_key] = TicketStore(

@@ -56,10 +56,6 @@ class Settings(CommonSettings):
     # The web page (index.html, app.js, style.css); overridable so tests can serve a fixture dir.
     static_dir: Path = Path(__file__).resolve().parent / "static"
 
-    # Redis connections per process; a request waits up to the timeout for a free one.
-    redis_max_connections: int = Field(default=64, ge=2)
-    redis_pool_timeout_s: float = Field(default=2.0, gt=0)
-
     # Access-token verification against auth's JWKS.
     jwks_min_refresh_s: float = Field(default=10.0, ge=0)
     jwks_refresh_interval_s: float = Field(default=300.0, gt=0)
