@@ -1,0 +1,290 @@
+"""The board in Redis: a cache of PostgreSQL's ``scores`` kept current by ScoreChanged events.
+
+Keys (``P`` is ``settings.redis_prefix``):
+
+- ``P board:rank``: sorted set, score = points, member = :func:`broadcaster.ranking.member_for`
+  (so ``ZREVRANGE`` gives the board's order, ties included).
+- ``P board:users``: hash, user id -> ``"<version>|<score>|<member>|<username>"``.
+- ``P board:version``: the board version. Each applied change adds the user's version step
+  (``INCRBY new - old``), so the board version is always the sum of the users' versions: it only
+  grows, and after the keys are lost a rebuild from PostgreSQL lands on a version at least as high
+  as before (PostgreSQL is never behind Redis), so clients never see it go back.
+- ``P board:built``: marker written when a rebuild finished. Without it the board is incomplete
+  (flushed, evicted, never built): writes are refused and reads go to PostgreSQL until rebuilt.
+- ``P board:rebuild-lock``: held by the one replica that rebuilds.
+
+Every change is applied by one Lua script, atomically and idempotently: a user's entry moves only
+to a newer version, so duplicates and reordered events are no-ops. For each applied change the
+script publishes ``{"action_id","user_id","username","score","version","rank"}`` on channel
+``P applied`` (the gateway's ``Prefer: wait`` listens there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+
+from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot, member_for
+from common.events import ScoreChanged
+
+_NOT_BUILT: Final = -1
+
+# Lua helpers shared by the scripts. A user's value is "<version>|<score>|<member>|<username>";
+# usernames cannot contain "|" (the contract allows A-Z a-z 0-9 _ . -).
+_LUA_COMMON = """
+local INVERT = {['0']='f',['1']='e',['2']='d',['3']='c',['4']='b',['5']='a',['6']='9',['7']='8',
+  ['8']='7',['9']='6',a='5',b='4',c='3',d='2',e='1',f='0'}
+local function user_of(member)
+  local h = string.gsub(string.sub(member, 18), '%x', INVERT)
+  return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-' .. string.sub(h, 13, 16)
+    .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
+end
+"""
+
+# KEYS: rank, users, version, built, applied channel.
+# ARGV: require_built ("1"/"0"), publish ("1"/"0"), then per change:
+#       user_id, version, score, member, username, action_id.
+# Returns {applied count, board version} or {-1, 0} when the board is not built.
+_APPLY = """
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return {-1, 0}
+end
+local publish = ARGV[2] == '1'
+local applied = 0
+for i = 3, #ARGV, 6 do
+  local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local new_version = tonumber(version)
+  local old_version, old_member = 0, false
+  local current = redis.call('HGET', KEYS[2], user_id)
+  if current then
+    local v, m = string.match(current, '^(%d+)|%d+|([^|]+)|')
+    old_version, old_member = tonumber(v), m
+  end
+  if new_version > old_version then
+    if old_member and old_member ~= member then
+      redis.call('ZREM', KEYS[1], old_member)
+    end
+    redis.call('ZADD', KEYS[1], score, member)
+    local value = version .. '|' .. score .. '|' .. member .. '|' .. username
+    redis.call('HSET', KEYS[2], user_id, value)
+    redis.call('INCRBY', KEYS[3], string.format('%d', new_version - old_version))
+    applied = applied + 1
+    if publish then
+      local rank = redis.call('ZREVRANK', KEYS[1], member) + 1
+      redis.call('PUBLISH', KEYS[5], '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
+        .. '","username":"' .. username .. '","score":' .. score .. ',"version":' .. version
+        .. ',"rank":' .. string.format('%d', rank) .. '}')
+    end
+  end
+end
+return {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS: rank, users, version, built. ARGV: n.
+# Returns nil when not built, else {version, user_id, value, user_id, value, ...} in rank order.
+_TOP = (
+    _LUA_COMMON
+    + """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return false
+end
+local out = {redis.call('GET', KEYS[3]) or '0'}
+for _, member in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  local user_id = user_of(member)
+  out[#out + 1] = user_id
+  out[#out + 1] = redis.call('HGET', KEYS[2], user_id) or ''
+end
+return out
+"""
+)
+
+# KEYS: rank, users, version, built. ARGV: user ids.
+# Returns nil when not built, else {version, value, rank0, value, rank0, ...} ('' / -1 unknown).
+_STANDINGS = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return false
+end
+local out = {redis.call('GET', KEYS[3]) or '0'}
+for i = 1, #ARGV do
+  local value = redis.call('HGET', KEYS[2], ARGV[i])
+  if value then
+    out[#out + 1] = value
+    out[#out + 1] = redis.call('ZREVRANK', KEYS[1], string.match(value, '^%d+|%d+|([^|]+)|')) or -1
+  else
+    out[#out + 1] = ''
+    out[#out + 1] = -1
+  end
+end
+return out
+"""
+
+_REFRESH_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class BoardKeys:
+    """The Redis names the board uses, under the deployment's prefix."""
+
+    rank: str
+    users: str
+    version: str
+    built: str
+    lock: str
+    applied: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> BoardKeys:
+        """Keys under ``prefix`` (``settings.redis_prefix``)."""
+        return cls(
+            rank=f"{prefix}board:rank",
+            users=f"{prefix}board:users",
+            version=f"{prefix}board:version",
+            built=f"{prefix}board:built",
+            lock=f"{prefix}board:rebuild-lock",
+            applied=f"{prefix}applied",
+        )
+
+    @property
+    def board(self) -> list[str]:
+        """The keys that hold the board itself (what a rebuild recreates)."""
+        return [self.rank, self.users, self.version, self.built]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one apply call did."""
+
+    applied: int
+    stale: int
+    version: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_value(value: str) -> tuple[int, int, str]:
+    """(version, score, username) of a users-hash value."""
+    version, score, _member, username = value.split("|", 3)
+    return int(version), int(score), username
+
+
+class Board:
+    """The Redis board: apply changes, read the top and players' standings, rebuild support."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.keys = BoardKeys.for_prefix(prefix)
+        self._redis = redis
+        self._apply = redis.register_script(_APPLY)
+        self._top = redis.register_script(_TOP)
+        self._standings = redis.register_script(_STANDINGS)
+        self._refresh_lock = redis.register_script(_REFRESH_LOCK)
+        self._release_lock = redis.register_script(_RELEASE_LOCK)
+
+    async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
+        """Apply ScoreChanged events in order; None (nothing done) when the board is not built."""
+        args: list[str | int] = ["1", "1"]
+        for c in changes:
+            member = member_for(c.user_id, c.occurred_at)
+            args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id)]
+        return await self._run_apply(args, len(changes))
+
+    async def merge_rows(self, rows: Sequence[ScoreRow]) -> ApplyResult:
+        """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing published."""
+        args: list[str | int] = ["0", "0"]
+        for r in rows:
+            member = member_for(r.user_id, r.reached_at)
+            args += [str(r.user_id), r.version, r.score, member, r.username, ""]
+        result = await self._run_apply(args, len(rows))
+        assert result is not None  # merges do not require the marker
+        return result
+
+    async def _run_apply(self, args: list[str | int], count: int) -> ApplyResult | None:
+        k = self.keys
+        applied, version = await self._apply(
+            keys=[k.rank, k.users, k.version, k.built, k.applied], args=args
+        )
+        if int(applied) == _NOT_BUILT:
+            return None
+        return ApplyResult(applied=int(applied), stale=count - int(applied), version=int(version))
+
+    async def poll(self) -> int | None:
+        """The board version, or None when the board is not built (one cheap round trip)."""
+        version, built = await self._redis.mget([self.keys.version, self.keys.built])
+        if built is None:
+            return None
+        return int(version or 0)
+
+    async def top(self, n: int) -> TopSnapshot | None:
+        """The first ``n`` entries and the board version, read atomically; None if not built."""
+        k = self.keys
+        reply = await self._top(keys=[k.rank, k.users, k.version, k.built], args=[n])
+        if reply is None:
+            return None
+        entries: list[Entry] = []
+        for i in range(1, len(reply), 2):
+            value = _text(reply[i + 1])
+            if not value:  # the hash lost the user (partial flush): the rebuild repairs it
+                continue
+            _version, score, username = _parse_value(value)
+            entries.append(Entry(len(entries) + 1, _text(reply[i]), username, score))
+        return TopSnapshot(version=int(reply[0]), entries=tuple(entries))
+
+    async def standings(self, user_ids: Sequence[str]) -> tuple[int, dict[str, Standing]] | None:
+        """The board version and the standings of those ``user_ids`` on the board.
+
+        None when the board is not built.
+        """
+        k = self.keys
+        reply = await self._standings(keys=[k.rank, k.users, k.version, k.built], args=user_ids)
+        if reply is None:
+            return None
+        found: dict[str, Standing] = {}
+        for user_id, i in zip(user_ids, range(1, len(reply), 2), strict=True):
+            value, rank = _text(reply[i]), int(reply[i + 1])
+            if value and rank >= 0:
+                _version, score, username = _parse_value(value)
+                found[user_id] = Standing(user_id, username, score, rank + 1)
+        return int(reply[0]), found
+
+    async def is_built(self) -> bool:
+        """True when a rebuild completed since the board keys were last lost."""
+        return bool(await self._redis.exists(self.keys.built))
+
+    async def mark_built(self, info: dict[str, Any]) -> None:
+        """Record that the board is complete (``info`` says who built it, when, how many users)."""
+        await self._redis.set(self.keys.built, json.dumps(info, default=str))
+
+    async def acquire_lock(self, token: str, ttl_s: float) -> bool:
+        """Take the rebuild lock unless another replica holds it."""
+        return bool(await self._redis.set(self.keys.lock, token, nx=True, px=int(ttl_s * 1000)))
+
+    async def refresh_lock(self, token: str, ttl_s: float) -> bool:
+        """Extend our lock; False when it expired and someone else may hold it."""
+        ttl_ms = int(ttl_s * 1000)
+        return bool(await self._refresh_lock(keys=[self.keys.lock], args=[token, ttl_ms]))
+
+    async def release_lock(self, token: str) -> None:
+        """Release our lock (never someone else's)."""
+        await self._release_lock(keys=[self.keys.lock], args=[token])
+
+    async def lock_held(self) -> bool:
+        """True while some replica holds the rebuild lock."""
+        return bool(await self._redis.exists(self.keys.lock))

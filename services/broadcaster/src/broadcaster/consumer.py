@@ -1,0 +1,189 @@
+"""Consuming ``scoreboard.score-changed.v1`` into the Redis board.
+
+Consumer groups: each replica has a group of its own, ``f"{group_id_prefix}-{replica_id}"``
+(``replica_id`` defaults to the hostname), so every replica reads every event and applies it to the
+shared board. The Lua apply is idempotent (a user's entry only moves to a newer version), so the
+first replica to apply an event moves the board and publishes on ``P applied``; the others find
+it already there and do nothing. Why: any one live replica keeps the board current, so losing or
+restarting replicas never pauses updates, and there are no cross-replica rebalances (a scale-up
+or a rolling deploy does not stop the board for a rebalance round). The cost is N Redis calls per
+event for N replicas, each a cheap no-op after the first. The alternative, one shared group whose
+partitions are split across replicas, applies each event once, but every membership change stalls
+its partitions for a rebalance, and a crashed replica's partitions wait for the session timeout.
+
+Offsets are committed only after Redis has applied the batch, so a crash replays the uncommitted
+tail, which the version check turns into no-ops (at-least-once delivery, exactly-once effect).
+
+A new group (no committed offsets, e.g. a fresh hostname) starts at ``consumer_offset_reset``
+("latest") and, once its positions are fixed, merges the whole board from PostgreSQL: every
+change committed to PostgreSQL before that merge is in it, and every later one is published to
+Kafka after the positions, so nothing falls between the two. The board is also rebuilt whenever
+Redis lost it (the apply script refuses to write to a board without its ``built`` marker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from opentelemetry import trace
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from broadcaster.board import Board
+from broadcaster.metrics import Metrics
+from broadcaster.rebuild import Rebuilder
+from broadcaster.settings import Settings
+from common.events import ScoreChanged, ScoreChangedEvent, Topics, utcnow
+from common.kafka import make_consumer, started
+from common.tracing import extract_context
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Signals when the group gave this consumer its partitions."""
+
+    def __init__(self) -> None:
+        self.assigned = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.assigned.clear()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.assigned.set()
+
+
+class ChangeConsumer:
+    """Applies ScoreChanged events to the board, committing after Redis applied them."""
+
+    def __init__(
+        self, settings: Settings, board: Board, rebuilder: Rebuilder, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._rebuilder = rebuilder
+        self._metrics = metrics
+        self.group_id = f"{settings.group_id_prefix}-{settings.replica_id}"
+        self.topic = Topics(settings.topic_prefix).changed
+        # Set once the first assignment's positions are fixed and the board is built.
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until cancelled; Kafka or Redis failures are retried with backoff."""
+        attempt = 0
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer_failed", group_id=self.group_id, attempt=attempt)
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self._settings.retry_cap_s, self._settings.retry_base_s * 2**attempt)
+        return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
+
+    async def _consume(self) -> None:
+        consumer = make_consumer(
+            self._settings,
+            group_id=self.group_id,
+            client_id=f"broadcaster-{self._settings.replica_id}",
+            auto_offset_reset=self._settings.consumer_offset_reset,
+            max_poll_records=self._settings.consumer_batch_max,
+        )
+        assignment = _Assignment()
+        consumer.subscribe([self.topic], listener=assignment)
+        async with started(consumer):
+            await assignment.assigned.wait()
+            new_group = await self._fix_positions(consumer)
+            # A new group must merge from a PostgreSQL snapshot read after its positions were
+            # fixed (a rebuild that began since then does it, e.g. one a first read asked for).
+            positioned_at = asyncio.get_running_loop().time()
+            merged = await self._rebuilder.ensure_built(
+                merge_since=positioned_at if new_group else None
+            )
+            log.info(
+                "consumer_started",
+                group_id=self.group_id,
+                partitions=len(consumer.assignment()),
+                new_group=new_group,
+                rebuilt=merged,
+            )
+            self.ready.set()
+            self._rebuilder.arm()
+            while True:
+                batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
+                records = [r for partition in batches.values() for r in partition]
+                if records:
+                    await self._apply(records)
+                    await consumer.commit()
+
+    async def _fix_positions(self, consumer: AIOKafkaConsumer) -> bool:
+        """Resolve every assigned partition's position; True when the group had no offsets."""
+        new_group = True
+        for tp in consumer.assignment():
+            if await consumer.committed(tp) is not None:
+                new_group = False
+            await consumer.position(tp)
+        return new_group
+
+    async def _apply(self, records: Sequence[ConsumerRecord]) -> None:
+        changes: list[ScoreChanged] = []
+        links: list[trace.Link] = []
+        for record in records:
+            try:
+                changes.append(ScoreChangedEvent.model_validate_json(record.value).data)
+            except ValidationError as exc:
+                # A record no version of this service can read: skip it, loudly, rather than
+                # stop the board for everyone.
+                self._metrics.events_invalid.inc()
+                log.error(
+                    "invalid_event",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    errors=exc.error_count(),
+                )
+                continue
+            span_context = trace.get_current_span(
+                extract_context(record.headers or [])
+            ).get_span_context()
+            if span_context.is_valid:
+                links.append(trace.Link(span_context))
+        if not changes:
+            return
+        with tracer.start_as_current_span(
+            "board apply", kind=trace.SpanKind.CONSUMER, links=links
+        ) as span:
+            span.set_attribute("messaging.batch.message_count", len(changes))
+            chunk = self._settings.apply_chunk
+            for start in range(0, len(changes), chunk):
+                await self._apply_chunk(changes[start : start + chunk])
+
+    async def _apply_chunk(self, changes: Sequence[ScoreChanged]) -> None:
+        attempt = 0
+        while True:
+            try:
+                result = await self._board.apply_changes(changes)
+                if result is not None:
+                    break
+                # The board lost its keys: rebuild (or wait for whoever is rebuilding), retry.
+                await self._rebuilder.ensure_built()
+                continue
+            except RedisError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("board_apply_retrying", error=repr(exc))
+                await asyncio.sleep(self._backoff(attempt))
+        now = utcnow()
+        self._metrics.events_applied.inc(result.applied)
+        self._metrics.events_stale.inc(result.stale)
+        for change in changes:
+            self._metrics.event_lag.observe(max(0.0, (now - change.occurred_at).total_seconds()))

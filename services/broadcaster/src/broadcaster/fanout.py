@@ -1,0 +1,370 @@
+"""Fan-out of the board to WebSocket clients: one ticker, one serialisation, no waiting on anyone.
+
+A ticker runs ``tick_hz`` times a second (10). Each tick reads the board version from Redis (one
+cheap round trip); only when it moved does it read the top list, and only when the top list
+changed does it serialise one frame, whose bytes are then written to every connection.
+
+Slow clients never slow anyone else: a connection's transport is written to only while its unsent
+data is below ``ws_slow_buffer_bytes``; above that it is skipped and remembered as *lagging*. A
+connection holds no queue, only "the newest frame I have not had": once it drains, it gets the
+newest state and nothing in between. A client that stays above the threshold for
+``ws_stuck_timeout_s`` is closed with 4008 (too slow); if it does not even take the close frame
+within ``ws_close_grace_s`` its socket is aborted. Frames to one connection are at least one tick
+apart, so nobody gets more than ``tick_hz`` top frames a second.
+
+Players (connections whose upgrade carried ``X-Scoreboard-User-Id``) also get ``me`` frames when
+their own score or rank changes. Ranks are looked up only when the board version moved, for at
+most ``me_lookups_per_tick`` players per tick (one Lua call), round-robin so nobody starves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from broadcaster.board import Board
+from broadcaster.frames import CLOSE_RESTART, CLOSE_TOO_SLOW, me_frame, top_frame
+from broadcaster.leaderboard import Leaderboard, UnknownPlayer
+from broadcaster.metrics import Metrics
+from broadcaster.ranking import Entry, TopSnapshot
+from broadcaster.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+MeState = tuple[int, int | None]
+
+
+@dataclass(eq=False, slots=True)
+class Watcher:
+    """One WebSocket connection, as the fan-out sees it (no queue: only what it last got)."""
+
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    user_id: str | None
+    top_version: int = -1
+    top_sent_at: float = -math.inf
+    me_state: MeState | None = None
+    me_pending: bytes | None = None
+    stuck_since: float | None = None
+    closing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TopFrame:
+    """The current top list and its serialised frame."""
+
+    version: int
+    entries: tuple[Entry, ...]
+    data: bytes
+
+    @classmethod
+    def of(cls, snapshot: TopSnapshot) -> TopFrame:
+        """Serialise a snapshot once."""
+        data = top_frame(snapshot.version, snapshot.entries)
+        return cls(snapshot.version, snapshot.entries, data)
+
+
+class Fanout:
+    """Connected clients and the ticker that keeps them current."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        board: Board,
+        leaderboard: Leaderboard,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._leaderboard = leaderboard
+        self._metrics = metrics
+        self._interval = 1.0 / settings.tick_hz
+        # Tick starts are at least one interval apart; the margin only absorbs clock rounding.
+        self._min_gap = self._interval * 0.99
+        self._watchers: dict[Watcher, None] = {}
+        self._by_user: dict[str, set[Watcher]] = {}
+        self._lagging: set[Watcher] = set()
+        self._dirty: set[Watcher] = set()
+        self._me_queue: dict[str, None] = {}
+        self._frame: TopFrame | None = None
+        self._seen_version: int | None = None
+        self._next_fallback = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    @property
+    def frame(self) -> TopFrame | None:
+        """The newest top frame (what a client connecting now gets first)."""
+        return self._frame
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def attach(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str | None
+    ) -> Watcher:
+        """Register a connection and send it the snapshot at once (and its standing, if known)."""
+        w = Watcher(ws, transport, user_id)
+        self._watchers[w] = None
+        if user_id is not None:
+            self._by_user.setdefault(user_id, set()).add(w)
+        self._metrics.ws_clients.set(len(self._watchers))
+        try:
+            await self._send_snapshot(w)
+        except BaseException:
+            self.detach(w)
+            raise
+        return w
+
+    async def _send_snapshot(self, w: Watcher) -> None:
+        frame = await self._fresh_frame()
+        if frame.version > w.top_version and self._writable(w):
+            w.transport.write(frame.data)
+            w.top_version = frame.version
+            w.top_sent_at = asyncio.get_running_loop().time()
+            self._metrics.ws_frames.labels("top").inc()
+        if w.user_id is not None:
+            version, state = await self._lookup_me(w.user_id)
+            # The ticker may have sent a newer standing while we looked this one up.
+            if w.me_state is None and self._writable(w):
+                w.me_state = state
+                w.transport.write(me_frame(version, *state))
+                self._metrics.ws_frames.labels("me").inc()
+
+    async def _fresh_frame(self) -> TopFrame:
+        """The current top frame: the ticker's, unless the board moved since its last look.
+
+        A client (re)connecting right after a change sees it, not the state of the last tick.
+        The frame made here goes to this client only; the ticker broadcasts the change to the
+        others on its next round.
+        """
+        frame = self._frame
+        try:
+            version = await self._board.poll()
+        except RedisError:
+            version = None
+        if frame is not None and (version is None or version == self._seen_version):
+            return frame
+        # Starting up, Redis down or the board moved: read it now (PostgreSQL if need be).
+        snapshot = await self._leaderboard.top(self._settings.top_size)
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = TopFrame.of(snapshot)
+        elif snapshot.version > frame.version and snapshot.entries != frame.entries:
+            frame = TopFrame.of(snapshot)
+        return frame
+
+    def detach(self, w: Watcher) -> None:
+        """Forget a connection (its handler ended)."""
+        self._watchers.pop(w, None)
+        self._lagging.discard(w)
+        self._dirty.discard(w)
+        if w.user_id is not None:
+            same_user = self._by_user.get(w.user_id)
+            if same_user is not None:
+                same_user.discard(w)
+                if not same_user:
+                    del self._by_user[w.user_id]
+                    self._me_queue.pop(w.user_id, None)
+        self._metrics.ws_clients.set(len(self._watchers))
+
+    @staticmethod
+    def _writable(w: Watcher) -> bool:
+        return not w.closing and not w.transport.is_closing()
+
+    async def _lookup_me(self, user_id: str) -> tuple[int, MeState]:
+        version = self._frame.version if self._frame is not None else 0
+        found = await self._leaderboard.standings([user_id])
+        if found is not None:
+            version = max(version, found[0])
+            standing = found[1].get(user_id)
+            return version, (standing.score, standing.rank) if standing else (0, None)
+        try:  # Redis cannot say: ask PostgreSQL
+            standing = await self._leaderboard.standing(uuid.UUID(user_id))
+        except UnknownPlayer:
+            return version, (0, None)
+        return version, (standing.score, standing.rank)
+
+    # -- the ticker ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick until cancelled; a failing tick is logged once and retried next tick."""
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            start = loop.time()
+            try:
+                await self.tick(start)
+            except Exception:
+                if not failing:
+                    log.exception("fanout_tick_failed")
+                failing = True
+            else:
+                if failing:
+                    log.info("fanout_tick_recovered")
+                failing = False
+            self._metrics.tick_seconds.observe(loop.time() - start)
+            await asyncio.sleep(max(0.0, start + self._interval - loop.time()))
+
+    async def tick(self, now: float) -> None:
+        """One round: notice board changes, refresh players' standings, deliver what is new."""
+        snapshot: TopSnapshot | None = None
+        moved = False
+        try:
+            version = await self._board.poll()
+        except RedisError:
+            version = None
+        if version is None:
+            # Redis down or the board not built: the leaderboard asks PostgreSQL (and requests
+            # the rebuild), at most once a second.
+            if now >= self._next_fallback:
+                self._next_fallback = now + 1.0
+                snapshot = await self._leaderboard.top(self._settings.top_size)
+        elif version != self._seen_version:
+            snapshot = await self._board.top(self._settings.top_size)
+            self._seen_version = version
+            moved = True
+
+        broadcast = False
+        current = self._frame
+        if snapshot is not None and (
+            current is None
+            or (snapshot.version > current.version and snapshot.entries != current.entries)
+        ):
+            self._frame = TopFrame.of(snapshot)
+            broadcast = True
+
+        if self._by_user:
+            if moved:
+                for user_id in self._by_user:
+                    self._me_queue.setdefault(user_id)
+            if self._me_queue:
+                await self._refresh_me()
+
+        targets: Iterable[Watcher] = (
+            list(self._watchers) if broadcast else self._lagging | self._dirty
+        )
+        self._deliver(targets, now)
+
+    async def _refresh_me(self) -> None:
+        batch = list(self._me_queue)[: self._settings.me_lookups_per_tick]
+        for user_id in batch:
+            del self._me_queue[user_id]
+        found = await self._leaderboard.standings(batch)
+        if found is None:
+            return
+        version, standings = found
+        for user_id in batch:
+            standing = standings.get(user_id)
+            state: MeState = (standing.score, standing.rank) if standing else (0, None)
+            data: bytes | None = None
+            for w in self._by_user.get(user_id, ()):
+                if w.me_state != state:
+                    data = data or me_frame(version, *state)
+                    w.me_state = state
+                    w.me_pending = data
+                    self._dirty.add(w)
+
+    def _deliver(self, targets: Iterable[Watcher], now: float) -> None:
+        """Write what each target lacks, skipping (never awaiting) those that cannot take it."""
+        frame = self._frame
+        limit = self._settings.ws_slow_buffer_bytes
+        stuck_after = self._settings.ws_stuck_timeout_s
+        sent_top = sent_me = skipped = 0
+        for w in targets:
+            transport = w.transport
+            if w.closing or transport.is_closing():
+                continue
+            if transport.get_write_buffer_size() > limit:
+                skipped += 1
+                if w.stuck_since is None:
+                    w.stuck_since = now
+                elif now - w.stuck_since >= stuck_after:
+                    self._close_slow(w)
+                    continue
+                self._lagging.add(w)
+                continue
+            w.stuck_since = None
+            behind = False
+            if frame is not None and frame.version > w.top_version:
+                if now - w.top_sent_at >= self._min_gap:
+                    transport.write(frame.data)
+                    w.top_version = frame.version
+                    w.top_sent_at = now
+                    sent_top += 1
+                else:
+                    behind = True
+            if w.me_pending is not None:
+                transport.write(w.me_pending)
+                w.me_pending = None
+                sent_me += 1
+            self._dirty.discard(w)
+            if behind:
+                self._lagging.add(w)
+            else:
+                self._lagging.discard(w)
+        if sent_top:
+            self._metrics.ws_frames.labels("top").inc(sent_top)
+        if sent_me:
+            self._metrics.ws_frames.labels("me").inc(sent_me)
+        if skipped:
+            self._metrics.ws_slow_skips.inc(skipped)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _close_slow(self, w: Watcher) -> None:
+        w.closing = True
+        self._lagging.discard(w)
+        self._dirty.discard(w)
+        self._metrics.ws_slow_closes.inc()
+        log.info(
+            "ws_closed_too_slow",
+            user_id=w.user_id,
+            buffered=w.transport.get_write_buffer_size(),
+            stuck_s=self._settings.ws_stuck_timeout_s,
+        )
+        self._spawn(self._close(w, CLOSE_TOO_SLOW, b"too slow"))
+
+    async def _close(self, w: Watcher, code: int, reason: bytes) -> None:
+        """Send a close frame without waiting on the client; cut it off after the grace period."""
+        grace = self._settings.ws_close_grace_s
+        try:
+            async with asyncio.timeout(grace):
+                await w.ws.close(code=code, message=reason, drain=False)
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.debug("ws_close_incomplete", code=code, error=repr(exc))
+        finally:
+            # The close frame sits behind whatever the client has not read; if it still has not
+            # taken it by then, the socket is aborted (a no-op once it closed normally).
+            asyncio.get_running_loop().call_later(grace, w.transport.abort)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Shutdown: refuse newcomers, close every client with 1012 so it reconnects elsewhere."""
+        self.draining = True
+        watchers = [w for w in self._watchers if not w.closing]
+        for w in watchers:
+            w.closing = True
+        log.info("ws_draining", clients=len(watchers))
+        await asyncio.gather(*(self._close(w, CLOSE_RESTART, b"service restart") for w in watchers))
+
+    async def close(self) -> None:
+        """Wait for the close handshakes still running (after :meth:`drain`)."""
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

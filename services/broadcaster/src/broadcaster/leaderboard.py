@@ -1,0 +1,124 @@
+"""Board reads for the API and the WebSocket: Redis first, PostgreSQL when Redis cannot answer.
+
+Redis cannot answer when it is down (connection refused, timeout) or the board is not built
+(flushed, rebuilding). Then the read goes to PostgreSQL, and a rebuild is requested. After a Redis
+failure, reads skip Redis for ``redis_retry_after_s`` so a dead Redis does not add its connect
+timeout to every request; PostgreSQL's top list is reused for ``fallback_cache_s`` so a Redis
+outage does not turn into a PostgreSQL overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from redis.exceptions import RedisError
+
+from broadcaster.board import Board
+from broadcaster.metrics import Metrics
+from broadcaster.ranking import Standing, TopSnapshot
+from broadcaster.rebuild import Rebuilder
+from broadcaster.scores import ScoreTable
+from broadcaster.settings import Settings
+from common.problems import NotFound
+
+log = structlog.get_logger(__name__)
+
+# The fallback reads this many rows once and serves every limit from them.
+_FALLBACK_ROWS = 100
+
+
+class UnknownPlayer(NotFound):
+    """No user with this id."""
+
+    title = "Unknown Player"
+
+
+class Leaderboard:
+    """The read side of the board, with hit/miss/fallback accounting."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        board: Board,
+        scores: ScoreTable,
+        rebuilder: Rebuilder,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._scores = scores
+        self._rebuilder = rebuilder
+        self._metrics = metrics
+        self._skip_redis_until = 0.0
+        self._fallback_top: tuple[float, TopSnapshot] | None = None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _redis_failed(self, query: str, exc: RedisError) -> None:
+        if self._now() >= self._skip_redis_until:
+            log.warning("redis_unavailable", query=query, error=repr(exc))
+        self._skip_redis_until = self._now() + self._settings.redis_retry_after_s
+
+    async def top(self, limit: int) -> TopSnapshot:
+        """The first ``limit`` players and the board version."""
+        reason = "redis_unavailable"
+        if self._now() >= self._skip_redis_until:
+            try:
+                snapshot = await self._board.top(limit)
+            except RedisError as exc:
+                self._redis_failed("top", exc)
+            else:
+                if snapshot is not None:
+                    self._metrics.cache_hits.labels("top").inc()
+                    return snapshot
+                reason = "not_built"
+                self._rebuilder.request()
+        self._metrics.cache_misses.labels("top").inc()
+        self._metrics.fallbacks.labels("top", reason).inc()
+        return await self._top_from_postgres(limit)
+
+    async def _top_from_postgres(self, limit: int) -> TopSnapshot:
+        cached = self._fallback_top
+        if cached is None or self._now() >= cached[0]:
+            snapshot = await self._scores.top(max(limit, _FALLBACK_ROWS))
+            cached = (self._now() + self._settings.fallback_cache_s, snapshot)
+            self._fallback_top = cached
+        snapshot = cached[1]
+        return TopSnapshot(version=snapshot.version, entries=snapshot.entries[:limit])
+
+    async def standing(self, user_id: uuid.UUID) -> Standing:
+        """A player's score and rank; :class:`UnknownPlayer` when there is no such user."""
+        key = str(user_id)
+        reason = "redis_unavailable"
+        if self._now() >= self._skip_redis_until:
+            try:
+                found = await self._board.standings([key])
+            except RedisError as exc:
+                self._redis_failed("user", exc)
+            else:
+                if found is not None and key in found[1]:
+                    self._metrics.cache_hits.labels("user").inc()
+                    return found[1][key]
+                # Not on a built board: an unknown user or one who has not scored yet.
+                reason = "not_on_board" if found is not None else "not_built"
+                if found is None:
+                    self._rebuilder.request()
+        self._metrics.cache_misses.labels("user").inc()
+        self._metrics.fallbacks.labels("user", reason).inc()
+        standing = await self._scores.standing(user_id)
+        if standing is None:
+            raise UnknownPlayer(f"no player with id {user_id}")
+        return standing
+
+    async def standings(self, user_ids: list[str]) -> tuple[int, dict[str, Standing]] | None:
+        """Board version and standings of the players on the board; None when Redis can't say."""
+        if self._now() < self._skip_redis_until:
+            return None
+        try:
+            return await self._board.standings(user_ids)
+        except RedisError as exc:
+            self._redis_failed("standings", exc)
+            return None

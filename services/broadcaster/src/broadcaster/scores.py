@@ -1,0 +1,105 @@
+"""PostgreSQL's ``scores`` JOIN ``users``: the truth the board is rebuilt from and falls back to.
+
+The score service owns these tables; the broadcaster only reads them. Only rows with
+``version > 0`` (players who have scored) are on the board, in both stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+
+import asyncpg
+
+from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot
+
+# Both in the order of scores_rank_idx: score DESC, reached_at ASC, user_id ASC.
+_ROWS = """
+    SELECT s.user_id, u.username, s.score, s.version, s.reached_at
+    FROM scores s JOIN users u USING (user_id)
+    WHERE s.version > 0
+    ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
+"""
+
+_TOP = """
+    SELECT s.user_id, u.username, s.score
+    FROM scores s JOIN users u USING (user_id)
+    WHERE s.version > 0
+    ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
+    LIMIT $1
+"""
+
+# The board version is the sum of the users' versions (see broadcaster.board).
+_VERSION = "SELECT coalesce(sum(version), 0)::bigint FROM scores WHERE version > 0"
+
+_USER = """
+    SELECT u.user_id, u.username, s.score, s.version, s.reached_at
+    FROM users u LEFT JOIN scores s USING (user_id)
+    WHERE u.user_id = $1
+"""
+
+# Players ahead of ($2 score, $3 reached_at, $1 user_id) in the board's order.
+_AHEAD = """
+    SELECT count(*) FROM scores
+    WHERE version > 0
+      AND (score > $2
+           OR (score = $2 AND (reached_at < $3 OR (reached_at = $3 AND user_id < $1))))
+"""
+
+
+class ScoreTable:
+    """Reads of the board's order straight from PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def top(self, limit: int) -> TopSnapshot:
+        """The first ``limit`` players and the board version, from one consistent snapshot."""
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = await conn.fetch(_TOP, limit)
+            version = await conn.fetchval(_VERSION)
+        entries = tuple(
+            Entry(i, str(r["user_id"]), r["username"], int(r["score"]))
+            for i, r in enumerate(rows, start=1)
+        )
+        return TopSnapshot(version=int(version), entries=entries)
+
+    async def standing(self, user_id: uuid.UUID) -> Standing | None:
+        """A player's score and rank (None if no such user; rank None if they never scored)."""
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(_USER, user_id)
+            if row is None:
+                return None
+            if not row["version"]:
+                return Standing(str(user_id), row["username"], 0, None)
+            ahead = await conn.fetchval(_AHEAD, user_id, row["score"], row["reached_at"])
+        return Standing(str(user_id), row["username"], int(row["score"]), int(ahead) + 1)
+
+    async def rows(self, batch: int) -> AsyncGenerator[list[ScoreRow], None]:
+        """Every scored player in board order, ``batch`` rows at a time, from one snapshot."""
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            chunk: list[ScoreRow] = []
+            async for r in conn.cursor(_ROWS, prefetch=batch):
+                chunk.append(
+                    ScoreRow(
+                        user_id=r["user_id"],
+                        username=r["username"],
+                        score=int(r["score"]),
+                        version=int(r["version"]),
+                        reached_at=r["reached_at"],
+                    )
+                )
+                if len(chunk) >= batch:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk

@@ -1,0 +1,255 @@
+"""Test and benchmark support for the broadcaster (like ``aiohttp.test_utils``).
+
+Serving the app in-process, seeding players into PostgreSQL as auth and the score service would
+write them, reading frames, and a bare-socket WebSocket client that can stop reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio.client import PubSub
+
+from broadcaster.app import create_app
+from broadcaster.keys import consumer_key
+from broadcaster.ranking import ScoreRow
+from broadcaster.settings import Settings
+from common.events import ScoreChanged
+
+Client = TestClient[web.Request, web.Application]
+
+
+Send = Callable[[ScoreChanged], Awaitable[None]]
+
+
+class SettingsFactory(Protocol):
+    """Builds Settings for one app, isolated from the others (a test fixture provides it)."""
+
+    def __call__(self, **overrides: Any) -> Settings: ...
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, *, wait_ready: bool = True) -> AsyncIterator[Client]:
+    """The app served on a free port; by default once its consumer is positioned and its board
+    built."""
+    app = create_app(settings)
+    client: Client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        if wait_ready:
+            await asyncio.wait_for(app[consumer_key].ready.wait(), timeout=30)
+        yield client
+    finally:
+        await client.close()
+
+
+@dataclass
+class Player:
+    """A seeded user and their current score."""
+
+    user_id: uuid.UUID
+    username: str
+    score: int = 0
+    version: int = 0
+    reached_at: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(self) -> ScoreRow:
+        """The player as the board stores them."""
+        return ScoreRow(self.user_id, self.username, self.score, self.version, self.reached_at)
+
+    def gain(self, points: int, at: datetime | None = None) -> ScoreChanged:
+        """Raise the score (next version) and return the matching ScoreChanged."""
+        self.score += points
+        self.version += 1
+        self.reached_at = at or datetime.now(UTC)
+        return ScoreChanged(
+            action_id=uuid.uuid4(),
+            user_id=self.user_id,
+            username=self.username,
+            delta=points,
+            score=self.score,
+            version=self.version,
+            occurred_at=self.reached_at,
+        )
+
+
+def new_player(prefix: str = "p") -> Player:
+    """A player with a unique name (not yet in PostgreSQL)."""
+    return Player(uuid.uuid4(), f"{prefix}{uuid.uuid4().hex[:12]}")
+
+
+async def seed(pg: asyncpg.Connection, players: list[Player]) -> None:
+    """Write the players' users and scores rows (scores only for those who scored)."""
+    await pg.executemany(
+        "INSERT INTO users (user_id, username, password_hash) VALUES ($1, $2, 'x')",
+        [(p.user_id, p.username) for p in players],
+    )
+    await save_scores(pg, players)
+
+
+async def save_scores(pg: asyncpg.Connection, players: list[Player]) -> None:
+    """Upsert the scores rows of players who scored, as the score service does."""
+    await pg.executemany(
+        """INSERT INTO scores (user_id, score, version, reached_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (user_id) DO UPDATE
+           SET score = $2, version = $3, reached_at = $4, updated_at = now()""",
+        [(p.user_id, p.score, p.version, p.reached_at) for p in players if p.version > 0],
+    )
+
+
+async def next_frame(
+    ws: ClientWebSocketResponse, kind: str = "top", wait_s: float = 5.0
+) -> dict[str, Any]:
+    """The next frame of ``kind`` (others are skipped)."""
+    async with asyncio.timeout(wait_s):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == WSMsgType.TEXT, msg
+            frame: dict[str, Any] = json.loads(msg.data)
+            if frame["type"] == kind:
+                return frame
+
+
+async def frame_where(
+    ws: ClientWebSocketResponse, pred: Callable[[dict[str, Any]], bool], wait_s: float = 5.0
+) -> dict[str, Any]:
+    """The first top frame satisfying ``pred``."""
+    async with asyncio.timeout(wait_s):
+        while True:
+            frame = await next_frame(ws, "top", wait_s)
+            if pred(frame):
+                return frame
+
+
+def later(base: datetime, ms: int) -> datetime:
+    """``base`` plus ``ms`` milliseconds."""
+    return base + timedelta(milliseconds=ms)
+
+
+class RawWebSocket:
+    """A bare socket that does the WebSocket handshake and then reads only when told to.
+
+    It models a client that stops reading: with a small receive buffer, the server's writes
+    back up in the server's transport, which is what the fan-out must cope with.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def connect(cls, port: int, *, rcvbuf: int = 4096) -> RawWebSocket:
+        """Connect and upgrade; nothing is read after the handshake."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET /ws/scoreboard HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await loop.sock_recv(sock, 1)  # byte by byte: leave the frames unread
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(sock)
+
+    async def read_all(self, wait_s: float = 10.0) -> bytes:
+        """Read until the server closes the connection (or ``wait_s``)."""
+        loop = asyncio.get_running_loop()
+        data = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(wait_s):
+                while chunk := await loop.sock_recv(self.sock, 65536):
+                    data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        """Drop the socket."""
+        self.sock.close()
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each complete unmasked frame in ``data``."""
+    frames = []
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, i)
+            i += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, i)
+            i += 8
+        if i + n > len(data):
+            break
+        frames.append((opcode, data[i : i + n]))
+        i += n
+    return frames
+
+
+class AppliedInbox:
+    """Messages on the board's ``applied`` channel (what the gateway's ``Prefer: wait`` awaits)."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def wait_for(self, action_id: uuid.UUID, wait_s: float = 10.0) -> dict[str, Any]:
+        """The message announcing that ``action_id`` moved the board."""
+        async with asyncio.timeout(wait_s):
+            while True:
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    doc: dict[str, Any] = json.loads(msg["data"])
+                    if doc["action_id"] == str(action_id):
+                        return doc
+
+
+@contextlib.asynccontextmanager
+async def applied_inbox(redis: aioredis.Redis, channel: str) -> AsyncIterator[AppliedInbox]:
+    """Subscribe to ``channel`` for the duration of the block."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        yield AppliedInbox(pubsub)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def eventually(
+    check: Callable[[], bool], wait_s: float = 10.0, every_s: float = 0.02
+) -> None:
+    """Wait until ``check()`` holds, for state that no event announces (a metric, a socket)."""
+    async with asyncio.timeout(wait_s):
+        while not check():  # noqa: ASYNC110 - nothing signals this state
+            await asyncio.sleep(every_s)
+
+
+async def high_score(pg: asyncpg.Connection) -> int:
+    """A score above everyone's in the database, so seeded players lead the board."""
+    top: int = await pg.fetchval("SELECT coalesce(max(score), 0) FROM scores")
+    return top + 1_000_000
+
+
+def close_code(payload: bytes) -> tuple[int, str]:
+    """(code, reason) of a close frame's payload."""
+    (code,) = struct.unpack_from("!H", payload)
+    return code, payload[2:].decode()

@@ -1,0 +1,119 @@
+"""The Redis board's Lua apply: idempotent, order-safe, tie rule, applied messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+
+from broadcaster.board import Board
+from broadcaster.ranking import member_for, user_of_member
+from broadcaster.testing import new_player
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_member_round_trips_and_orders_like_postgres() -> None:
+    a, b = uuid.UUID(int=1), uuid.UUID(int=2)
+    assert user_of_member(member_for(a, T0)) == a
+    # Descending members = ascending (reached_at, user_id).
+    members = [member_for(b, T0), member_for(a, T0 + timedelta(seconds=1)), member_for(a, T0)]
+    assert sorted(members, reverse=True) == [members[2], members[0], members[1]]
+
+
+async def test_apply_is_idempotent_and_order_safe(board: Board) -> None:
+    alice = new_player()
+    v1 = alice.gain(10, T0)
+    v2 = alice.gain(20, T0 + timedelta(seconds=1))
+    v3 = alice.gain(5, T0 + timedelta(seconds=2))
+
+    first = await board.apply_changes([v1, v3])
+    late = await board.apply_changes([v2])  # older than what the board has: ignored
+    again = await board.apply_changes([v3, v1])  # duplicates: ignored
+
+    assert first is not None
+    assert (first.applied, first.stale) == (2, 0)
+    assert late is not None
+    assert (late.applied, late.stale) == (0, 1)
+    assert again is not None
+    assert (again.applied, again.stale) == (0, 2)
+    found = await board.standings([str(alice.user_id)])
+    assert found is not None
+    version, standings = found
+    assert standings[str(alice.user_id)].score == 35
+    # The board version is the sum of the users' versions: 3, however the events arrived.
+    assert version == 3
+    top = await board.top(10)
+    assert top is not None
+    assert [e.score for e in top.entries] == [35]
+
+
+async def test_equal_scores_rank_who_reached_first_higher(board: Board) -> None:
+    early, late, leader = new_player(), new_player(), new_player()
+    await board.apply_changes(
+        [
+            late.gain(50, T0 + timedelta(seconds=5)),
+            early.gain(50, T0),
+            leader.gain(60, T0 + timedelta(seconds=9)),
+        ]
+    )
+    top = await board.top(10)
+    assert top is not None
+    assert [e.user_id for e in top.entries] == [str(p.user_id) for p in (leader, early, late)]
+    assert [e.rank for e in top.entries] == [1, 2, 3]
+    # Overtaking: "late" moves to 70 and leaves no stale member behind.
+    await board.apply_changes([late.gain(20, T0 + timedelta(seconds=10))])
+    top = await board.top(10)
+    assert top is not None
+    assert [(e.username, e.score) for e in top.entries] == [
+        (late.username, 70),
+        (leader.username, 60),
+        (early.username, 50),
+    ]
+    assert await board._redis.zcard(board.keys.rank) == 3
+
+
+async def test_applied_changes_are_published_with_rank(
+    board: Board, redis_client: aioredis.Redis
+) -> None:
+    first, second = new_player(), new_player()
+    await board.apply_changes([first.gain(100, T0)])
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(board.keys.applied)
+    try:
+        change = second.gain(40, T0)
+        await board.apply_changes([change, change])  # the duplicate publishes nothing
+        after = second.gain(1, T0 + timedelta(seconds=1))
+        await board.apply_changes([after])
+        messages: list[dict[str, object]] = []
+        async with asyncio.timeout(5):
+            while len(messages) < 2:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if msg is not None:
+                    messages.append(json.loads(msg["data"]))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert messages[0] == {
+        "action_id": str(change.action_id),
+        "user_id": str(second.user_id),
+        "username": second.username,
+        "score": 40,
+        "version": 1,
+        "rank": 2,
+    }
+    assert (messages[1]["action_id"], messages[1]["version"]) == (str(after.action_id), 2)
+
+
+async def test_board_without_marker_refuses_changes(board: Board) -> None:
+    await board._redis.delete(board.keys.built)
+    player = new_player()
+    assert await board.apply_changes([player.gain(1, T0)]) is None
+    assert await board.top(10) is None
+    assert await board.poll() is None
+    # A rebuild's merge writes regardless; marking it built opens it again.
+    await board.merge_rows([player.row()])
+    await board.mark_built({"by": "test"})
+    assert await board.poll() == 1

@@ -1,0 +1,146 @@
+"""Kafka to Redis to WebSocket for real: latency, the frame-rate cap, many watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from broadcaster.keys import board_key
+from broadcaster.testing import (
+    Client,
+    Player,
+    Send,
+    SettingsFactory,
+    applied_inbox,
+    frame_where,
+    high_score,
+    new_player,
+    next_frame,
+    save_scores,
+    seed,
+    serve,
+)
+
+
+@pytest.fixture
+async def players(pg: asyncpg.Connection) -> list[Player]:
+    """Ten players ahead of everyone: every change to one of them changes the top 10."""
+    base = await high_score(pg)
+    players = [new_player() for _ in range(10)]
+    for i, p in enumerate(players):
+        p.gain(base + i)
+    await seed(pg, players)
+    return players
+
+
+@pytest.fixture
+async def client(make_settings: SettingsFactory, players: list[Player]) -> AsyncIterator[Client]:
+    """A broadcaster with the ten players on its board."""
+    async with serve(make_settings()) as client:
+        yield client
+
+
+async def test_change_reaches_redis_and_watchers_within_a_second(
+    client: Client, players: list[Player], redis_client: aioredis.Redis, send: Send
+) -> None:
+    loop = asyncio.get_running_loop()
+    board = client.app[board_key]
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        await next_frame(ws, "top", wait_s=1.0)
+        last = players[0]
+        change = last.gain(10**6)  # from last place to first
+        async with applied_inbox(redis_client, board.keys.applied) as inbox:
+            sent = loop.time()
+            await send(change)
+            applied = await inbox.wait_for(change.action_id, wait_s=1.0)
+            in_redis = loop.time() - sent
+            frame = await frame_where(
+                ws, lambda f: f["entries"][0]["user_id"] == str(last.user_id), wait_s=1.0
+            )
+            on_screen = loop.time() - sent
+    assert applied == {
+        "action_id": str(change.action_id),
+        "user_id": str(last.user_id),
+        "username": last.username,
+        "score": last.score,
+        "version": last.version,
+        "rank": 1,
+    }
+    assert frame["entries"][0]["score"] == last.score
+    assert in_redis < 1.0
+    assert on_screen < 1.0
+
+
+async def test_a_burst_reaches_each_watcher_at_most_ten_times_a_second(
+    client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
+) -> None:
+    loop = asyncio.get_running_loop()
+    start_version = await client.app[board_key].poll()
+    assert start_version is not None
+    final_version = start_version + 200
+    arrivals: list[tuple[float, int]] = []
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        await next_frame(ws, "top", wait_s=1.0)
+
+        async def watch() -> None:
+            while True:
+                frame = await next_frame(ws, "top")
+                arrivals.append((loop.time(), frame["version"]))
+                if frame["version"] == final_version:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        # 200 changes in about two seconds: ten times more than the frame rate.
+        for i in range(200):
+            await send(players[i % 10].gain(1 + i))
+            if i % 10 == 9:
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(watcher, timeout=5)
+    await save_scores(pg, players)
+
+    times = [t for t, _ in arrivals]
+    versions = [v for _, v in arrivals]
+    assert versions == sorted(versions)  # the version only grows
+    assert versions[-1] == final_version  # and the newest state arrives
+    assert len(times) >= 10  # frames flowed during the burst (not one at the end)
+    # At most 10 frames in any second: any 11 consecutive frames span a second. The 0.95 allows
+    # for this in-process client reading frames a little late (same event loop as the server).
+    spans = [times[i + 10] - times[i] for i in range(len(times) - 10)]
+    assert min(spans, default=1.0) >= 0.95, spans
+    assert len(times) <= 10 * (times[-1] - times[0]) + 1
+
+
+async def test_many_watchers_end_on_the_same_version(
+    client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
+) -> None:
+    start_version = await client.app[board_key].poll()
+    assert start_version is not None
+    final_version = start_version + 50
+    url = client.make_url("/ws/scoreboard")
+    # No connection pool limit: each watcher holds its connection for the whole test.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        watchers = await asyncio.gather(*(session.ws_connect(url) for _ in range(220)))
+        firsts = await asyncio.gather(*(next_frame(ws, "top", wait_s=5) for ws in watchers))
+        assert {f["version"] for f in firsts} == {firsts[0]["version"]}
+
+        for i in range(50):
+            await send(players[i % 10].gain(3 + i))
+
+        async def final_frame(ws: aiohttp.ClientWebSocketResponse) -> str:
+            frame = await frame_where(ws, lambda f: f["version"] == final_version, wait_s=10)
+            await ws.close()
+            return json.dumps(frame, sort_keys=True)
+
+        finals = await asyncio.gather(*(final_frame(ws) for ws in watchers))
+    await save_scores(pg, players)
+    assert len(set(finals)) == 1  # everyone sees the very same board
+    board = json.loads(finals[0])
+    assert [e["score"] for e in board["entries"]] == sorted(
+        (p.score for p in players), reverse=True
+    )

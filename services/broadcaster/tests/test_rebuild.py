@@ -1,0 +1,120 @@
+"""Redis is a cache: a lost board is rebuilt from PostgreSQL, identically, by one replica."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from broadcaster.board import Board
+from broadcaster.keys import board_key
+from broadcaster.metrics import Metrics
+from broadcaster.rebuild import Rebuilder
+from broadcaster.scores import ScoreTable
+from broadcaster.testing import (
+    Send,
+    SettingsFactory,
+    applied_inbox,
+    new_player,
+    save_scores,
+    seed,
+    serve,
+)
+from common.postgres import create_pool
+from common.web import registry_key
+
+T0 = datetime(2026, 1, 15, tzinfo=UTC)
+
+_PG_ORDER = """
+    SELECT s.user_id::text, u.username, s.score
+    FROM scores s JOIN users u USING (user_id)
+    WHERE s.version > 0
+    ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
+"""
+
+
+async def _board_rows(board: Board) -> list[tuple[str, str, int]]:
+    top = await board.top(1_000_000)
+    assert top is not None
+    return [(e.user_id, e.username, e.score) for e in top.entries]
+
+
+async def test_flushed_board_is_rebuilt_identical_to_postgres(
+    make_settings: SettingsFactory,
+    pg: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    send: Send,
+) -> None:
+    # Ties on score, and on score and time (then the user id decides), as PostgreSQL orders them.
+    players = [new_player() for _ in range(30)]
+    for i, p in enumerate(players):
+        p.gain(100 + (i % 5) * 10, T0 + timedelta(seconds=i % 3))
+    await seed(pg, players)
+    settings = make_settings()
+    async with serve(settings) as client:
+        board = client.app[board_key]
+        assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
+        before = (await (await client.get("/api/scoreboard/top")).json())["version"]
+
+        # Lose the board: only this app's board keys, never anything else on the shared server.
+        await redis_client.delete(*board.keys.board)
+        # Reads keep working (PostgreSQL) and notice the loss...
+        resp = await client.get("/api/scoreboard/top", params={"limit": "5"})
+        assert [e["user_id"] for e in (await resp.json())["entries"]] == [
+            r["user_id"] for r in (await pg.fetch(_PG_ORDER))[:5]
+        ]
+        # ...and a change arriving meanwhile is applied on top of the rebuilt board (never on an
+        # empty one). PostgreSQL gets it afterwards, so the rebuild cannot already contain it.
+        mover = players[0]
+        change = mover.gain(1000)
+        async with applied_inbox(redis_client, board.keys.applied) as inbox:
+            await send(change)
+            applied = await inbox.wait_for(change.action_id)
+        await save_scores(pg, [mover])
+        ahead = await pg.fetchval(
+            "SELECT count(*) FROM scores WHERE version > 0 AND score > $1", mover.score
+        )
+        assert (applied["score"], applied["rank"]) == (mover.score, ahead + 1)
+        assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
+        # The version did not go back: it is the sum of PostgreSQL's versions again.
+        version = await board.poll() or 0
+        assert version >= before
+        assert version == await pg.fetchval("SELECT sum(version) FROM scores WHERE version > 0")
+        rebuilds = client.app[registry_key].get_sample_value("scoreboard_board_rebuilds_total")
+        assert rebuilds is not None
+        assert rebuilds >= 2  # the merge at start (new group) and the rebuild after the loss
+
+
+async def test_only_one_replica_rebuilds(
+    make_settings: SettingsFactory, pg: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    players = [new_player() for _ in range(5)]
+    for p in players:
+        p.gain(7)
+    await seed(pg, players)
+    settings = make_settings()
+    pool = await create_pool(settings)
+    try:
+        registries = [CollectorRegistry() for _ in range(3)]
+        replicas = [
+            Rebuilder(
+                settings,
+                Board(redis_client, settings.redis_prefix),
+                ScoreTable(pool),
+                Metrics.create(registry),
+            )
+            for registry in registries
+        ]
+        rebuilt = await asyncio.gather(*(r.ensure_built() for r in replicas))
+        assert sorted(rebuilt) == [False, False, True]
+        counts = [r.get_sample_value("scoreboard_board_rebuilds_total") for r in registries]
+        assert sorted(c or 0.0 for c in counts) == [0.0, 0.0, 1.0]
+        board = Board(redis_client, settings.redis_prefix)
+        assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
+        assert not await board.lock_held()
+    finally:
+        await pool.close()
+        await redis_client.delete(*Board(redis_client, settings.redis_prefix).keys.board)
