@@ -243,7 +243,6 @@ def kafka_up() -> None:
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.cleaner.dedupe.buffer.size=2097152",
-                "log.flush.interval.messages=1",  # fsync every write: a restart loses nothing acked
                 "",
             ]
         )
