@@ -8,7 +8,6 @@ closed first with 1012 (``on_shutdown``), then the tasks stop, then the clients 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from broadcaster import handlers, ws
+from broadcaster import background, handlers, ws
 from broadcaster.board import Board
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
@@ -82,9 +81,11 @@ async def _board(app: web.Application) -> AsyncIterator[None]:
     app[board_key] = board
     app[rebuilder_key] = rebuilder
     app[leaderboard_key] = leaderboard
-    app[fanout_key] = Fanout(settings, board, leaderboard, metrics)
-    app[consumer_key] = ChangeConsumer(settings, board, rebuilder, metrics)
+    fanout = Fanout(settings, board, leaderboard, metrics)
+    app[fanout_key] = fanout
+    app[consumer_key] = ChangeConsumer(settings, board, rebuilder, metrics, fanout.nudge)
     yield
+    await fanout.close()
     await rebuilder.close()
 
 
@@ -94,9 +95,7 @@ def _task(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(start(app), name=name)
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await background.stop(task)
 
     return ctx
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -62,9 +62,16 @@ class ChangeConsumer:
     """Applies ScoreChanged events to the board, committing after Redis applied them."""
 
     def __init__(
-        self, settings: Settings, board: Board, rebuilder: Rebuilder, metrics: Metrics
+        self,
+        settings: Settings,
+        board: Board,
+        rebuilder: Rebuilder,
+        metrics: Metrics,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
+        # Called after each batch: the board moved (by us, or by a replica that was faster).
+        self._on_change = on_change
         self._board = board
         self._rebuilder = rebuilder
         self._metrics = metrics
@@ -123,6 +130,7 @@ class ChangeConsumer:
                 records = [r for partition in batches.values() for r in partition]
                 if records:
                     await self._apply(records)
+                    self._on_change()
                     await consumer.commit()
 
     async def _fix_positions(self, consumer: AIOKafkaConsumer) -> bool:

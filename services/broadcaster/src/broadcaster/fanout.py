@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from broadcaster import background
 from broadcaster.board import Board
 from broadcaster.frames import CLOSE_RESTART, CLOSE_TOO_SLOW, me_frame, top_frame
 from broadcaster.leaderboard import Leaderboard, UnknownPlayer
@@ -99,6 +100,8 @@ class Fanout:
         self._seen_version: int | None = None
         self._next_fallback = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._nudged = asyncio.Event()
+        self._last_broadcast = -math.inf
         self.draining = False
 
     def __len__(self) -> int:
@@ -198,12 +201,22 @@ class Fanout:
 
     # -- the ticker ---------------------------------------------------------------------------
 
+    def nudge(self) -> None:
+        """Changes reached the board (the consumer says so): tick as soon as spacing allows."""
+        self._nudged.set()
+
     async def run(self) -> None:
-        """Tick until cancelled; a failing tick is logged once and retried next tick."""
+        """Tick until cancelled; a failing tick is logged once and retried next tick.
+
+        Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`nudge`; but a top
+        frame never follows the previous one within ``1 / tick_hz``, and ticks are at least a
+        fifth of that apart (a busy topic must not turn into a busy Redis).
+        """
         loop = asyncio.get_running_loop()
         failing = False
         while True:
             start = loop.time()
+            self._nudged.clear()  # what arrives from here on is seen by this tick or the next
             try:
                 await self.tick(start)
             except Exception:
@@ -215,7 +228,11 @@ class Fanout:
                     log.info("fanout_tick_recovered")
                 failing = False
             self._metrics.tick_seconds.observe(loop.time() - start)
-            await asyncio.sleep(max(0.0, start + self._interval - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(start + self._interval):
+                    await self._nudged.wait()
+                    soonest = max(start + self._interval / 5, self._last_broadcast + self._interval)
+                    await asyncio.sleep(max(0.0, soonest - loop.time()))
 
     async def tick(self, now: float) -> None:
         """One round: notice board changes, refresh players' standings, deliver what is new."""
@@ -243,19 +260,23 @@ class Fanout:
             or (snapshot.version > current.version and snapshot.entries != current.entries)
         ):
             self._frame = TopFrame.of(snapshot)
+            self._last_broadcast = now
             broadcast = True
 
+        targets: Iterable[Watcher] = (
+            list(self._watchers) if broadcast else self._lagging | self._dirty
+        )
+        self._deliver(targets, now)
+
+        # Players' own standings after everyone's board, so they never delay it.
         if self._by_user:
             if moved:
                 for user_id in self._by_user:
                     self._me_queue.setdefault(user_id)
             if self._me_queue:
                 await self._refresh_me()
-
-        targets: Iterable[Watcher] = (
-            list(self._watchers) if broadcast else self._lagging | self._dirty
-        )
-        self._deliver(targets, now)
+                if self._dirty:
+                    self._deliver(list(self._dirty), now)
 
     async def _refresh_me(self) -> None:
         batch = list(self._me_queue)[: self._settings.me_lookups_per_tick]
@@ -346,8 +367,8 @@ class Fanout:
             log.debug("ws_close_incomplete", code=code, error=repr(exc))
         finally:
             # The close frame sits behind whatever the client has not read; if it still has not
-            # taken it by then, the socket is aborted (a no-op once it closed normally).
-            asyncio.get_running_loop().call_later(grace, w.transport.abort)
+            # taken it by then, the socket is aborted.
+            asyncio.get_running_loop().call_later(grace, _abort_if_unsent, w.transport)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -364,7 +385,13 @@ class Fanout:
         await asyncio.gather(*(self._close(w, CLOSE_RESTART, b"service restart") for w in watchers))
 
     async def close(self) -> None:
-        """Wait for the close handshakes still running (after :meth:`drain`)."""
+        """Stop the close handshakes still running (shutdown, after :meth:`drain`)."""
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await background.stop(task)
+
+
+def _abort_if_unsent(transport: asyncio.Transport) -> None:
+    # Data still unsent means the socket is open and the client is not reading: cut it off.
+    # (Once a transport finished closing, abort() would fail, so it is only called here.)
+    if transport.get_write_buffer_size():
+        transport.abort()

@@ -17,6 +17,7 @@ import uuid
 
 import structlog
 
+from broadcaster import background
 from broadcaster.board import Board
 from broadcaster.metrics import Metrics
 from broadcaster.scores import ScoreTable
@@ -97,9 +98,7 @@ class Rebuilder:
     async def close(self) -> None:
         """Stop a background rebuild (shutdown)."""
         if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+            await background.stop(self._background)
 
     async def _rebuild_in_background(self) -> None:
         try:
