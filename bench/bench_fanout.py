@@ -24,21 +24,27 @@ import multiprocessing as mp
 import os
 import random
 import resource
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from broadcaster.testing import LeanWatcher, Player, new_player, seed
+from broadcaster.testing import (
+    LeanWatcher,
+    Player,
+    cpu_seconds,
+    free_port,
+    http_get,
+    new_player,
+    rss_kib,
+    seed,
+    start_process,
+    stop_process,
+)
 from common.events import ScoreChangedEvent, Topics, encode
 from common.kafka import make_producer, started
 from common.settings import CommonSettings
@@ -46,15 +52,6 @@ from common.testing import LOCAL_INFRA, TestEnv, create_test_env, drop_test_env
 
 TARGET_P99_MS = 200
 LAG_BINS = 5000  # 1 ms bins; the last one collects everything slower
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- client processes ---------------------------------------------------------------------------
@@ -138,57 +135,12 @@ def _percentile(hist: list[int], q: float) -> float:
     return float(LAG_BINS)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
-        body: bytes = resp.read()
-        return body
-
-
-def start_broadcaster(env: TestEnv, port: int) -> subprocess.Popen[bytes]:
-    """The service as it runs in production, on this slice."""
-    environ = env.environ()
-    environ.update(
-        {
-            "SCOREBOARD_PORT": str(port),
-            "SCOREBOARD_GROUP_ID_PREFIX": f"{env.topic_prefix}broadcaster",
-            "SCOREBOARD_REPLICA_ID": "bench",
-            "SCOREBOARD_LOG_LEVEL": "WARNING",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broadcaster"], env=environ, cwd=ROOT, stdin=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"broadcaster exited with {proc.returncode}")
-        try:
-            _get(f"http://127.0.0.1:{port}/readyz")
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("broadcaster did not get ready")
 
 
 async def scenario(
@@ -203,7 +155,7 @@ async def scenario(
 ) -> dict[str, Any]:
     """Connect ``clients`` watchers, make ``rate`` changes a second for ``seconds``, measure."""
     ctx = mp.get_context("spawn")
-    top = json.loads(_get(f"http://127.0.0.1:{port}/api/scoreboard/top"))
+    top = json.loads(http_get(f"http://127.0.0.1:{port}/api/scoreboard/top"))
     base = int(top["version"])
     changes = int(seconds * rate)
     sent_at = ctx.RawArray("d", changes + 1)
@@ -222,10 +174,13 @@ async def scenario(
     connect_s = time.monotonic() - connect_started
     connected = sum(r["connected"] for r in ready)
 
-    producer = make_producer(CommonSettings.load(**env.overrides()), client_id="bench-fanout")
+    # One change at a time: no batching to wait for (linger 0), so the lag starts at the send.
+    producer = make_producer(
+        CommonSettings.load(**env.overrides()), client_id="bench-fanout", linger_ms=0
+    )
     topic = Topics(env.topic_prefix).changed
-    metrics_before = _get(f"http://127.0.0.1:{port}/metrics").decode()
-    cpu_before = _cpu_seconds(server.pid)
+    metrics_before = http_get(f"http://127.0.0.1:{port}/metrics").decode()
+    cpu_before = cpu_seconds(server.pid)
     # Changes arrive at random (Poisson) times: at a fixed period in step with the 10 Hz ticker,
     # every change would meet the same tick phase and the lag would measure that phase only.
     rng = random.Random(clients)
@@ -246,8 +201,8 @@ async def scenario(
         produced_s = time.monotonic() - t0
     final.value = base + changes
     done = [await asyncio.to_thread(results.get, True, 60) for _ in workers]
-    cpu_s = _cpu_seconds(server.pid) - cpu_before
-    metrics_after = _get(f"http://127.0.0.1:{port}/metrics").decode()
+    cpu_s = cpu_seconds(server.pid) - cpu_before
+    metrics_after = http_get(f"http://127.0.0.1:{port}/metrics").decode()
     for w in workers:
         await asyncio.to_thread(w.join, 30)
 
@@ -279,7 +234,7 @@ async def scenario(
         },
         "server": {
             "cpu_percent": round(100 * cpu_s / produced_s, 1),
-            "rss_mib": round(_rss_kib(server.pid) / 1024, 1),
+            "rss_mib": round(rss_kib(server.pid) / 1024, 1),
             "tick_ms_mean": round(1000 * delta("scoreboard_ws_tick_seconds_sum") / ticks, 2)
             if ticks
             else None,
@@ -310,19 +265,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await conn.close()
         port = free_port()
-        server = start_broadcaster(env, port)
+        server = start_process(env, port)
         scenarios = [
             await scenario(env, port, server, players, n, args.procs, args.seconds, args.rate)
             for n in args.clients
         ]
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
         await drop_test_env(LOCAL_INFRA, env)
     largest = scenarios[-1]
     return {

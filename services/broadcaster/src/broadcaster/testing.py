@@ -11,12 +11,18 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -30,6 +36,7 @@ from broadcaster.keys import consumer_key
 from broadcaster.ranking import ScoreRow
 from broadcaster.settings import Settings
 from common.events import ScoreChanged
+from common.testing import TestEnv
 
 Client = TestClient[web.Request, web.Application]
 
@@ -134,11 +141,6 @@ async def frame_where(
             frame = await next_frame(ws, "top", wait_s)
             if pred(frame):
                 return frame
-
-
-def later(base: datetime, ms: int) -> datetime:
-    """``base`` plus ``ms`` milliseconds."""
-    return base + timedelta(milliseconds=ms)
 
 
 class RawWebSocket:
@@ -362,3 +364,75 @@ class LeanWatcher(asyncio.Protocol):
         """Drop the connection."""
         if self._transport is not None:
             self._transport.close()
+
+
+# -- the service as a process (benchmarks) ------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_get(url: str) -> bytes:
+    """The body of a GET (loopback URLs only)."""
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
+        body: bytes = resp.read()
+        return body
+
+
+def start_process(env: TestEnv, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """``python -m broadcaster`` on ``env``'s slice, once its /readyz answers 200."""
+    environ = env.environ()
+    environ.update(
+        {
+            "SCOREBOARD_PORT": str(port),
+            "SCOREBOARD_GROUP_ID_PREFIX": f"{env.topic_prefix}broadcaster",
+            "SCOREBOARD_REPLICA_ID": f"bench-{port}",
+            "SCOREBOARD_LOG_LEVEL": "WARNING",
+        }
+    )
+    environ.update({f"SCOREBOARD_{k.upper()}": v for k, v in settings.items()})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadcaster"], env=environ, stdin=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the broadcaster exited with {proc.returncode}")
+        try:
+            http_get(f"http://127.0.0.1:{port}/readyz")
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    stop_process(proc)
+    raise RuntimeError("the broadcaster did not get ready in 60 s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (graceful drain), SIGKILL if it is still there after 20 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
