@@ -64,8 +64,10 @@ def client_process(
     sent_at: ctypes.Array[ctypes.c_double],
     final: Synchronized[int],
     results: mp.Queue[dict[str, Any]],
+    nice: int,
 ) -> None:
     """Hold ``count`` watchers; report when connected, then the lag histogram at the end."""
+    os.nice(nice)
     asyncio.run(_watch(port, count, base, sent_at, final, results))
 
 
@@ -152,6 +154,7 @@ async def scenario(
     procs: int,
     seconds: float,
     rate: float,
+    nice: int,
 ) -> dict[str, Any]:
     """Connect ``clients`` watchers, make ``rate`` changes a second for ``seconds``, measure."""
     ctx = mp.get_context("spawn")
@@ -163,7 +166,7 @@ async def scenario(
     results: mp.Queue[dict[str, Any]] = ctx.Queue()
     shares = [clients // procs + (i < clients % procs) for i in range(procs)]
     workers = [
-        ctx.Process(target=client_process, args=(port, n, base, sent_at, final, results))
+        ctx.Process(target=client_process, args=(port, n, base, sent_at, final, results, nice))
         for n in shares
         if n
     ]
@@ -267,7 +270,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         server = start_process(env, port)
         scenarios = [
-            await scenario(env, port, server, players, n, args.procs, args.seconds, args.rate)
+            await scenario(
+                env, port, server, players, n, args.procs, args.seconds, args.rate, args.nice
+            )
             for n in args.clients
         ]
     finally:
@@ -295,6 +300,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--rate", type=float, default=10.0, help="board changes per second")
     parser.add_argument("--procs", type=int, default=4, help="client processes")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the client processes (they share the server's CPUs here)",
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -79,19 +79,19 @@ class ChangeConsumer:
         self.topic = Topics(settings.topic_prefix).changed
         # Set once the first assignment's positions are fixed and the board is built.
         self.ready = asyncio.Event()
+        self._failures = 0  # consecutive failed starts, for the retry backoff
 
     async def run(self) -> None:
         """Consume until cancelled; Kafka or Redis failures are retried with backoff."""
-        attempt = 0
         while True:
             try:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("consumer_failed", group_id=self.group_id, attempt=attempt)
-            attempt += 1
-            await asyncio.sleep(self._backoff(attempt))
+                log.exception("consumer_failed", group_id=self.group_id, attempt=self._failures)
+            self._failures += 1
+            await asyncio.sleep(self._backoff(self._failures))
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self._settings.retry_cap_s, self._settings.retry_base_s * 2**attempt)
@@ -125,6 +125,7 @@ class ChangeConsumer:
             )
             self.ready.set()
             self._rebuilder.arm()
+            self._failures = 0
             while True:
                 batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
                 records = [r for partition in batches.values() for r in partition]

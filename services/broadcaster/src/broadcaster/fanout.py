@@ -1,16 +1,19 @@
 """Fan-out of the board to WebSocket clients: one ticker, one serialisation, no waiting on anyone.
 
-A ticker runs ``tick_hz`` times a second (10). Each tick reads the board version from Redis (one
-cheap round trip); only when it moved does it read the top list, and only when the top list
-changed does it serialise one frame, whose bytes are then written to every connection.
+A ticker runs ``tick_hz`` times a second (10), and sooner when the consumer reports applied
+changes (:meth:`Fanout.nudge`), though never sending a top frame within ``1 / tick_hz`` of the
+previous one. Each tick reads the board version from Redis (one cheap round trip); only when it
+moved does it read the top list, and only when the top list changed does it serialise one frame,
+whose bytes are then written to every connection. Waking on changes rather than on the clock
+alone takes most of the tick's phase out of the delivery lag.
 
 Slow clients never slow anyone else: a connection's transport is written to only while its unsent
 data is below ``ws_slow_buffer_bytes``; above that it is skipped and remembered as *lagging*. A
 connection holds no queue, only "the newest frame I have not had": once it drains, it gets the
 newest state and nothing in between. A client that stays above the threshold for
 ``ws_stuck_timeout_s`` is closed with 4008 (too slow); if it does not even take the close frame
-within ``ws_close_grace_s`` its socket is aborted. Frames to one connection are at least one tick
-apart, so nobody gets more than ``tick_hz`` top frames a second.
+within ``ws_close_grace_s`` its socket is aborted. Top frames to one connection are at least
+``1 / tick_hz`` apart, so nobody gets more than ``tick_hz`` of them a second.
 
 Players (connections whose upgrade carried ``X-Scoreboard-User-Id``) also get ``me`` frames when
 their own score or rank changes. Ranks are looked up only when the board version moved, for at
@@ -89,7 +92,7 @@ class Fanout:
         self._leaderboard = leaderboard
         self._metrics = metrics
         self._interval = 1.0 / settings.tick_hz
-        # Tick starts are at least one interval apart; the margin only absorbs clock rounding.
+        # Broadcasts are at least one interval apart; the margin only absorbs clock rounding.
         self._min_gap = self._interval * 0.99
         self._watchers: dict[Watcher, None] = {}
         self._by_user: dict[str, set[Watcher]] = {}
@@ -106,11 +109,6 @@ class Fanout:
 
     def __len__(self) -> int:
         return len(self._watchers)
-
-    @property
-    def frame(self) -> TopFrame | None:
-        """The newest top frame (what a client connecting now gets first)."""
-        return self._frame
 
     # -- connections --------------------------------------------------------------------------
 
