@@ -13,6 +13,7 @@ cached under ~/.cache/scoreboard so a second start needs no network.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -212,12 +213,12 @@ def _recv(s: socket.socket, n: int) -> bytes:
     return buf
 
 
-def kafka_up() -> None:
-    if _kafka_metadata_has_broker(KAFKA_PORT):
-        say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (already running)")
-        return
+def launch_kafka(
+    state: Path, port: int, controller_port: int, heap: str = KAFKA_HEAP
+) -> subprocess.Popen[bytes]:
+    """Format (once) and start a single-node KRaft broker with its data under ``state``;
+    return once it serves metadata. Tests use this for a private broker they may stop."""
     jars = kafka_jars()
-    state = LOCAL / "kafka"
     data = state / "data"
     state.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
@@ -226,10 +227,9 @@ def kafka_up() -> None:
             [
                 "process.roles=broker,controller",
                 "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-                f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},"
-                f"CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
                 "inter.broker.listener.name=PLAINTEXT",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -247,22 +247,18 @@ def kafka_up() -> None:
             ]
         )
     )
-    java = ["java", f"-Xms{KAFKA_HEAP}", f"-Xmx{KAFKA_HEAP}", "-XX:+UseSerialGC",
+    java = ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{KAFKA_LOG4J}", "-cp", f"{jars}/*"]  # fmt: skip
     if not (data / "meta.properties").exists():
+        cluster_file = state / "cluster.id"
         cluster_id = (
-            (state / "cluster.id").read_text().strip()
-            if (state / "cluster.id").exists()
-            else str(uuid.uuid4())
+            cluster_file.read_text().strip() if cluster_file.exists() else str(uuid.uuid4())
         )
-        (state / "cluster.id").write_text(cluster_id)
-        import base64
-
+        cluster_file.write_text(cluster_id)
         kraft_id = base64.urlsafe_b64encode(uuid.UUID(cluster_id).bytes).decode().rstrip("=")
         run([*java, "kafka.tools.StorageTool", "format", "-t", kraft_id, "-c", str(props),
              "--ignore-formatted"], stdout=subprocess.DEVNULL)  # fmt: skip
-    say(f"starting Kafka {KAFKA_VERSION} (KRaft, heap {KAFKA_HEAP})")
     log = open(state / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [*java, "kafka.Kafka", str(props)],
@@ -271,15 +267,27 @@ def kafka_up() -> None:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    (state / "kafka.pid").write_text(str(proc.pid))
+    log.close()
     deadline = time.monotonic() + 120
-    while not _kafka_metadata_has_broker(KAFKA_PORT):
+    while not _kafka_metadata_has_broker(port):
         if proc.poll() is not None:
             tail = (state / "kafka.log").read_text(errors="replace")[-3000:]
             raise SystemExit(f"[infra] Kafka exited with {proc.returncode}:\n{tail}")
         if time.monotonic() > deadline:
+            proc.kill()
             raise SystemExit("[infra] Kafka did not become ready within 120s")
         time.sleep(0.3)
+    return proc
+
+
+def kafka_up() -> None:
+    if _kafka_metadata_has_broker(KAFKA_PORT):
+        say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (already running)")
+        return
+    state = LOCAL / "kafka"
+    say(f"starting Kafka {KAFKA_VERSION} (KRaft, heap {KAFKA_HEAP})")
+    proc = launch_kafka(state, KAFKA_PORT, KAFKA_CONTROLLER_PORT)
+    (state / "kafka.pid").write_text(str(proc.pid))
     say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (log {state / 'kafka.log'})")
 
 
