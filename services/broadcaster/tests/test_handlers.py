@@ -143,3 +143,17 @@ async def test_top_falls_back_to_postgres_when_redis_is_down(
             registry, "scoreboard_fallbacks_total", query="top", reason="redis_unavailable"
         )
         assert fallbacks >= 1
+
+
+async def test_without_redis_and_postgres_reads_say_unavailable(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(
+        redis_url=f"redis://127.0.0.1:{_closed_port()}/0",
+        postgres_dsn=f"postgresql://scoreboard:scoreboard@127.0.0.1:{_closed_port()}/scoreboard",
+    )
+    async with serve(settings, wait_ready=False) as down:
+        for path in ("/api/scoreboard/top", f"/api/scoreboard/users/{uuid.uuid4()}"):
+            resp = await down.get(path)
+            assert resp.status == 503
+            assert resp.content_type == "application/problem+json"

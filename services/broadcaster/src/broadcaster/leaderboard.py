@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
@@ -21,7 +22,7 @@ from broadcaster.ranking import Standing, TopSnapshot
 from broadcaster.rebuild import Rebuilder
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
-from common.problems import NotFound
+from common.problems import NotFound, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,18 @@ class UnknownPlayer(NotFound):
     """No user with this id."""
 
     title = "Unknown Player"
+
+
+class BoardUnavailable(ServiceUnavailable):
+    """Neither Redis nor PostgreSQL can answer right now; retrying later is safe."""
+
+    def __init__(self) -> None:
+        super().__init__("the scoreboard cannot be read right now; try again shortly")
+
+
+# What a PostgreSQL outage looks like to asyncpg: refused or reset connections, timeouts,
+# server errors (shutting down, too many connections).
+_POSTGRES_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Leaderboard:
@@ -83,7 +96,11 @@ class Leaderboard:
     async def _top_from_postgres(self, limit: int) -> TopSnapshot:
         cached = self._fallback_top
         if cached is None or self._now() >= cached[0]:
-            snapshot = await self._scores.top(max(limit, _FALLBACK_ROWS))
+            try:
+                snapshot = await self._scores.top(max(limit, _FALLBACK_ROWS))
+            except _POSTGRES_DOWN as exc:
+                log.error("postgres_unavailable", query="top", error=repr(exc))
+                raise BoardUnavailable() from exc
             cached = (self._now() + self._settings.fallback_cache_s, snapshot)
             self._fallback_top = cached
         snapshot = cached[1]
@@ -108,7 +125,11 @@ class Leaderboard:
                     self._rebuilder.request()
         self._metrics.cache_misses.labels("user").inc()
         self._metrics.fallbacks.labels("user", reason).inc()
-        standing = await self._scores.standing(user_id)
+        try:
+            standing = await self._scores.standing(user_id)
+        except _POSTGRES_DOWN as exc:
+            log.error("postgres_unavailable", query="user", error=repr(exc))
+            raise BoardUnavailable() from exc
         if standing is None:
             raise UnknownPlayer(f"no player with id {user_id}")
         return standing

@@ -1,4 +1,4 @@
-"""The broadcaster service's settings (``SCOREBOARD_*`` variables; see the README's table)."""
+"""The broadcaster's settings (``SCOREBOARD_*`` variables; see the service's README.md)."""
 
 from __future__ import annotations
 
