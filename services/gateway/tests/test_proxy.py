@@ -228,3 +228,19 @@ async def test_a_client_that_stops_reading_is_dropped(
         assert registry.get_sample_value("scoreboard_gateway_ws_connections") == 0
     finally:
         writer.close()
+
+
+async def test_more_watchers_than_a_connection_pool_holds(gateway: Client) -> None:
+    # Each proxied WebSocket keeps its upstream connection open; 150 live watchers must not
+    # queue behind the per-host limit (100) of the pool used for ordinary proxied requests.
+    watchers = 150
+    url = gateway.make_url("/ws/scoreboard")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        sockets = await asyncio.wait_for(
+            asyncio.gather(*(session.ws_connect(url) for _ in range(watchers))), 20
+        )
+        try:
+            firsts = await asyncio.wait_for(asyncio.gather(*(_frame(ws) for ws in sockets)), 20)
+            assert [f["type"] for f in firsts] == ["top"] * watchers
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))

@@ -89,6 +89,13 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=TCPConnector(limit=200, limit_per_host=100),
         timeout=ClientTimeout(total=None, sock_connect=2.0),
     )
+    # Proxied WebSockets hold their upstream connection for their whole life, so they get a
+    # pool of their own without a count limit (the broadcaster's max_connections bounds them);
+    # sharing the request pool capped live watchers at its per-host limit of 100.
+    ws_session = ClientSession(
+        connector=TCPConnector(limit=0),
+        timeout=ClientTimeout(total=None, sock_connect=2.0),
+    )
     verifier: TokenVerifier | None = None
 
     def on_keys_changed() -> None:
@@ -112,7 +119,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[jwks_key] = jwks
     app[authenticator_key] = Authenticator(verifier, app[redis_key], settings.redis_prefix)
-    app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics)
+    app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics, ws_session=ws_session)
 
     async def jwks_ready() -> None:
         if not jwks.fetched:
@@ -123,6 +130,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await _stop(refresher)
     await session.close()
+    await ws_session.close()
 
 
 async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -121,8 +121,16 @@ def _outcome(task: asyncio.Task[_Ended]) -> _Ended | None:
 class Proxy:
     """Forwards requests to auth and the broadcaster through one client session."""
 
-    def __init__(self, session: ClientSession, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        session: ClientSession,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        *,
+        ws_session: ClientSession | None = None,
+    ) -> None:
         self._session = session
+        self._ws_session = ws_session or session
         self._metrics = metrics
         self._timeout = ClientTimeout(total=settings.upstream_timeout_s)
         self._upstream_timeout = settings.upstream_timeout_s
@@ -205,7 +213,7 @@ class Proxy:
         )
         try:
             async with asyncio.timeout(self._upstream_timeout):
-                upstream = await self._session.ws_connect(
+                upstream = await self._ws_session.ws_connect(
                     url,
                     headers=headers,
                     autoping=True,
