@@ -15,8 +15,12 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-async def stop(task: asyncio.Task[None], *, retry_s: float = 0.1) -> None:
-    """Cancel ``task`` until it is done, and log how it ended if it failed."""
+async def stop(task: asyncio.Task[None], *, retry_s: float = 1.0) -> None:
+    """Cancel ``task`` until it is done, and log how it ended if it failed.
+
+    ``retry_s`` leaves the task time to clean up (close its clients) before it is cancelled
+    again; the retry only matters when a cancellation was lost.
+    """
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=retry_s)

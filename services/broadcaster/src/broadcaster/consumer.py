@@ -38,7 +38,7 @@ from broadcaster.metrics import Metrics
 from broadcaster.rebuild import Rebuilder
 from broadcaster.settings import Settings
 from common.events import ScoreChanged, ScoreChangedEvent, Topics, utcnow
-from common.kafka import make_consumer, started
+from common.kafka import make_consumer
 from common.tracing import extract_context
 
 log = structlog.get_logger(__name__)
@@ -107,32 +107,40 @@ class ChangeConsumer:
         )
         assignment = _Assignment()
         consumer.subscribe([self.topic], listener=assignment)
-        async with started(consumer):
-            await assignment.assigned.wait()
-            new_group = await self._fix_positions(consumer)
-            # A new group must merge from a PostgreSQL snapshot read after its positions were
-            # fixed (a rebuild that began since then does it, e.g. one a first read asked for).
-            positioned_at = asyncio.get_running_loop().time()
-            merged = await self._rebuilder.ensure_built(
-                merge_since=positioned_at if new_group else None
-            )
-            log.info(
-                "consumer_started",
-                group_id=self.group_id,
-                partitions=len(consumer.assignment()),
-                new_group=new_group,
-                rebuilt=merged,
-            )
-            self.ready.set()
-            self._rebuilder.arm()
-            self._failures = 0
-            while True:
-                batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
-                records = [r for partition in batches.values() for r in partition]
-                if records:
-                    await self._apply(records)
-                    self._on_change()
-                    await consumer.commit()
+        try:
+            await consumer.start()
+            await self._consume_with(consumer, assignment)
+        finally:
+            # Stopped even when start() failed or was cancelled (an unstopped consumer leaks its
+            # connections), and shielded so a repeated cancellation cannot cut the stop short.
+            await asyncio.shield(consumer.stop())
+
+    async def _consume_with(self, consumer: AIOKafkaConsumer, assignment: _Assignment) -> None:
+        await assignment.assigned.wait()
+        new_group = await self._fix_positions(consumer)
+        # A new group must merge from a PostgreSQL snapshot read after its positions were
+        # fixed (a rebuild that began since then does it, e.g. one a first read asked for).
+        positioned_at = asyncio.get_running_loop().time()
+        merged = await self._rebuilder.ensure_built(
+            merge_since=positioned_at if new_group else None
+        )
+        log.info(
+            "consumer_started",
+            group_id=self.group_id,
+            partitions=len(consumer.assignment()),
+            new_group=new_group,
+            rebuilt=merged,
+        )
+        self.ready.set()
+        self._rebuilder.arm()
+        self._failures = 0
+        while True:
+            batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
+            records = [r for partition in batches.values() for r in partition]
+            if records:
+                await self._apply(records)
+                self._on_change()
+                await consumer.commit()
 
     async def _fix_positions(self, consumer: AIOKafkaConsumer) -> bool:
         """Resolve every assigned partition's position; True when the group had no offsets."""
