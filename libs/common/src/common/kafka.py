@@ -116,9 +116,10 @@ async def ensure_topics(
 
 @contextlib.asynccontextmanager
 async def started(client: AIOKafkaProducer | AIOKafkaConsumer) -> AsyncIterator[None]:
-    """Start a Kafka client and stop it however the block ends."""
-    await client.start()
+    """Start a Kafka client and stop it however the block ends (a failed or cancelled start
+    included: otherwise its half-open connections leak)."""
     try:
+        await client.start()
         yield
     finally:
         await client.stop()
