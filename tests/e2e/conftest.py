@@ -24,7 +24,16 @@ async def e2e_env(infra: Infra) -> AsyncIterator[TestEnv]:
 @pytest.fixture(scope="session")
 def system(e2e_env: TestEnv) -> Iterator[System]:
     """Start auth, score, broadcaster and gateway; stop them at the end of the session."""
-    system = start_system(e2e_env, {"SCOREBOARD_ACTION_CATALOG": json.dumps(E2E_CATALOG)})
+    system = start_system(
+        e2e_env,
+        {
+            "SCOREBOARD_ACTION_CATALOG": json.dumps(E2E_CATALOG),
+            # Short key timings so a rotation completes within a test (production: 30 s / 120 s).
+            "SCOREBOARD_KEY_RELOAD_S": "0.5",
+            "SCOREBOARD_KEY_PUBLISH_AHEAD_S": "2",
+            "SCOREBOARD_JWKS_REFRESH_INTERVAL_S": "0.5",
+        },
+    )
     try:
         yield system
     finally:

@@ -58,7 +58,10 @@ class Settings(CommonSettings):
 
     # Access-token verification against auth's JWKS.
     jwks_min_refresh_s: float = Field(default=10.0, ge=0)
-    jwks_refresh_interval_s: float = Field(default=300.0, gt=0)
+    # Must stay shorter than auth's key_publish_ahead_s (120 s): then every gateway knows a new
+    # key before auth signs with it, and a rotation never depends on the rate-limited
+    # unknown-kid refresh (tests/e2e/test_key_rotation.py showed 401s when it did).
+    jwks_refresh_interval_s: float = Field(default=60.0, gt=0)
     jwt_leeway_s: float = Field(default=30.0, ge=0)
     # The contract caps access tokens at 15 minutes; a longer-lived token is refused outright.
     jwt_max_lifetime_s: int = Field(default=900, gt=0)
