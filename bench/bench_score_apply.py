@@ -297,7 +297,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3, help="batched runs (median reported)")
     parser.add_argument("--naive-commands", type=int, default=None, help="default: --commands")
     parser.add_argument("--no-kafka", action="store_true", help="skip the end-to-end run")

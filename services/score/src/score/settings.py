@@ -21,7 +21,7 @@ class Settings(CommonSettings):
     # Consumer group on the commands topic; every replica uses the same one.
     group_id: str = "score"
     # A batch is what getmany() returns, topped up for at most batch_wait_ms, up to batch_max.
-    batch_max: int = 500
+    batch_max: int = 2000
     batch_wait_ms: int = 20
     # How long one poll waits when nothing arrives (bounds how quickly a stop is noticed).
     poll_idle_ms: int = 500
