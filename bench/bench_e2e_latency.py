@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu import CpuMeter
 from common.testing import LOCAL_INFRA, create_test_env, drop_test_env
 from tests.e2e.harness import Player, register_and_login, start_system
 
@@ -142,6 +144,12 @@ async def run(rate: float, seconds: float, players: int) -> dict[str, object]:
                     if resp.status == 202:
                         track.accepted_at.append(time.perf_counter())
 
+            meter = CpuMeter(
+                {name: svc.proc.pid for name, svc in system.services.items() if svc.proc}
+                | {"load_generator": os.getpid()}
+            )
+            print(f"submitting {total} updates at {rate:g}/s", file=sys.stderr, flush=True)
+            meter.start()
             start = time.perf_counter()
             tasks = []
             for i, (track, tk) in enumerate(zip(owners, tickets, strict=True)):
@@ -151,6 +159,7 @@ async def run(rate: float, seconds: float, players: int) -> dict[str, object]:
                 tasks.append(asyncio.create_task(submit(track, tk)))
             await asyncio.gather(*tasks)
             elapsed = time.perf_counter() - start
+            cpu = meter.stop()
             await asyncio.sleep(3.0)  # let the last frames arrive
             stop.set()
             await asyncio.gather(*watchers, return_exceptions=True)
@@ -183,6 +192,8 @@ async def run(rate: float, seconds: float, players: int) -> dict[str, object]:
         "players": players,
         "never_seen": missing,
         "players_with_me_frames": sum(1 for t in tracks if t.seen),
+        "cpu_seconds": cpu,
+        "cpu_ms_per_update": {k: round(v * 1000 / total, 3) for k, v in cpu.items() if k != "wall"},
     }
     if latencies:
         result.update(

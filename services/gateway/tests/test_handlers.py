@@ -160,6 +160,40 @@ async def test_403_for_another_users_id_and_for_a_banned_user(
     assert status == 403
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "status", "detail"),
+    [
+        ("revoked-session:{sid}", "1", 401, "this login session has been revoked"),
+        ("user-status:{sub}", "deleted", 401, "this account no longer exists"),
+        ("user-status:{sub}", "banned", 403, "this account is banned"),
+    ],
+)
+async def test_account_state_comes_before_every_other_update_check(
+    player: Player,
+    redis_client: aioredis.Redis,
+    key: str,
+    value: str,
+    status: int,
+    detail: str,
+) -> None:
+    completed = await player.completion()
+    assert (await player.submit(completed))[0] == 202
+    fresh = await player.completion()
+    prefix = player.client.app[settings_key].redis_prefix
+    await redis_client.set(prefix + key.format(sid=player.sid, sub=player.user_id), value)
+    for body in (
+        fresh,
+        completed,  # would be 409
+        {**fresh, "action_hash": "t1.00"},  # would be 400
+        {**fresh, "user_id": str(uuid.uuid4())},  # would be 403 (someone else's id)
+        {"action_id": "not-a-uuid"},  # would be 400 (invalid body)
+    ):
+        answer, problem = await player.submit(body)
+        assert (answer, problem["detail"]) == (status, detail), body
+    await redis_client.delete(prefix + key.format(sid=player.sid, sub=player.user_id))
+    assert (await player.submit(fresh))[0] == 202
+
+
 async def test_409_for_a_completed_action_even_with_other_faults(player: Player) -> None:
     body = await player.completion()
     assert (await player.submit(body))[0] == 202

@@ -9,11 +9,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
 
 from common.redis_client import create_redis
 from gateway.ratelimit import Limit, Rate, RateLimiter
 from gateway.security import resolve_client_address
-from gateway.settings import Settings
+from gateway.settings import Settings, settings_key
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 
 TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0}}
@@ -161,3 +162,32 @@ async def test_auth_routes_are_limited_per_address(make_gateway: MakeGateway) ->
     creds = {"username": "ada", "password": "correct horse"}
     statuses = [(await client.post("/api/auth/login", json=creds)).status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+async def test_updates_rejected_before_the_rate_limit_charge_nothing(
+    make_gateway: MakeGateway, mint: TokenMint, redis_client: aioredis.Redis
+) -> None:
+    """401/403/409 are decided before the limits in one script, which then charges none."""
+    client = await make_gateway(
+        action_catalog=TAP_NOW, update_rate_per_user=0.001, update_burst_per_user=1
+    )
+    user_id, sid = uuid.uuid4(), str(uuid.uuid4())
+    token = mint.mint(user_id, sid=sid)
+    prefix = client.app[settings_key].redis_prefix
+    update = "/api/scoreboard/update"
+
+    done = await _ticket(client, mint.mint(user_id, sid=sid))
+    await redis_client.set(f"{prefix}done:{done['action_id']}", "1")
+    for _ in range(3):  # duplicates
+        assert (await client.post(update, json=done, headers=bearer(token))).status == 409
+    body = await _ticket(client, token)
+    await redis_client.set(f"{prefix}user-status:{user_id}", "banned")
+    for _ in range(3):
+        assert (await client.post(update, json=body, headers=bearer(token))).status == 403
+    await redis_client.delete(f"{prefix}user-status:{user_id}")
+    # The burst of one is still there ...
+    assert (await client.post(update, json=body, headers=bearer(token))).status == 202
+    # ... and now spent: 429 comes before the ticket checks (an unknown ticket would be 400).
+    unknown = {**body, "action_id": str(uuid.uuid4())}
+    resp = await client.post(update, json=unknown, headers=bearer(token))
+    assert resp.status == 429

@@ -20,6 +20,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from common.redis_client import create_redis
 from common.web import create_base_app, readiness_key, registry_key
 from gateway import handlers, proxy
+from gateway.admission import Admission, admission_key
 from gateway.authn import Authenticator, JwksCache, TokenVerifier, authenticator_key, jwks_key
 from gateway.catalog import Catalog, catalog_key
 from gateway.metrics import GatewayMetrics, metrics_key
@@ -118,7 +119,11 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         cache_size=settings.token_cache_size,
     )
     app[jwks_key] = jwks
-    app[authenticator_key] = Authenticator(verifier, app[redis_key], settings.redis_prefix)
+    authenticator = Authenticator(verifier, app[redis_key], settings.redis_prefix)
+    app[authenticator_key] = authenticator
+    app[admission_key] = Admission(
+        app[redis_key], authenticator, app[ticket_store_key], app[rate_limiter_key]
+    )
     app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics, ws_session=ws_session)
 
     async def jwks_ready() -> None:

@@ -325,6 +325,16 @@ class TokenVerifier:
         )
 
 
+def raise_for_account(*, revoked: bool, status: object) -> None:
+    """Raise what a revoked session (401), deleted user (401) or banned user (403) gets."""
+    if revoked:
+        raise InvalidToken("this login session has been revoked", reason="session_revoked")
+    if status == b"deleted":
+        raise InvalidToken("this account no longer exists", reason="user_deleted")
+    if status == b"banned":
+        raise UserBanned("this account is banned")
+
+
 class Authenticator:
     """Token verification plus the live account checks in Redis."""
 
@@ -333,24 +343,30 @@ class Authenticator:
         self._redis = redis
         self._prefix = prefix
 
-    async def check_account(self, principal: Principal) -> None:
-        """401 if the session was revoked or the user deleted, 403 if banned (one MGET)."""
-        revoked, status = await self._redis.mget(
+    def account_keys(self, principal: Principal) -> tuple[str, str]:
+        """The Redis keys of the live account checks: revoked session, user status."""
+        return (
             f"{self._prefix}revoked-session:{principal.session_id}",
             f"{self._prefix}user-status:{principal.user_id}",
         )
-        if revoked is not None:
-            raise InvalidToken("this login session has been revoked", reason="session_revoked")
-        if status == b"deleted":
-            raise InvalidToken("this account no longer exists", reason="user_deleted")
-        if status == b"banned":
-            raise UserBanned("this account is banned")
 
-    async def authenticate(self, request: web.Request, token: str) -> Principal:
-        """Verify ``token`` for ``request`` (the user id is recorded for security logs)."""
+    async def check_account(self, principal: Principal) -> None:
+        """401 if the session was revoked or the user deleted, 403 if banned (one MGET)."""
+        revoked, status = await self._redis.mget(*self.account_keys(principal))
+        raise_for_account(revoked=revoked is not None, status=status)
+
+    async def authenticate(
+        self, request: web.Request, token: str, *, check_account: bool = True
+    ) -> Principal:
+        """Verify ``token`` for ``request`` (the user id is recorded for security logs).
+
+        ``check_account=False`` leaves the live account checks to the caller, which must make
+        them (the update path does, in its single admission round trip).
+        """
         principal = await self.verifier.verify(token)
         request[user_key] = str(principal.user_id)
-        await self.check_account(principal)
+        if check_account:
+            await self.check_account(principal)
         return principal
 
 
@@ -395,9 +411,11 @@ def websocket_token(request: web.Request) -> tuple[str | None, bool]:
     return None, False
 
 
-async def require_principal(request: web.Request) -> Principal:
+async def require_principal(request: web.Request, *, check_account: bool = True) -> Principal:
     """The verified principal of a request with a Bearer token (401 without one)."""
     token = bearer_token(request)
     if token is None:
         raise InvalidToken("this endpoint needs a Bearer access token", reason="token_missing")
-    return await request.app[authenticator_key].authenticate(request, token)
+    return await request.app[authenticator_key].authenticate(
+        request, token, check_account=check_account
+    )

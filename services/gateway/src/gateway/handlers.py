@@ -16,9 +16,10 @@ import structlog
 from aiohttp import web
 
 from common.events import ScoreCommand
-from common.problems import Forbidden, ServiceUnavailable
+from common.problems import Forbidden, Problem, ServiceUnavailable
 from common.web import json_response, read_json
-from gateway.authn import require_principal
+from gateway.admission import admission_key
+from gateway.authn import authenticator_key, require_principal
 from gateway.catalog import catalog_key
 from gateway.metrics import metrics_key
 from gateway.models import TicketRequest, UpdateRequest, prefer_wait
@@ -92,20 +93,29 @@ async def submit_update(request: web.Request) -> web.Response:
     """``POST /api/scoreboard/update``: redeem a ticket; 202 once Kafka has the command."""
     app = request.app
     started = asyncio.get_running_loop().time()
-    principal = await require_principal(request)
-    body = await read_json(request, UpdateRequest)
-    wait_s = prefer_wait(request.headers.getall("Prefer", []))
+    # The live account checks run in the admission round trip below; until then every early
+    # answer (a bad body, someone else's user id) first makes them, keeping the seed's order.
+    principal = await require_principal(request, check_account=False)
+    authenticator = app[authenticator_key]
+    try:
+        body = await read_json(request, UpdateRequest)
+        wait_s = prefer_wait(request.headers.getall("Prefer", []))
+    except Problem:
+        await authenticator.check_account(principal)
+        raise
     if body.user_id is not None and body.user_id != principal.user_id:
+        await authenticator.check_account(principal)
         raise NotYourScore("you can only update your own score")
-    store = app[ticket_store_key]
-    done, stored = await store.lookup(body.action_id)
-    if done:
-        raise AlreadyCompleted("this action was already completed")
     policy = app[rate_policy_key]
-    await app[rate_limiter_key].enforce(
-        Limit("update_user", str(principal.user_id), policy.update_user),
-        Limit("update_address", client_address(request), policy.update_address),
+    stored = await app[admission_key].admit(
+        principal,
+        body.action_id,
+        (
+            Limit("update_user", str(principal.user_id), policy.update_user),
+            Limit("update_address", client_address(request), policy.update_address),
+        ),
     )
+    store = app[ticket_store_key]
     now = datetime.now(UTC)
     ticket, spec = check_completion(
         stored,

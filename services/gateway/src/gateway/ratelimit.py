@@ -11,6 +11,7 @@ given) is reported. The clock is Redis's own (``TIME``), so replicas with skewed
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,28 +23,39 @@ from gateway.security import Rejection
 from gateway.settings import Settings
 
 # Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with
-# %.0f, because Lua's default number format would round a 16-digit value.
-_GCRA_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tats = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  local wait = tat - tolerance - now
-  if wait > 0 then
-    return {i, string.format('%.0f', wait)}
+# %.0f, because Lua's default number format would round a 16-digit value. A Lua function, so the
+# update path's admission script (gateway.admission) charges limits with the very same code.
+GCRA_LUA_FUNCTION: Final = """
+local function gcra(keys, args)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tats = {}
+  for i, key in ipairs(keys) do
+    local interval = tonumber(args[2 * i - 1])
+    local tolerance = tonumber(args[2 * i])
+    local tat = tonumber(redis.call('GET', key) or now)
+    if tat < now then tat = now end
+    local wait = tat - tolerance - now
+    if wait > 0 then
+      return i, string.format('%.0f', wait)
+    end
+    tats[i] = tat + interval
   end
-  tats[i] = tat + interval
+  for i, key in ipairs(keys) do
+    local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
+    redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl_ms)
+  end
+  return 0, '0'
 end
-for i, key in ipairs(KEYS) do
-  local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
-  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl_ms)
-end
-return {0, '0'}
 """
+
+_GCRA_LUA: Final = (
+    GCRA_LUA_FUNCTION
+    + """
+local denied, wait = gcra(KEYS, ARGV)
+return {denied, wait}
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -100,16 +112,18 @@ class RateLimiter:
         self._script = redis.register_script(_GCRA_LUA)
         self._prefix = f"{prefix}rl:"
 
-    async def check(self, *limits: Limit) -> Decision:
-        """Charge one request against every limit if all allow it; else charge none."""
-        if not limits:
-            return Decision(allowed=True)
+    def script_input(self, limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
+        """The keys and arguments :data:`GCRA_LUA_FUNCTION` takes for ``limits``."""
         keys = [f"{self._prefix}{limit.name}:{limit.key}" for limit in limits]
         args: list[int] = []
         for limit in limits:
             interval = limit.rate.interval_us
             args += [interval, interval * (limit.rate.burst - 1)]
-        index, wait_us = await self._script(keys=keys, args=args)
+        return keys, args
+
+    @staticmethod
+    def decision(limits: Sequence[Limit], index: int | bytes, wait_us: int | bytes) -> Decision:
+        """Interpret the ``gcra`` function's result (0, or the 1-based denying limit)."""
         if int(index) == 0:
             return Decision(allowed=True)
         return Decision(
@@ -117,6 +131,14 @@ class RateLimiter:
             denied_by=limits[int(index) - 1].name,
             retry_after_s=int(wait_us) / 1_000_000,
         )
+
+    async def check(self, *limits: Limit) -> Decision:
+        """Charge one request against every limit if all allow it; else charge none."""
+        if not limits:
+            return Decision(allowed=True)
+        keys, args = self.script_input(limits)
+        index, wait_us = await self._script(keys=keys, args=args)
+        return self.decision(limits, index, wait_us)
 
     async def enforce(self, *limits: Limit) -> None:
         """Like :meth:`check`, raising :class:`RateLimited` when denied."""

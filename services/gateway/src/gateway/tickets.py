@@ -161,6 +161,10 @@ class TicketStore:
     def _done_key(self, action_id: uuid.UUID) -> str:
         return f"{self._prefix}done:{action_id}"
 
+    def keys(self, action_id: uuid.UUID) -> tuple[str, str]:
+        """The Redis keys of an action: its completion marker and its ticket."""
+        return self._done_key(action_id), self._ticket_key(action_id)
+
     async def issue(self, user_id: uuid.UUID, action_type: str) -> tuple[Ticket, str]:
         """Store a new ticket; returns it with its action hash."""
         issued = now_ms()
@@ -173,14 +177,6 @@ class TicketStore:
         )
         await self._redis.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=self._ttl)
         return ticket, self.signer.sign(ticket)
-
-    async def lookup(self, action_id: uuid.UUID) -> tuple[bool, Ticket | None]:
-        """Whether the action is already done, and its stored ticket (one round trip).
-
-        The ticket is None when it was never issued, has expired or was redeemed.
-        """
-        done, raw = await self._redis.mget(self._done_key(action_id), self._ticket_key(action_id))
-        return done is not None, None if raw is None else Ticket.from_json(action_id, raw)
 
     async def claim(self, ticket: Ticket) -> bool:
         """Redeem the ticket: mark the action done (SET NX) and drop the ticket, atomically.

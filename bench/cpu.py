@@ -1,0 +1,92 @@
+"""CPU time per component, read from /proc: where a benchmark's cycles went.
+
+Everything in these benchmarks shares one machine, so a throughput number means little without
+knowing who used the cores. :class:`CpuMeter` sums user+system time per named group of processes
+(a service's pid, or every process whose command line matches, e.g. all PostgreSQL backends)
+between two snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Groups found by command line: (name, predicate on argv).
+INFRA: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
+    ("kafka", lambda argv: "kafka.Kafka" in argv),
+    ("postgres", lambda argv: bool(argv) and argv[0].startswith("postgres")),
+    ("redis", lambda argv: bool(argv) and "redis-server" in argv[0]),
+)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _all_pids() -> Iterable[int]:
+    return (int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+class CpuMeter:
+    """CPU seconds per group between :meth:`start` and :meth:`stop`.
+
+    ``pids`` names known processes (the services, this load generator); infrastructure processes
+    are found by command line at each snapshot. A process that exits between the snapshots is not
+    counted, one that starts is counted from zero.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._before: dict[int, float] = {}
+        self._wall = 0.0
+
+    def _snapshot(self) -> dict[int, float]:
+        return {pid: cpu for pid in _all_pids() if (cpu := _cpu_seconds(pid)) is not None}
+
+    def _group(self, pid: int) -> str | None:
+        for name, known in self._pids.items():
+            if known == pid:
+                return name
+        argv = _argv(pid)
+        for name, matches in INFRA:
+            if matches(argv):
+                return name
+        return None
+
+    def start(self) -> None:
+        """Take the first snapshot."""
+        self._before = self._snapshot()
+        self._wall = _uptime()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per group since :meth:`start`, plus ``wall`` and ``total`` (all groups)."""
+        after = self._snapshot()
+        used: dict[str, float] = {}
+        for pid, cpu in after.items():
+            group = self._group(pid)
+            if group is None:
+                continue
+            used[group] = used.get(group, 0.0) + cpu - self._before.get(pid, 0.0)
+        result = {name: round(seconds, 2) for name, seconds in sorted(used.items())}
+        result["total"] = round(sum(used.values()), 2)
+        result["wall"] = round(_uptime() - self._wall, 2)
+        return result
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
