@@ -23,7 +23,8 @@ async def e2e_env(infra: Infra) -> AsyncIterator[TestEnv]:
 
 @pytest.fixture(scope="session")
 def system(e2e_env: TestEnv) -> Iterator[System]:
-    """Start auth, score, broadcaster and gateway; stop them at the end of the session."""
+    """Start auth, score, broadcaster and two gateway replicas sharing the public port (so
+    tickets, waits and WebSockets cross replicas as in production); stop them at the end."""
     system = start_system(
         e2e_env,
         {
@@ -33,6 +34,7 @@ def system(e2e_env: TestEnv) -> Iterator[System]:
             "SCOREBOARD_KEY_PUBLISH_AHEAD_S": "2",
             "SCOREBOARD_JWKS_REFRESH_INTERVAL_S": "0.5",
         },
+        gateways=2,
     )
     try:
         yield system

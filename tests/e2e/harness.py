@@ -41,6 +41,7 @@ class Service:
     port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    module: str = ""  # the Python module to run; the name when empty
 
     @property
     def url(self) -> str:
@@ -52,7 +53,7 @@ class Service:
         LOGS.mkdir(parents=True, exist_ok=True)
         log = open(LOGS / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.name],
+            [sys.executable, "-m", self.module or self.name],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -113,8 +114,14 @@ class System:
             service.stop()
 
 
-def start_system(env: TestEnv, extra_env: dict[str, str] | None = None) -> System:
-    """Start auth, score, broadcaster and gateway on free ports, wait until all are ready."""
+def start_system(
+    env: TestEnv, extra_env: dict[str, str] | None = None, *, gateways: int = 1
+) -> System:
+    """Start auth, score, broadcaster and gateway on free ports, wait until all are ready.
+
+    ``gateways`` > 1 starts that many gateway processes sharing the gateway's port
+    (SO_REUSEPORT), as replicas on one host: ``gateway``, ``gateway-2``, ...
+    """
     ports = {name: free_port() for name in ("auth", "score", "broadcaster", "gateway")}
     base = env.environ()
     base.update(
@@ -132,8 +139,14 @@ def start_system(env: TestEnv, extra_env: dict[str, str] | None = None) -> Syste
     )
     system = System()
     try:
-        for name, port in ports.items():
-            service = Service(name, port, {**base, "SCOREBOARD_PORT": str(port)})
+        replicas = [(name, name) for name in ports]
+        replicas += [(f"gateway-{n}", "gateway") for n in range(2, gateways + 1)]
+        for name, module in replicas:
+            port = ports[module]
+            environ = {**base, "SCOREBOARD_PORT": str(port)}
+            if module == "gateway" and gateways > 1:
+                environ["SCOREBOARD_REUSE_PORT"] = "true"
+            service = Service(name, port, environ, module=module)
             system.services[name] = service
             service.start()
         for service in system.services.values():

@@ -19,6 +19,9 @@ class CommonSettings(BaseSettings):
     service_name: str = "scoreboard"
     host: str = "127.0.0.1"
     port: int = 8080
+    # SO_REUSEPORT: several processes of a stateless service (the gateway) listen on one port
+    # and the kernel spreads connections across them, like replicas on one host.
+    reuse_port: bool = False
     log_level: str = "INFO"
     log_json: bool = True
 

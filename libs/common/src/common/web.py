@@ -188,18 +188,26 @@ def create_base_app(service: str, registry: CollectorRegistry | None = None) -> 
     return app
 
 
-def run(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 10.0) -> None:
+def run(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    shutdown_timeout: float = 10.0,
+) -> None:
     """Serve until SIGTERM/SIGINT, then drain gracefully (cleanup contexts close resources).
 
     The event loop is uvloop's (libuv): the services spend most of their CPU in event-loop
     machinery (transports, timers, task switches), which uvloop runs in C, so the same process
     serves more requests per core (see bench/bench_e2e_latency.py).
     """
-    log.info("listening", host=host, port=port, loop="uvloop")
+    log.info("listening", host=host, port=port, loop="uvloop", reuse_port=reuse_port)
     web.run_app(
         app,
         host=host,
         port=port,
+        reuse_port=reuse_port or None,
         loop=uvloop.new_event_loop(),
         print=None,
         access_log=None,

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "serve":
         configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
         configure_tracing(settings.service_name)
-        run(create_app(settings), settings.host, settings.port)
+        run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
         return
     # Operator commands keep stdout for their one JSON result; their log (an audit trail of
     # what was done) goes to stderr.

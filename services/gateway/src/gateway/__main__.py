@@ -14,7 +14,7 @@ def main() -> None:
     settings = Settings.load()
     configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
     configure_tracing(settings.service_name)
-    run(create_app(settings), settings.host, settings.port)
+    run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
 
 
 if __name__ == "__main__":
