@@ -314,10 +314,14 @@ class Proxy:
         while True:
             msg = await upstream.receive()
             try:
+                # asyncio.timeout, not wait_for: no task per frame (this runs for every frame
+                # to every watcher), and no lost cancellation on Python 3.11.
                 if msg.type is WSMsgType.TEXT:
-                    await asyncio.wait_for(client.send_str(msg.data), self._send_timeout)
+                    async with asyncio.timeout(self._send_timeout):
+                        await client.send_str(msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    await asyncio.wait_for(client.send_bytes(msg.data), self._send_timeout)
+                    async with asyncio.timeout(self._send_timeout):
+                        await client.send_bytes(msg.data)
                 elif msg.type is WSMsgType.CLOSE:
                     return _Ended(code=msg.data, reason=msg.extra or "")
                 elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

@@ -118,15 +118,13 @@ class CommandPublisher:
             span.set_attribute("messaging.destination.name", self._topic)
             span.set_attribute("scoreboard.action_id", str(command.action_id))
             try:
-                await asyncio.wait_for(
-                    producer.send_and_wait(
+                async with asyncio.timeout(self._timeout):
+                    await producer.send_and_wait(
                         self._topic,
                         value,
                         key=str(command.user_id).encode(),
                         headers=inject_headers(),
-                    ),
-                    timeout=self._timeout,
-                )
+                    )
             except TimeoutError:
                 self._metrics.publish_failures.labels("timeout").inc()
                 log.warning("publish_timeout", action_id=str(command.action_id))
