@@ -45,12 +45,13 @@ def _all_pids() -> Iterable[int]:
 class CpuMeter:
     """CPU seconds per group between :meth:`start` and :meth:`stop`.
 
-    ``pids`` names known processes (the services, this load generator); infrastructure processes
-    are found by command line at each snapshot. A process that exits between the snapshots is not
+    ``pids`` maps known processes (the services, this load generator) to their group; several
+    processes may share one (the gateway's replicas). Infrastructure processes are found by
+    command line at each snapshot. A process that exits between the snapshots is not
     counted, one that starts is counted from zero.
     """
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[int, str]) -> None:
         self._pids = pids
         self._before: dict[int, float] = {}
         self._wall = 0.0
@@ -59,9 +60,8 @@ class CpuMeter:
         return {pid: cpu for pid in _all_pids() if (cpu := _cpu_seconds(pid)) is not None}
 
     def _group(self, pid: int) -> str | None:
-        for name, known in self._pids.items():
-            if known == pid:
-                return name
+        if pid in self._pids:
+            return self._pids[pid]
         argv = _argv(pid)
         for name, matches in INFRA:
             if matches(argv):
