@@ -6,7 +6,7 @@ prefix), signs up players, opens one WebSocket per player through the gateway (s
 measures, per player, the time from the k-th 202 to the first `me` frame with score >= k.
 
     uv run python bench/bench_e2e_latency.py [--rate 1000] [--seconds 10] [--players 200]
-                                             [--gateways 2]
+                                             [--gateways 2] [--rates 50,300,500,1000]
 
 Prints one JSON line. Target (issue 5): p99 <= 250 ms at 1,000 updates/s. Everything runs on this
 one 2-core machine (Kafka, PostgreSQL, Redis, four services and this load generator), so the
@@ -237,8 +237,29 @@ def main() -> None:
     parser.add_argument(
         "--gateways", type=int, default=2, help="gateway processes sharing the port (as make up)"
     )
+    parser.add_argument(
+        "--rates",
+        help="comma-separated rates to sweep (a fresh system each); prints one JSON with a row "
+        "per rate instead of --rate",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.rate, args.seconds, args.players, args.gateways))))
+    if not args.rates:
+        print(json.dumps(asyncio.run(run(args.rate, args.seconds, args.players, args.gateways))))
+        return
+    rows = []
+    for rate in (float(r) for r in args.rates.split(",")):
+        result = asyncio.run(run(rate, args.seconds, args.players, args.gateways))
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        cpu = result["cpu_seconds"]
+        assert isinstance(cpu, dict)
+        rows.append(
+            {
+                key: result.get(key)
+                for key in ("asked_rate", "achieved_rate", "p50_ms", "p99_ms", "max_ms")
+            }
+            | {"cores_busy": round(cpu["total"] / cpu["wall"], 2)}
+        )
+    print(json.dumps({"benchmark": "e2e_latency_sweep", "gateways": args.gateways, "rows": rows}))
 
 
 if __name__ == "__main__":
