@@ -85,16 +85,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     metrics = app[metrics_key]
-    # No session-wide total timeout: it would cut proxied WebSockets; requests set their own.
+    # No session-wide total timeout; requests set their own. (Proxied WebSockets do not use this
+    # pool: each is a raw connection of its own, see gateway.wsupstream.)
     session = ClientSession(
         connector=TCPConnector(limit=200, limit_per_host=100),
-        timeout=ClientTimeout(total=None, sock_connect=2.0),
-    )
-    # Proxied WebSockets hold their upstream connection for their whole life, so they get a
-    # pool of their own without a count limit (the broadcaster's max_connections bounds them);
-    # sharing the request pool capped live watchers at its per-host limit of 100.
-    ws_session = ClientSession(
-        connector=TCPConnector(limit=0),
         timeout=ClientTimeout(total=None, sock_connect=2.0),
     )
     verifier: TokenVerifier | None = None
@@ -124,7 +118,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     app[admission_key] = Admission(
         app[redis_key], authenticator, app[ticket_store_key], app[rate_limiter_key]
     )
-    app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics, ws_session=ws_session)
+    app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics)
 
     async def jwks_ready() -> None:
         if not jwks.fetched:
@@ -135,7 +129,6 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await _stop(refresher)
     await session.close()
-    await ws_session.close()
 
 
 async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:

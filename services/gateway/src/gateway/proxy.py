@@ -1,8 +1,10 @@
 """Reverse proxy to the internal services: HTTP to auth and the broadcaster, and the WebSocket.
 
-One shared :class:`aiohttp.ClientSession` (connection pooling) serves every upstream. Requests
-go upstream without hop-by-hop headers and without any client-sent ``X-Scoreboard-User-Id``: the
-broadcaster trusts that header, so only the gateway may set it, and only after verifying a token.
+One shared :class:`aiohttp.ClientSession` (connection pooling) serves the HTTP upstreams; each
+WebSocket gets a raw connection of its own that passes the broadcaster's frames through
+unchanged (:mod:`gateway.wsupstream`). Requests go upstream without hop-by-hop headers and
+without any client-sent ``X-Scoreboard-User-Id``: the broadcaster trusts that header, so only
+the gateway may set it, and only after verifying a token.
 ``X-Forwarded-For`` carries exactly one address, the client's as the gateway resolved it, so
 upstreams that believe the last hop get the right one. An unreachable upstream is a 503.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
@@ -20,11 +21,8 @@ from aiohttp import (
     ClientError,
     ClientSession,
     ClientTimeout,
-    ClientWebSocketResponse,
-    ClientWSTimeout,
     WSCloseCode,
     WSMsgType,
-    WSServerHandshakeError,
     web,
 )
 from multidict import CIMultiDict, MultiMapping
@@ -37,6 +35,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limit, rate_limiter_key, rate_policy_key
 from gateway.security import client_address
 from gateway.settings import Settings
+from gateway.wsupstream import Ended, UpstreamHandshakeError, UpstreamSocket
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +70,10 @@ _RESPONSE_DROP: Final = _HOP_BY_HOP | {"content-length", "content-encoding", "da
 # Codes that may appear in a close frame (RFC 6455 7.4); 1005, 1006 and 1015 may not.
 _SENDABLE_CLOSE: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 CLOSE_TOO_SLOW: Final = 4008
+# Headers the raw upgrade request writes itself.
+_UPGRADE_OWN: Final = frozenset({"host", "upgrade", "connection"})
+# Pause the broadcaster's frames while this much waits for a client (a few board frames).
+_CLIENT_HIGH_WATER: Final = 64 * 1024
 
 
 class UpstreamUnavailable(ServiceUnavailable):
@@ -90,8 +93,6 @@ def _connection_tokens(headers: MultiMapping[str]) -> set[str]:
 
 def _describe(exc: BaseException) -> str:
     """A short description of a client error (its repr can carry every request header)."""
-    if isinstance(exc, WSServerHandshakeError):
-        return f"WebSocket handshake refused with {exc.status}"
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
@@ -99,16 +100,7 @@ def _sendable(code: int) -> bool:
     return code in _SENDABLE_CLOSE or 3000 <= code <= 4999
 
 
-@dataclass(frozen=True)
-class _Ended:
-    """How one direction of a WebSocket pipe ended."""
-
-    code: int | None = None
-    reason: str = ""
-    stuck: bool = False
-
-
-def _outcome(task: asyncio.Task[_Ended]) -> _Ended | None:
+def _outcome(task: asyncio.Task[Ended]) -> Ended | None:
     """How a pump ended, or None if it was cancelled or failed (a failure is logged)."""
     if task.cancelled():
         return None
@@ -126,11 +118,8 @@ class Proxy:
         session: ClientSession,
         settings: Settings,
         metrics: GatewayMetrics,
-        *,
-        ws_session: ClientSession | None = None,
     ) -> None:
         self._session = session
-        self._ws_session = ws_session or session
         self._metrics = metrics
         self._timeout = ClientTimeout(total=settings.upstream_timeout_s)
         self._upstream_timeout = settings.upstream_timeout_s
@@ -195,31 +184,43 @@ class Proxy:
     async def websocket(
         self, request: web.Request, principal: Principal | None, *, bearer_subprotocol: bool
     ) -> web.WebSocketResponse:
-        """Pipe a client WebSocket to the broadcaster's, frames both ways, closing together.
+        """Pipe a client WebSocket to the broadcaster's, closing together.
 
         The upstream connection is opened before the client's upgrade, so an unreachable
-        broadcaster is a plain 503. A client that stops reading is closed with 4008 after
-        ``ws_send_timeout_s``; until then backpressure reaches the broadcaster, which skips
-        frames for it (it always sends the newest state).
+        broadcaster is a plain 503. The broadcaster's frames go to the client byte for byte
+        (:mod:`gateway.wsupstream`); a client that stops reading pauses them, and is closed with
+        4008 after ``ws_send_timeout_s``.
         """
-        url = URL(self.upstreams["broadcaster"].rstrip("/") + "/ws/scoreboard")
+        url = URL(self.upstreams["broadcaster"].rstrip("/"))
         headers = self._headers(
             request,
             user_id=principal.user_id if principal else None,
             keep_authorization=False,
         )
-        headers = CIMultiDict(
-            (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket")
-        )
+        forwarded = {
+            k: v
+            for k, v in headers.items()
+            if not k.lower().startswith("sec-websocket") and k.lower() not in _UPGRADE_OWN
+        }
+        loop = asyncio.get_running_loop()
+        host, port = url.host or "127.0.0.1", url.port or 80
+        upstream: UpstreamSocket | None = None
         try:
             async with asyncio.timeout(self._upstream_timeout):
-                upstream = await self._ws_session.ws_connect(
-                    url,
-                    headers=headers,
-                    autoping=True,
-                    timeout=ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                _, upstream = await loop.create_connection(
+                    lambda: UpstreamSocket(
+                        high_water=_CLIENT_HIGH_WATER, stuck_after_s=self._send_timeout
+                    ),
+                    host,
+                    port,
+                    ssl=url.scheme == "https" or None,
                 )
-        except (ClientError, TimeoutError) as exc:
+                await upstream.handshake(
+                    f"{host}:{port}", url.path.rstrip("/") + "/ws/scoreboard", forwarded
+                )
+        except (OSError, TimeoutError, UpstreamHandshakeError) as exc:
+            if upstream is not None:
+                upstream.abort()
             self._metrics.upstream_errors.labels("broadcaster").inc()
             log.warning("upstream_unavailable", upstream="broadcaster", error=_describe(exc))
             raise UpstreamUnavailable("broadcaster") from None
@@ -228,12 +229,15 @@ class Proxy:
             protocols=("bearer",) if bearer_subprotocol else (),
             heartbeat=self._heartbeat,
             max_msg_size=self._max_client_message,
+            compress=False,  # the broadcaster's frames are passed on uncompressed
         )
         try:
             await client.prepare(request)
         except BaseException:
-            await upstream.close()
+            upstream.abort()
             raise
+        assert request.transport is not None
+        upstream.attach(request.transport)
         self.clients.add(client)
         self._metrics.ws_connections.inc()
         try:
@@ -244,42 +248,36 @@ class Proxy:
         return client
 
     async def _pipe(
-        self,
-        request: web.Request,
-        client: web.WebSocketResponse,
-        upstream: ClientWebSocketResponse[bool],
+        self, request: web.Request, client: web.WebSocketResponse, upstream: UpstreamSocket
     ) -> None:
         to_upstream = asyncio.create_task(self._client_to_upstream(client, upstream))
-        to_client = asyncio.create_task(self._upstream_to_client(upstream, client))
         try:
-            await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({to_upstream, upstream.ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Also when this handler is cancelled (aiohttp may do that once the client's
             # connection is gone): the other side must still learn how the pipe ended.
-            for task in (to_upstream, to_client):
-                task.cancel()
-            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-            await self._close_both(
-                request, client, upstream, _outcome(to_client), _outcome(to_upstream)
-            )
+            to_upstream.cancel()
+            await asyncio.gather(to_upstream, return_exceptions=True)
+            from_upstream = upstream.ended.result() if upstream.ended.done() else None
+            await self._close_both(request, client, upstream, from_upstream, _outcome(to_upstream))
 
     async def _close_both(
         self,
         request: web.Request,
         client: web.WebSocketResponse,
-        upstream: ClientWebSocketResponse[bool],
-        from_upstream: _Ended | None,
-        from_client: _Ended | None,
+        upstream: UpstreamSocket,
+        from_upstream: Ended | None,
+        from_client: Ended | None,
     ) -> None:
         if from_upstream is not None and from_upstream.stuck:
             log.info("ws_client_too_slow", address=client_address(request))
-            await upstream.close(code=WSCloseCode.GOING_AWAY)
+            upstream.close(WSCloseCode.GOING_AWAY)
             await self._close_abortively(
                 request, client, CLOSE_TOO_SLOW, "too slow: not reading frames"
             )
         elif from_upstream is not None:
             # The broadcaster closed: pass its code on (4008, 1012, ...); a dropped link is 1011.
-            await upstream.close()
+            upstream.close(WSCloseCode.OK)
             code = from_upstream.code
             if code is None or not _sendable(code):
                 code = WSCloseCode.INTERNAL_ERROR
@@ -290,44 +288,23 @@ class Proxy:
             if code is None or not _sendable(code):
                 code = WSCloseCode.OK if from_client is not None else WSCloseCode.GOING_AWAY
             reason = from_client.reason if from_client is not None else ""
-            await upstream.close(code=code, message=reason.encode()[:120])
+            upstream.close(code, reason.encode())
             if not client.closed:
                 await self._close_abortively(request, client, WSCloseCode.INTERNAL_ERROR, "")
 
     async def _client_to_upstream(
-        self, client: web.WebSocketResponse, upstream: ClientWebSocketResponse[bool]
-    ) -> _Ended:
+        self, client: web.WebSocketResponse, upstream: UpstreamSocket
+    ) -> Ended:
         while True:
             msg = await client.receive()
             if msg.type is WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
+                upstream.send(0x1, msg.data.encode())
             elif msg.type is WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
+                upstream.send(0x2, msg.data)
             elif msg.type is WSMsgType.CLOSE:
-                return _Ended(code=msg.data, reason=msg.extra or "")
+                return Ended(code=msg.data, reason=msg.extra or "")
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                return _Ended(code=client.close_code)
-
-    async def _upstream_to_client(
-        self, upstream: ClientWebSocketResponse[bool], client: web.WebSocketResponse
-    ) -> _Ended:
-        while True:
-            msg = await upstream.receive()
-            try:
-                # asyncio.timeout, not wait_for: no task per frame (this runs for every frame
-                # to every watcher), and no lost cancellation on Python 3.11.
-                if msg.type is WSMsgType.TEXT:
-                    async with asyncio.timeout(self._send_timeout):
-                        await client.send_str(msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    async with asyncio.timeout(self._send_timeout):
-                        await client.send_bytes(msg.data)
-                elif msg.type is WSMsgType.CLOSE:
-                    return _Ended(code=msg.data, reason=msg.extra or "")
-                elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    return _Ended(code=upstream.close_code)
-            except TimeoutError:
-                return _Ended(stuck=True)
+                return Ended(code=client.close_code)
 
     async def _close_abortively(
         self, request: web.Request, client: web.WebSocketResponse, code: int, reason: str
