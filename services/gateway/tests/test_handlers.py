@@ -19,6 +19,7 @@ from common.testing import TestEnv as SliceEnv
 from common.tracing import configure_tracing
 from common.web import registry_key
 from gateway.settings import settings_key
+from gateway.tickets import Ticket, TicketSigner, ticket_store_key
 from services.gateway.tests.support import (
     Client,
     MakeGateway,
@@ -230,12 +231,89 @@ async def test_400_for_tickets_that_do_not_match(
         assert doc["status"] == 400
     # An expired ticket (its expiry passed before Redis dropped it).
     ticket = json.loads(await redis_client.get(f"{prefix}ticket:{body['action_id']}") or b"{}")
-    expired = {**ticket, "expires_at": "2000-01-01T00:00:00.000Z"}
+    expired = {**ticket, "expires_at": "2000-01-01T00:00:00.000Z", "expires_ms": 946684800000}
     await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(expired))
     assert (await player.submit(body))[0] == 400
     await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(ticket))
     # None of that counted: the honest completion still goes through, once.
     assert (await player.submit(body))[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("tamper", "detail"),
+    [
+        ({"user_id": str(uuid.uuid4())}, "this action was issued to another user"),
+        ({"action_type": "quest"}, "action_type does not match the ticket"),
+        ({"expires_ms": 946_684_800_000}, "unknown or expired action_id"),
+    ],
+)
+async def test_400s_decided_in_the_redemption_script(
+    player: Player, redis_client: aioredis.Redis, tamper: dict[str, Any], detail: str
+) -> None:
+    """A completion whose hash verifies is checked and claimed by one script; a stored ticket
+    that does not match it is refused there, in the contract's order, and stays redeemable."""
+    body = await player.completion("tap")
+    key = f"{player.client.app[settings_key].redis_prefix}ticket:{body['action_id']}"
+    original = await redis_client.get(key)
+    assert original is not None
+    await redis_client.set(key, json.dumps({**json.loads(original), **tamper}))
+    status, doc = await player.submit(body)
+    assert (status, detail in doc["detail"]) == (400, True), doc
+    await redis_client.set(key, original)
+    assert (await player.submit(body))[0] == 202
+
+
+async def test_actions_without_a_minimum_duration_tolerate_clock_skew(
+    player: Player, redis_client: aioredis.Redis
+) -> None:
+    """A ticket issued by a replica whose clock runs a little ahead is not "too fast"."""
+    body = await player.completion("tap")
+    key = f"{player.client.app[settings_key].redis_prefix}ticket:{body['action_id']}"
+    ticket = json.loads(await redis_client.get(key) or b"{}")
+    ticket["issued_ms"] += 1000
+    await redis_client.set(key, json.dumps(ticket))
+    assert (await player.submit(body))[0] == 202
+
+
+async def test_400_for_points_that_differ_from_the_catalog(player: Player) -> None:
+    body = await player.completion("quest")
+    status, doc = await player.submit({**body, "points": 49})
+    assert status == 400
+    assert "points must be 50" in doc["detail"]
+    assert (await player.submit({**body, "points": 50}))[0] == 202
+
+
+async def test_tickets_from_an_older_gateway_are_still_redeemed(
+    player: Player, redis_client: aioredis.Redis
+) -> None:
+    """Version-1 hashes, and tickets stored without the millisecond fields, take the checked
+    path: still accepted once, still refused when they do not match."""
+    app = player.client.app
+    store = app[ticket_store_key]
+    v1 = TicketSigner(app[settings_key].action_hmac_keys, version=1)
+    key_prefix = f"{app[settings_key].redis_prefix}ticket:"
+
+    body = await player.completion("tap")
+    stored = Ticket.from_json(
+        uuid.UUID(body["action_id"]), await redis_client.get(key_prefix + body["action_id"]) or b""
+    )
+    old_hash = v1.sign(stored)
+    assert old_hash != body["action_hash"]
+    assert (await player.submit({**body, "action_hash": old_hash, "action_type": "quest"}))[
+        0
+    ] == 400
+    assert (await player.submit({**body, "action_hash": old_hash}))[0] == 202
+    assert (await player.submit({**body, "action_hash": old_hash}))[0] == 409
+
+    body = await player.completion("tap")
+    raw = json.loads(await redis_client.get(key_prefix + body["action_id"]) or b"{}")
+    legacy = {k: raw[k] for k in ("user_id", "action_type", "issued_at", "expires_at")}
+    await redis_client.set(key_prefix + body["action_id"], json.dumps(legacy))
+    assert store.signer.verify_completion(
+        body["action_hash"], uuid.UUID(body["action_id"]), player.user_id, "tap"
+    )
+    assert (await player.submit(body))[0] == 202
+    assert (await player.submit(body))[0] == 409
 
 
 async def test_400_when_completed_faster_than_possible(player: Player) -> None:

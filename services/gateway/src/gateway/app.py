@@ -69,7 +69,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ticket_store_key] = TicketStore(
         redis,
         settings.redis_prefix,
-        TicketSigner(settings.action_hmac_keys),
+        TicketSigner(settings.action_hmac_keys, version=settings.action_hash_version),
         ttl_s=settings.ticket_ttl_s,
         done_ttl_s=settings.done_ttl_s,
     )

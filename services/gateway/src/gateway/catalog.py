@@ -45,6 +45,10 @@ class Catalog:
     def __init__(self, entries: Mapping[str, ActionSpec]) -> None:
         self._entries = dict(entries)
 
+    def find(self, action_type: str) -> ActionSpec | None:
+        """The entry for ``action_type``, or None."""
+        return self._entries.get(action_type)
+
     def get(self, action_type: str) -> ActionSpec:
         """The entry for ``action_type``, or :class:`UnknownActionType`."""
         spec = self._entries.get(action_type)

@@ -19,8 +19,8 @@ from common.events import ScoreCommand
 from common.problems import Forbidden, Problem, ServiceUnavailable
 from common.web import json_response, read_json
 from gateway.admission import admission_key
-from gateway.authn import authenticator_key, require_principal
-from gateway.catalog import catalog_key
+from gateway.authn import Principal, authenticator_key, require_principal
+from gateway.catalog import ActionSpec, catalog_key
 from gateway.metrics import metrics_key
 from gateway.models import TicketRequest, UpdateRequest, prefer_wait
 from gateway.publisher import PublishFailed, publisher_key
@@ -107,28 +107,12 @@ async def submit_update(request: web.Request) -> web.Response:
         await authenticator.check_account(principal)
         raise NotYourScore("you can only update your own score")
     policy = app[rate_policy_key]
-    stored = await app[admission_key].admit(
-        principal,
-        body.action_id,
-        (
-            Limit("update_user", str(principal.user_id), policy.update_user),
-            Limit("update_address", client_address(request), policy.update_address),
-        ),
+    limits = (
+        Limit("update_user", str(principal.user_id), policy.update_user),
+        Limit("update_address", client_address(request), policy.update_address),
     )
-    store = app[ticket_store_key]
     now = datetime.now(UTC)
-    ticket, spec = check_completion(
-        stored,
-        user_id=principal.user_id,
-        action_type=body.action_type,
-        action_hash=body.action_hash,
-        points=body.points,
-        catalog=app[catalog_key],
-        signer=store.signer,
-        now=now,
-    )
-    if not await store.claim(ticket):
-        raise AlreadyCompleted("this action was already completed")
+    ticket, spec = await _redeem(request, principal, body, limits, now)
     command = ScoreCommand(
         action_id=body.action_id,
         user_id=principal.user_id,
@@ -165,6 +149,56 @@ async def submit_update(request: web.Request) -> web.Response:
         status=200,
         headers=headers,
     )
+
+
+async def _redeem(
+    request: web.Request,
+    principal: Principal,
+    body: UpdateRequest,
+    limits: tuple[Limit, ...],
+    now: datetime,
+) -> tuple[Ticket, ActionSpec]:
+    """Admit the update and claim its ticket (401/403/409/429/400 in the seed's order)."""
+    app = request.app
+    store = app[ticket_store_key]
+    catalog = app[catalog_key]
+    spec = catalog.find(body.action_type)
+    redeemed = None
+    if spec is not None and store.signer.verify_completion(
+        body.action_hash, body.action_id, principal.user_id, body.action_type
+    ):
+        # The usual case: every check and the claim in one round trip.
+        redeemed = await app[admission_key].redeem(
+            principal,
+            body.action_id,
+            limits,
+            action_type=body.action_type,
+            spec=spec,
+            points=body.points,
+            now=now,
+        )
+        if redeemed.claimed:
+            return redeemed.ticket, spec
+    # Anything else (a bad or version-1 hash, an unknown type, an older gateway's ticket):
+    # check in Python, then claim.
+    stored = (
+        redeemed.ticket
+        if redeemed is not None
+        else await app[admission_key].admit(principal, body.action_id, limits)
+    )
+    ticket, spec = check_completion(
+        stored,
+        user_id=principal.user_id,
+        action_type=body.action_type,
+        action_hash=body.action_hash,
+        points=body.points,
+        catalog=catalog,
+        signer=store.signer,
+        now=now,
+    )
+    if not await store.claim(ticket):
+        raise AlreadyCompleted("this action was already completed")
+    return ticket, spec
 
 
 async def _publish_or_release(request: web.Request, command: ScoreCommand, ticket: Ticket) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -85,6 +85,9 @@ class Settings(CommonSettings):
     action_hmac_keys: Annotated[list[HmacKey], NoDecode] = Field(
         default_factory=lambda: [_parse_key(DEV_HMAC_KEY)]
     )
+    # 2: action hashes can be checked before Redis (one round trip per update). 1: what gateways
+    # before version 2 issue; set it while such a gateway still runs (both versions verify).
+    action_hash_version: Literal[1, 2] = 2
     ticket_ttl_s: int = Field(default=600, gt=0)
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)

@@ -1,12 +1,12 @@
 """Action tickets: issued when an action starts, redeemed once when it completes.
 
 ``POST /api/actions`` stores a ticket in Redis (``P ticket:{action_id}``, TTL ``ticket_ttl_s``) and
-hands the client ``action_hash``, an HMAC-SHA256 over ``v1|action_id|user_id|action_type|issued_at``
-under the first configured key (``<key id>.<hex>``; every configured key verifies, so keys rotate
-by prepending a new one). Completing the action redeems the ticket; ``P done:{action_id}`` (SET NX)
-makes the redemption happen at most once, whatever the concurrency; the ticket is deleted in the
-same step and restored if the command cannot be published.
-"""
+hands the client ``action_hash``, an HMAC-SHA256 over ``v2|action_id|user_id|action_type`` under
+the first configured key (``<key id>.<hex>``; every configured key verifies, so keys rotate by
+prepending a new one; see :class:`TicketSigner` for version 1). Completing the action redeems the
+ticket; ``P done:{action_id}`` (SET NX) makes the redemption happen at most once, whatever the
+concurrency; the ticket is deleted in the same step and restored if the command cannot be
+published."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the Unix epoch."""
+    return round(moment.timestamp() * 1000)
+
+
 @dataclass(frozen=True)
 class Ticket:
     """A started action, as stored in Redis."""
@@ -77,13 +82,15 @@ class Ticket:
     expires_at: datetime
 
     def to_json(self) -> str:
-        """The stored form."""
+        """The stored form (the ``*_ms`` fields are what the admission script reads)."""
         return json.dumps(
             {
                 "user_id": str(self.user_id),
                 "action_type": self.action_type,
                 "issued_at": isoformat(self.issued_at),
                 "expires_at": isoformat(self.expires_at),
+                "issued_ms": epoch_ms(self.issued_at),
+                "expires_ms": epoch_ms(self.expires_at),
             }
         )
 
@@ -101,39 +108,76 @@ class Ticket:
 
 
 class TicketSigner:
-    """HMAC-SHA256 action hashes with key rotation: the first key signs, all keys verify."""
+    """HMAC-SHA256 action hashes with key rotation: the first key signs, all keys verify.
 
-    VERSION = "v1"
+    Version 2 (the default) signs ``v2|action_id|user_id|action_type``: everything in it comes
+    with the completion (the user from the token), so a hash can be checked before Redis is
+    asked anything, and the whole redemption takes one round trip (gateway.admission). The
+    ticket's ``issued_at`` is not needed in the MAC: the server stores it and never takes it
+    from the client. Version 1 also signed ``issued_at``; both always verify, so tickets issued
+    before an upgrade stay redeemable (set ``action_hash_version=1`` while a gateway that only
+    knows version 1 still runs).
+    """
 
-    def __init__(self, keys: Sequence[HmacKey]) -> None:
+    def __init__(self, keys: Sequence[HmacKey], *, version: int = 2) -> None:
         if not keys:
             raise ValueError("at least one HMAC key is required")
+        if version not in (1, 2):
+            raise ValueError("action hash version must be 1 or 2")
         self._signing_id = keys[0].key_id
         self._keys = {k.key_id: k.secret.get_secret_value().encode() for k in keys}
+        self._version = version
 
-    def _mac(self, key: bytes, ticket: Ticket) -> str:
-        message = "|".join(
-            (
-                self.VERSION,
-                str(ticket.action_id),
-                str(ticket.user_id),
-                ticket.action_type,
-                isoformat(ticket.issued_at),
-            )
-        )
+    @staticmethod
+    def _mac(
+        key: bytes,
+        action_id: uuid.UUID,
+        user_id: uuid.UUID,
+        action_type: str,
+        issued_at: datetime | None,
+    ) -> str:
+        fields = [str(action_id), str(user_id), action_type]
+        if issued_at is None:
+            message = "|".join(("v2", *fields))
+        else:
+            message = "|".join(("v1", *fields, isoformat(issued_at)))
         return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
     def sign(self, ticket: Ticket) -> str:
-        """``<key id>.<hex HMAC>`` for the ticket's (action_id, user_id, action_type, issued_at)."""
-        return f"{self._signing_id}.{self._mac(self._keys[self._signing_id], ticket)}"
+        """``<key id>.<hex HMAC>`` for the ticket."""
+        issued_at = ticket.issued_at if self._version == 1 else None
+        key = self._keys[self._signing_id]
+        mac = self._mac(key, ticket.action_id, ticket.user_id, ticket.action_type, issued_at)
+        return f"{self._signing_id}.{mac}"
 
-    def verify(self, action_hash: str, ticket: Ticket) -> bool:
-        """Whether ``action_hash`` was made by one of our keys for exactly this ticket."""
+    def _matches(
+        self,
+        action_hash: str,
+        action_id: uuid.UUID,
+        user_id: uuid.UUID,
+        action_type: str,
+        issued_at: datetime | None,
+    ) -> bool:
         key_id, sep, mac = action_hash.partition(".")
         key = self._keys.get(key_id)
         if not sep or key is None:
             return False
-        return hmac.compare_digest(mac.encode(), self._mac(key, ticket).encode())
+        expected = self._mac(key, action_id, user_id, action_type, issued_at)
+        return hmac.compare_digest(mac.encode(), expected.encode())
+
+    def verify_completion(
+        self, action_hash: str, action_id: uuid.UUID, user_id: uuid.UUID, action_type: str
+    ) -> bool:
+        """Whether ``action_hash`` is our version-2 hash for exactly this completion."""
+        return self._matches(action_hash, action_id, user_id, action_type, None)
+
+    def verify(self, action_hash: str, ticket: Ticket) -> bool:
+        """Whether ``action_hash`` was made by one of our keys for this ticket (either version)."""
+        return self._matches(
+            action_hash, ticket.action_id, ticket.user_id, ticket.action_type, None
+        ) or self._matches(
+            action_hash, ticket.action_id, ticket.user_id, ticket.action_type, ticket.issued_at
+        )
 
 
 class TicketStore:
@@ -153,6 +197,7 @@ class TicketStore:
         self.signer = signer
         self._ttl = ttl_s
         self._done_ttl = done_ttl_s
+        self.done_ttl_s = done_ttl_s
         self._claim = redis.register_script(_CLAIM_LUA)
 
     def _ticket_key(self, action_id: uuid.UUID) -> str:
@@ -200,6 +245,30 @@ class TicketStore:
             await pipe.execute()
 
 
+def rejection(
+    reason: str, *, action_type: str, spec: ActionSpec | None = None, elapsed_ms: float = 0.0
+) -> TicketRejected:
+    """The 400 for a completion that does not match its ticket, by reason."""
+    if reason == "too_fast" and spec is not None:
+        return TicketRejected(
+            f"completed after {elapsed_ms:.0f} ms; '{action_type}' takes at least "
+            f"{spec.min_duration_ms} ms",
+            reason=reason,
+        )
+    if reason == "points_mismatch" and spec is not None:
+        return TicketRejected(
+            f"points must be {spec.points} for '{action_type}' (the catalog decides)",
+            reason=reason,
+        )
+    detail = {
+        "ticket_unknown": "unknown or expired action_id",
+        "ticket_not_yours": "this action was issued to another user",
+        "hash_invalid": "action_hash does not verify",
+        "type_mismatch": "action_type does not match the ticket",
+    }[reason]
+    return TicketRejected(detail, reason=reason)
+
+
 def check_completion(
     ticket: Ticket | None,
     *,
@@ -213,33 +282,27 @@ def check_completion(
 ) -> tuple[Ticket, ActionSpec]:
     """Check a completion against its ticket, in the contract's order.
 
-    Returns the ticket and its catalog entry.
+    Returns the ticket and its catalog entry. (gateway.admission makes the same checks in Redis
+    when the hash verifies up front; this is the path for everything else.)
 
     400 for: unknown or expired ticket, someone else's ticket, a hash that does not verify, an
     action type other than the ticket's, completion sooner than the action's minimum duration,
     or client-sent points that differ from the catalog's.
     """
     if ticket is None or ticket.expires_at <= now:
-        raise TicketRejected("unknown or expired action_id", reason="ticket_unknown")
+        raise rejection("ticket_unknown", action_type=action_type)
     if ticket.user_id != user_id:
-        raise TicketRejected("this action was issued to another user", reason="ticket_not_yours")
+        raise rejection("ticket_not_yours", action_type=action_type)
     if not signer.verify(action_hash, ticket):
-        raise TicketRejected("action_hash does not verify", reason="hash_invalid")
+        raise rejection("hash_invalid", action_type=action_type)
     if action_type != ticket.action_type:
-        raise TicketRejected("action_type does not match the ticket", reason="type_mismatch")
+        raise rejection("type_mismatch", action_type=action_type)
     spec = catalog.get(ticket.action_type)
     elapsed_ms = (now - ticket.issued_at) / timedelta(milliseconds=1)
-    if elapsed_ms < spec.min_duration_ms:
-        raise TicketRejected(
-            f"completed after {elapsed_ms:.0f} ms; '{action_type}' takes at least "
-            f"{spec.min_duration_ms} ms",
-            reason="too_fast",
-        )
+    if spec.min_duration_ms > 0 and elapsed_ms < spec.min_duration_ms:  # 0: any clock skew is fine
+        raise rejection("too_fast", action_type=action_type, spec=spec, elapsed_ms=elapsed_ms)
     if points is not None and points != spec.points:
-        raise TicketRejected(
-            f"points must be {spec.points} for '{action_type}' (the catalog decides)",
-            reason="points_mismatch",
-        )
+        raise rejection("points_mismatch", action_type=action_type, spec=spec)
     return ticket, spec
 
 
