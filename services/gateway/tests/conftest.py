@@ -16,7 +16,6 @@ from common.testing import TestEnv
 from gateway.app import create_app
 from gateway.publisher import publisher_key
 from gateway.settings import Settings
-from gateway.waiters import waiters_key
 from services.gateway.tests.support import Client, MakeGateway, SigningKey, TokenMint, Upstream
 
 PAGE = "<!doctype html><title>board</title><script type=module src=/static/app.js></script>"
@@ -85,7 +84,6 @@ def make_gateway(
         client = await aiohttp_client(create_app(gateway_settings(**overrides)))
         if wait_kafka:
             await client.app[publisher_key].wait_started()
-            await client.app[waiters_key].subscribed.wait()
         return client
 
     return make

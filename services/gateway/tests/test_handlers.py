@@ -398,6 +398,31 @@ async def test_prefer_wait_returns_the_applied_score(
     }
 
 
+async def test_the_applied_channel_is_subscribed_only_while_requests_wait(
+    make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv, redis_client: aioredis.Redis
+) -> None:
+    client = await make_gateway(action_catalog=CATALOG, applied_linger_s=0.5)
+    player = Player(client, mint)
+    channel = f"{client.app[settings_key].redis_prefix}applied"
+
+    async def subscribers() -> int:
+        counts = dict(await redis_client.pubsub_numsub(channel))
+        return int(counts.get(channel.encode(), 0))
+
+    assert (await player.submit(await player.completion()))[0] == 202  # no wait: no subscription
+    assert await subscribers() == 0
+    body = await player.completion()
+    submitting = asyncio.create_task(player.submit(body, {"Prefer": "wait=5"}))
+    await command_records(test_env, body["action_id"])  # published: subscribed before that
+    assert await subscribers() == 1
+    notice = {"action_id": body["action_id"], "user_id": str(player.user_id), "score": 1}
+    await redis_client.publish(channel, json.dumps(notice))
+    assert (await submitting)[0] == 200
+    async with asyncio.timeout(10):  # unsubscribed once nobody has waited for the linger time
+        while await subscribers():  # noqa: ASYNC110 - polling Redis
+            await asyncio.sleep(0.1)
+
+
 async def test_prefer_wait_gives_202_when_not_applied_in_time(player: Player) -> None:
     body = await player.completion()
     started = time.monotonic()

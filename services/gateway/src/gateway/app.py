@@ -162,7 +162,7 @@ def create_app(settings: Settings) -> web.Application:
     app[trusted_proxies_key] = tuple(settings.trusted_proxies)
     app[catalog_key] = Catalog(settings.action_catalog)
     app[rate_policy_key] = RatePolicy.from_settings(settings)
-    app[waiters_key] = AppliedWaiters()
+    app[waiters_key] = AppliedWaiters(linger_s=settings.applied_linger_s)
     if settings.uses_dev_hmac_key:
         log.warning("dev_hmac_key_in_use", hint="set SCOREBOARD_ACTION_HMAC_KEYS in production")
 

@@ -127,7 +127,7 @@ async def submit_update(request: web.Request) -> web.Response:
         return json_response(accepted, status=202, headers=NO_STORE)
 
     # Registered before publishing, so even an instant "applied" notice cannot be missed.
-    with app[waiters_key].expect(body.action_id) as applied_future:
+    async with app[waiters_key].expect(body.action_id) as applied_future:
         await _publish_or_release(request, command, ticket)
         remaining = wait_s - (asyncio.get_running_loop().time() - started)
         try:

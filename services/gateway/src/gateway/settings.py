@@ -92,6 +92,8 @@ class Settings(CommonSettings):
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    # Prefer: wait subscribes to the "applied" channel while requests wait, and this long after.
+    applied_linger_s: float = Field(default=30.0, ge=0)
 
     # WebSocket proxy.
     ws_heartbeat_s: float = Field(default=20.0, gt=0)
