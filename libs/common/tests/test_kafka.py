@@ -6,8 +6,11 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
-from common.kafka import make_consumer, make_producer, started
+from common.kafka import key_partitioner, make_consumer, make_producer, started
 from common.settings import CommonSettings
 from common.tracing import configure_tracing, extract_context, inject_headers
 
@@ -51,3 +54,15 @@ async def test_roundtrip_keeps_key_payload_and_traceparent(
     assert event.data == cmd
     ctx = trace.get_current_span(extract_context(record.headers)).get_span_context()
     assert ctx.trace_id == trace_id
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 12, 24])
+def test_key_partitioner_places_keys_as_kafkas_default(partitions: int) -> None:
+    all_partitions = list(range(partitions))
+    default = DefaultPartitioner()
+    for n in range(2000):
+        key = str(uuid.UUID(int=n * 7919)).encode()
+        expected = default(key, all_partitions, all_partitions)
+        assert key_partitioner(key, all_partitions, all_partitions) == expected
+        assert key_partitioner(key, all_partitions, all_partitions) == expected  # cached
+    assert key_partitioner(None, all_partitions, [0]) == 0  # no key: an available partition

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from common.events import Topics
 from common.settings import CommonSettings
@@ -18,11 +20,29 @@ from common.settings import CommonSettings
 log = structlog.get_logger(__name__)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _key_slot(key: bytes) -> int:
+    """Kafka's default partitioning hash (murmur2, as the Java client), remembered per key."""
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def key_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's default partitioner with the key's hash cached.
+
+    Keys are user ids, so the same few thousand keys repeat; aiokafka computes murmur2 in pure
+    Python for every record (~2% of the gateway's CPU). Same placement as the default.
+    """
+    if key is None:
+        return int(DefaultPartitioner()(key, all_partitions, available))
+    return all_partitions[_key_slot(key) % len(all_partitions)]
+
+
 def make_producer(
     settings: CommonSettings, *, client_id: str, linger_ms: int = 5
 ) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all)."""
     return AIOKafkaProducer(
+        partitioner=key_partitioner,
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
         enable_idempotence=True,
