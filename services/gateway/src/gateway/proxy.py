@@ -216,7 +216,7 @@ class Proxy:
                     ssl=url.scheme == "https" or None,
                 )
                 await upstream.handshake(
-                    f"{host}:{port}", url.path.rstrip("/") + "/ws/scoreboard", forwarded
+                    url.raw_authority, url.path.rstrip("/") + "/ws/scoreboard", forwarded
                 )
         except (OSError, TimeoutError, UpstreamHandshakeError) as exc:
             if upstream is not None:
