@@ -48,8 +48,8 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = "scoreboard-auth"
     jwt_audience: str = "scoreboard"
 
-    # OTLP is optional: without an endpoint, spans are created (trace ids reach the logs and
-    # Kafka headers) but not exported.
+    # An OTLP/HTTP collector's base URL (spans go to <url>/v1/traces). Without one, spans are not
+    # recorded; their ids still reach the logs and Kafka headers.
     otel_exporter_endpoint: str = ""
 
     @classmethod

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args.command or "serve"
     if command == "serve":
         configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
-        configure_tracing(settings.service_name)
+        configure_tracing(settings.service_name, settings.otel_exporter_endpoint)
         run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
         return
     # Operator commands keep stdout for their one JSON result; their log (an audit trail of

@@ -13,7 +13,7 @@ def main() -> None:
     """Load settings, set up logging and tracing, serve until SIGTERM."""
     settings = Settings.load()
     configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
-    configure_tracing(settings.service_name)
+    configure_tracing(settings.service_name, settings.otel_exporter_endpoint)
     run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
 
 

@@ -1,0 +1,65 @@
+"""Tracing: spans are exported over OTLP/HTTP when an endpoint is set; without one they are not
+recorded, yet their ids still travel through Kafka headers to the consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from common.tracing import extract_context, inject_headers, make_tracer_provider
+
+
+async def test_spans_are_exported_to_the_otlp_endpoint() -> None:
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    provider = make_tracer_provider("svc-under-test", str(server.make_url("/")))
+    try:
+        with provider.get_tracer("test").start_as_current_span("publish") as span:
+            span.set_attribute("scoreboard.action_id", "a-1")
+            assert span.is_recording()
+        # The exporter is synchronous (its own thread); keep the loop free for the server.
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+        await server.close()
+    spans = [
+        (resource.resource, span)
+        for message in received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert [s.name for _, s in spans] == ["publish"]
+    resource, exported = spans[0]
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "svc-under-test"
+    assert {a.key: a.value.string_value for a in exported.attributes} == {
+        "scoreboard.action_id": "a-1"
+    }
+
+
+def test_without_an_endpoint_spans_are_not_recorded_but_ids_propagate() -> None:
+    provider = make_tracer_provider("svc-under-test")
+    with provider.get_tracer("test").start_as_current_span("publish") as span:
+        assert not span.is_recording()
+        context = span.get_span_context()
+        assert context.is_valid
+        headers = inject_headers()
+    assert [k for k, _ in headers] == ["traceparent"]
+    received = trace.get_current_span(extract_context(headers)).get_span_context()
+    assert (received.trace_id, received.span_id) == (context.trace_id, context.span_id)
