@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import redis.asyncio as aioredis
 
+from common.actions import done_key, ticket_key
 from common.testing import TestEnv
 from tests.e2e.harness import System, complete_action, register_and_login
 
@@ -66,6 +68,22 @@ async def test_completed_action_reaches_watchers_and_postgres(
         me = await resp.json()
     assert me["score"] == 50
     assert me["rank"] >= 1
+
+
+async def test_an_applied_action_is_confirmed_to_the_gateway(
+    system: System, http: aiohttp.ClientSession, e2e_env: TestEnv, redis_client: aioredis.Redis
+) -> None:
+    """Once applied, the action's claim turns into "applied" and its ticket is gone, so a
+    retry is a 409 for good (see common.actions)."""
+    player = await register_and_login(http, system.gateway, _name())
+    status, body = await complete_action(http, system.gateway, player, "tap", wait_s=10)
+    assert status == 200, body
+    action_id = str(body["action_id"])
+    done = done_key(e2e_env.redis_prefix, action_id)
+    async with asyncio.timeout(10):
+        while await redis_client.get(done) != b"1":  # noqa: ASYNC110 - set by the broadcaster
+            await asyncio.sleep(0.05)
+    assert await redis_client.exists(ticket_key(e2e_env.redis_prefix, action_id)) == 0
 
 
 async def test_replayed_action_is_refused_and_counts_once(

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from broadcaster.board import Board
 from broadcaster.ranking import member_for, user_of_member
 from broadcaster.testing import new_player
+from common.actions import done_key, ticket_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -117,3 +118,25 @@ async def test_board_without_marker_refuses_changes(board: Board) -> None:
     await board.merge_rows([player.row()])
     await board.mark_built({"by": "test"})
     assert await board.poll() == 1
+
+
+async def test_a_change_confirms_its_action_to_the_gateway(
+    board: Board, redis_client: aioredis.Redis
+) -> None:
+    """The gateway's claim on the action becomes "applied" (TTL kept) and the ticket goes; an
+    action the gateway never claimed gets no marker."""
+    prefix = board.keys.rank.removesuffix("board:rank")
+    player = new_player()
+    change = player.gain(10, T0)
+    done = done_key(prefix, change.action_id)
+    await redis_client.set(done, "c:1764240000000", ex=3600)
+    await redis_client.set(ticket_key(prefix, change.action_id), "{}", ex=600)
+    other = player.gain(5, T0 + timedelta(seconds=1))
+
+    await board.apply_changes([change, other])
+
+    assert await redis_client.get(done) == b"1"
+    assert 3500 < await redis_client.ttl(done) <= 3600
+    assert await redis_client.exists(ticket_key(prefix, change.action_id)) == 0
+    assert await redis_client.exists(done_key(prefix, other.action_id)) == 0
+    await redis_client.delete(done)

@@ -7,8 +7,9 @@ import json
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -19,7 +20,7 @@ from common.testing import TestEnv as SliceEnv
 from common.tracing import configure_tracing
 from common.web import registry_key
 from gateway.settings import settings_key
-from gateway.tickets import Ticket, TicketSigner, ticket_store_key
+from gateway.tickets import Ticket, TicketSigner, claim_value, ticket_store_key
 from services.gateway.tests.support import (
     Client,
     MakeGateway,
@@ -130,8 +131,12 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     assert any(k == "traceparent" for k, _ in record.headers)
 
     prefix = player.client.app[settings_key].redis_prefix
-    assert await redis_client.exists(f"{prefix}ticket:{body['action_id']}") == 0  # redeemed
+    # Claimed (the broadcaster turns it into "applied" and drops the ticket; see common.actions).
+    marker = cast(bytes | None, await redis_client.get(f"{prefix}done:{body['action_id']}"))
+    assert marker is not None
+    assert marker.startswith(b"c:")
     assert await redis_client.ttl(f"{prefix}done:{body['action_id']}") > 6 * 24 * 3600
+    assert await redis_client.exists(f"{prefix}ticket:{body['action_id']}") == 1
 
 
 async def test_points_are_never_taken_from_the_client(player: Player) -> None:
@@ -193,6 +198,49 @@ async def test_account_state_comes_before_every_other_update_check(
         assert (answer, problem["detail"]) == (status, detail), body
     await redis_client.delete(prefix + key.format(sid=player.sid, sub=player.user_id))
     assert (await player.submit(fresh))[0] == 202
+
+
+async def test_a_claim_left_by_a_crashed_gateway_is_taken_over_by_a_retry(
+    player: Player, test_env: SliceEnv, redis_client: aioredis.Redis
+) -> None:
+    """A claim never confirmed applied (its gateway died between the claim and Kafka's
+    acknowledgement) stops retries only until it is stale; then a retry publishes again, which
+    the score service deduplicates by action id. A confirmed action stays 409."""
+    prefix = player.client.app[settings_key].redis_prefix
+    stale_ms = player.client.app[ticket_store_key].stale_after_ms
+    body = await player.completion("quest")
+    done = f"{prefix}done:{body['action_id']}"
+    now_ms = round(time.time() * 1000)
+    await redis_client.set(done, f"c:{now_ms - 1000}", ex=3600)  # a fresh claim: in flight
+    assert (await player.submit(body))[0] == 409
+    await redis_client.set(done, f"c:{now_ms - stale_ms - 1000}", ex=3600)  # a dead one
+    assert (await player.submit(body))[0] == 202
+    assert len(await command_records(test_env, body["action_id"])) == 1
+    marker = cast(bytes | None, await redis_client.get(done))
+    assert marker is not None
+    assert marker.startswith(b"c:")
+    assert int(marker[2:]) >= now_ms  # the retry's own claim
+    await redis_client.set(done, "1", ex=3600)  # confirmed applied (by the broadcaster)
+    assert (await player.submit(body))[0] == 409
+
+
+async def test_releasing_a_claim_never_undoes_a_confirmation(
+    player: Player, redis_client: aioredis.Redis
+) -> None:
+    store = player.client.app[ticket_store_key]
+    body = await player.completion()
+    stored = await redis_client.get(f"{store.keys(uuid.UUID(body['action_id']))[1]}")
+    ticket = Ticket.from_json(uuid.UUID(body["action_id"]), stored or b"")
+    claimed_at = datetime.now(UTC)
+    assert await store.claim(ticket, claimed_at)
+    assert not await store.claim(ticket, claimed_at)  # once
+    done = store.keys(ticket.action_id)[0]
+    await redis_client.set(done, "1")  # the broadcaster confirmed it meanwhile
+    await store.release(ticket, claimed_at)
+    assert await redis_client.get(done) == b"1"
+    await redis_client.set(done, claim_value(claimed_at))
+    await store.release(ticket, claimed_at)
+    assert await redis_client.exists(done) == 0
 
 
 async def test_409_for_a_completed_action_even_with_other_faults(player: Player) -> None:

@@ -57,6 +57,7 @@ def test_defaults_work_locally_and_say_they_are_for_development(
         {"action_catalog": {"tap": {"points": 0}}},
         {"action_catalog": {}},
         {"trusted_proxies": "not-an-ip"},
+        {"claim_stale_after_s": 5, "publish_timeout_s": 5},
     ],
 )
 def test_invalid_settings_are_refused_at_start(overrides: dict[str, object]) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot, member_for
+from common.actions import done_key, ticket_key
 from common.events import ScoreChanged
 
 _NOT_BUILT: Final = -1
@@ -45,10 +46,13 @@ local function user_of(member)
 end
 """
 
-# KEYS: rank, users, version, built, applied channel.
+# KEYS: rank, users, version, built, applied channel, then per change its action's done marker
+#       and ticket (common.actions), or none for rows read from PostgreSQL.
 # ARGV: require_built ("1"/"0"), publish ("1"/"0"), then per change:
 #       user_id, version, score, member, username, action_id.
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
+# A ScoreChanged means its action is applied in PostgreSQL: the gateway's claim on it becomes
+# "applied" (never created here: SET XX) and the ticket goes.
 _APPLY = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   return {-1, 0}
@@ -58,6 +62,11 @@ local applied = 0
 for i = 3, #ARGV, 6 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local action_keys = 6 + (i - 3) / 3
+  if KEYS[action_keys] then
+    redis.call('SET', KEYS[action_keys], '1', 'XX', 'KEEPTTL')
+    redis.call('DEL', KEYS[action_keys + 1])
+  end
   local new_version = tonumber(version)
   local old_version, old_member = 0, false
   local current = redis.call('HGET', KEYS[2], user_id)
@@ -191,6 +200,7 @@ class Board:
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self.keys = BoardKeys.for_prefix(prefix)
+        self._prefix = prefix
         self._redis = redis
         self._apply = redis.register_script(_APPLY)
         self._top = redis.register_script(_TOP)
@@ -199,12 +209,20 @@ class Board:
         self._release_lock = redis.register_script(_RELEASE_LOCK)
 
     async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
-        """Apply ScoreChanged events in order; None (nothing done) when the board is not built."""
+        """Apply ScoreChanged events in order; None (nothing done) when the board is not built.
+
+        Each change also confirms its action to the gateway (see :mod:`common.actions`).
+        """
         args: list[str | int] = ["1", "1"]
+        action_keys: list[str] = []
         for c in changes:
             member = member_for(c.user_id, c.occurred_at)
             args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id)]
-        return await self._run_apply(args, len(changes))
+            action_keys += [
+                done_key(self._prefix, c.action_id),
+                ticket_key(self._prefix, c.action_id),
+            ]
+        return await self._run_apply(args, len(changes), action_keys)
 
     async def merge_rows(self, rows: Sequence[ScoreRow]) -> ApplyResult:
         """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing published."""
@@ -216,10 +234,12 @@ class Board:
         assert result is not None  # merges do not require the marker
         return result
 
-    async def _run_apply(self, args: list[str | int], count: int) -> ApplyResult | None:
+    async def _run_apply(
+        self, args: list[str | int], count: int, action_keys: Sequence[str] = ()
+    ) -> ApplyResult | None:
         k = self.keys
         applied, version = await self._apply(
-            keys=[k.rank, k.users, k.version, k.built, k.applied], args=args
+            keys=[k.rank, k.users, k.version, k.built, k.applied, *action_keys], args=args
         )
         if int(applied) == _NOT_BUILT:
             return None

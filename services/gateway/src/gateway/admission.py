@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -28,23 +28,33 @@ from aiohttp import web
 from gateway.authn import Authenticator, Principal, raise_for_account
 from gateway.catalog import ActionSpec
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
-from gateway.tickets import AlreadyCompleted, Ticket, TicketStore, epoch_ms, rejection
+from gateway.tickets import (
+    CLAIM_LUA_FUNCTION,
+    AlreadyCompleted,
+    Ticket,
+    TicketStore,
+    epoch_ms,
+    rejection,
+)
 
 # KEYS: revoked session, user status, done marker, ticket, then one key per rate limit.
-# ARGV: the rate limits' (interval, tolerance) pairs, then the mode: 'check' (return the ticket)
-# or 'redeem' followed by user id, action type, now (ms), minimum duration (ms), points ok (1/0)
-# and the done marker's TTL (s): check the ticket as check_completion does and claim it.
+# ARGV: the rate limits' (interval, tolerance) pairs, then the mode, now (ms) and the claim's
+# stale age (ms). Mode 'check' returns the ticket; 'redeem' is followed by user id, action type,
+# minimum duration (ms), points ok (1/0) and the done marker's TTL (s): it checks the ticket as
+# check_completion does and claims it.
 _ADMIT_LUA: Final = (
     GCRA_LUA_FUNCTION
+    + CLAIM_LUA_FUNCTION
     + """
 local status = redis.call('GET', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 or status == 'deleted' or status == 'banned' then
   return {'account', redis.call('EXISTS', KEYS[1]), status or ''}
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
+local limits, n = {}, (#KEYS - 4) * 2
+local now, stale_ms = tonumber(ARGV[n + 2]), tonumber(ARGV[n + 3])
+if blocks(redis.call('GET', KEYS[3]), now, stale_ms) then
   return {'done'}
 end
-local limits, n = {}, (#KEYS - 4) * 2
 for i = 5, #KEYS do limits[#limits + 1] = KEYS[i] end
 local denied, wait = gcra(limits, ARGV)
 if denied > 0 then
@@ -60,17 +70,15 @@ local t = cjson.decode(ticket)
 if type(t.issued_ms) ~= 'number' or type(t.expires_ms) ~= 'number' then
   return {'legacy', ticket}
 end
-local now = tonumber(ARGV[n + 4])
 if t.expires_ms <= now then return {'rejected', 'ticket_unknown'} end
-if t.user_id ~= ARGV[n + 2] then return {'rejected', 'ticket_not_yours'} end
-if t.action_type ~= ARGV[n + 3] then return {'rejected', 'type_mismatch'} end
-local elapsed, min_ms = now - t.issued_ms, tonumber(ARGV[n + 5])
+if t.user_id ~= ARGV[n + 4] then return {'rejected', 'ticket_not_yours'} end
+if t.action_type ~= ARGV[n + 5] then return {'rejected', 'type_mismatch'} end
+local elapsed, min_ms = now - t.issued_ms, tonumber(ARGV[n + 6])
 if min_ms > 0 and elapsed < min_ms then
   return {'rejected', 'too_fast', string.format('%.0f', elapsed)}
 end
-if ARGV[n + 6] ~= '1' then return {'rejected', 'points_mismatch'} end
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[n + 7])
-redis.call('DEL', KEYS[4])
+if ARGV[n + 7] ~= '1' then return {'rejected', 'points_mismatch'} end
+redis.call('SET', KEYS[3], 'c:' .. ARGV[n + 2], 'EX', ARGV[n + 8])
 return {'claimed', ticket}
 """
 )
@@ -108,7 +116,7 @@ class Admission:
         Raises, in this order: 401 revoked session or deleted user, 403 banned user, 409 action
         already completed, 429 rate limited (charging the limits only when all allow it).
         """
-        result = await self._run(principal, action_id, limits, ["check"])
+        result = await self._run(principal, action_id, limits, ["check", *self._clock(None)])
         return Ticket.from_json(action_id, result[1]) if len(result) > 1 else None
 
     async def redeem(
@@ -134,9 +142,9 @@ class Admission:
             limits,
             [
                 "redeem",
+                *self._clock(now),
                 str(principal.user_id),
                 action_type,
-                epoch_ms(now),
                 spec.min_duration_ms,
                 1 if points_ok else 0,
                 self._tickets.done_ttl_s,
@@ -148,6 +156,11 @@ class Admission:
             elapsed = float(result[2]) if len(result) > 2 else 0.0
             raise rejection(reason, action_type=action_type, spec=spec, elapsed_ms=elapsed)
         return Redeemed(Ticket.from_json(action_id, result[1]), claimed=code == b"claimed")
+
+    def _clock(self, now: datetime | None) -> list[str | int]:
+        """The script's now (ms) and the age (ms) after which a claim counts as stale."""
+        moment = now if now is not None else datetime.now(UTC)
+        return [epoch_ms(moment), self._tickets.stale_after_ms]
 
     async def _run(
         self,

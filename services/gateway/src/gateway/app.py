@@ -72,6 +72,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         TicketSigner(settings.action_hmac_keys, version=settings.action_hash_version),
         ttl_s=settings.ticket_ttl_s,
         done_ttl_s=settings.done_ttl_s,
+        claim_stale_after_s=settings.claim_stale_after_s,
     )
 
     async def redis_ready() -> None:

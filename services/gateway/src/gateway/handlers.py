@@ -196,7 +196,7 @@ async def _redeem(
         signer=store.signer,
         now=now,
     )
-    if not await store.claim(ticket):
+    if not await store.claim(ticket, now):
         raise AlreadyCompleted("this action was already completed")
     return ticket, spec
 
@@ -209,7 +209,7 @@ async def _publish_or_release(request: web.Request, command: ScoreCommand, ticke
     except BaseException as exc:
         try:
             # Shielded: even a cancelled request must not leave the action claimed but unsent.
-            await asyncio.shield(app[ticket_store_key].release(ticket))
+            await asyncio.shield(app[ticket_store_key].release(ticket, command.accepted_at))
         except Exception:
             log.exception("release_failed", action_id=str(command.action_id))
         if isinstance(exc, PublishFailed):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings
@@ -92,6 +92,9 @@ class Settings(CommonSettings):
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    # A claim not yet confirmed applied after this long is taken over by a retry of the same
+    # completion (its gateway died before Kafka acknowledged). Must exceed publish_timeout_s.
+    claim_stale_after_s: float = Field(default=15.0, gt=0)
     # Prefer: wait subscribes to the "applied" channel while requests wait, and this long after.
     applied_linger_s: float = Field(default=30.0, ge=0)
 
@@ -131,6 +134,15 @@ class Settings(CommonSettings):
             if not ACTION_TYPE.fullmatch(name):
                 raise ValueError(f"action type {name!r} must match {ACTION_TYPE.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _check_claim_timing(self) -> Settings:
+        if self.claim_stale_after_s <= self.publish_timeout_s:
+            raise ValueError(
+                "claim_stale_after_s must exceed publish_timeout_s: a claim still being "
+                "published must not be taken over"
+            )
+        return self
 
     @property
     def uses_dev_hmac_key(self) -> bool:

@@ -4,16 +4,17 @@
 hands the client ``action_hash``, an HMAC-SHA256 over ``v2|action_id|user_id|action_type`` under
 the first configured key (``<key id>.<hex>``; every configured key verifies, so keys rotate by
 prepending a new one; see :class:`TicketSigner` for version 1). Completing the action redeems the
-ticket; ``P done:{action_id}`` (SET NX) makes the redemption happen at most once, whatever the
-concurrency; the ticket is deleted in the same step and restored if the command cannot be
-published."""
+ticket; ``P done:{action_id}`` makes the redemption happen at most once, whatever the
+concurrency: it holds the claim while the command is published, and the broadcaster turns it into
+"applied" and deletes the ticket once the ScoreChanged arrives (see :mod:`common.actions`). A
+claim whose gateway died before Kafka acknowledged is taken over by a retry after
+``claim_stale_after_s``."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
+from common.actions import CLAIMED, done_key, ticket_key
 from common.problems import BadRequest, Conflict
 from gateway.catalog import ActionSpec, Catalog
 from gateway.security import Rejection
@@ -31,10 +33,32 @@ from gateway.settings import HmacKey
 log = structlog.get_logger(__name__)
 
 
-# Marking the action done and dropping its ticket happen together, or not at all.
-_CLAIM_LUA = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('DEL', KEYS[2])
+# Whether an action's done marker stops a redemption: applied ("1", or any value that is not a
+# claim), or claimed ("c:<ms>") less than ``stale_ms`` before ``now`` (see common.actions).
+CLAIM_LUA_FUNCTION = """
+local function blocks(marker, now, stale_ms)
+  if not marker then return false end
+  local claimed = tonumber(string.match(marker, '^c:(%d+)$'))
+  return claimed == nil or now - claimed < stale_ms
+end
+"""
+
+# KEYS: done marker. ARGV: done TTL (s), now (ms), stale after (ms).
+_CLAIM_LUA = (
+    CLAIM_LUA_FUNCTION
+    + """
+if blocks(redis.call('GET', KEYS[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then
+  return 0
+end
+redis.call('SET', KEYS[1], 'c:' .. ARGV[2], 'EX', ARGV[1])
+return 1
+"""
+)
+
+# KEYS: done marker. ARGV: the claim's value. Deletes the marker only if it is still that claim.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
@@ -191,6 +215,7 @@ class TicketStore:
         *,
         ttl_s: int,
         done_ttl_s: int,
+        claim_stale_after_s: float = 15.0,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -198,13 +223,15 @@ class TicketStore:
         self._ttl = ttl_s
         self._done_ttl = done_ttl_s
         self.done_ttl_s = done_ttl_s
+        self.stale_after_ms = round(claim_stale_after_s * 1000)
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
 
     def _ticket_key(self, action_id: uuid.UUID) -> str:
-        return f"{self._prefix}ticket:{action_id}"
+        return ticket_key(self._prefix, action_id)
 
     def _done_key(self, action_id: uuid.UUID) -> str:
-        return f"{self._prefix}done:{action_id}"
+        return done_key(self._prefix, action_id)
 
     def keys(self, action_id: uuid.UUID) -> tuple[str, str]:
         """The Redis keys of an action: its completion marker and its ticket."""
@@ -223,26 +250,28 @@ class TicketStore:
         await self._redis.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=self._ttl)
         return ticket, self.signer.sign(ticket)
 
-    async def claim(self, ticket: Ticket) -> bool:
-        """Redeem the ticket: mark the action done (SET NX) and drop the ticket, atomically.
+    async def claim(self, ticket: Ticket, now: datetime) -> bool:
+        """Redeem the ticket: mark the action claimed at ``now`` (see :mod:`common.actions`).
 
-        False if another request got there first.
+        False if another request got there first (or the action was applied). The ticket stays
+        until the broadcaster confirms the action applied, so a retry can take over a claim
+        whose gateway died before Kafka acknowledged.
         """
         claimed = await self._claim(
-            keys=[self._done_key(ticket.action_id), self._ticket_key(ticket.action_id)],
-            args=[self._done_ttl],
+            keys=[self._done_key(ticket.action_id)],
+            args=[self._done_ttl, epoch_ms(now), self.stale_after_ms],
         )
         return bool(claimed)
 
-    async def release(self, ticket: Ticket) -> None:
-        """Undo :meth:`claim` (the command was not published): a retry of the same request
-        finds the ticket again, for the rest of its lifetime."""
-        remaining = math.ceil((ticket.expires_at - datetime.now(UTC)).total_seconds())
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._done_key(ticket.action_id))
-            if remaining > 0:
-                pipe.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=remaining)
-            await pipe.execute()
+    async def release(self, ticket: Ticket, claimed_at: datetime) -> None:
+        """Undo a claim made at ``claimed_at`` (the command was not published), unless the
+        action was meanwhile confirmed applied: a retry of the same request then succeeds."""
+        await self._release(keys=[self._done_key(ticket.action_id)], args=[claim_value(claimed_at)])
+
+
+def claim_value(claimed_at: datetime) -> str:
+    """The done marker's value while a claim made at ``claimed_at`` is being published."""
+    return f"{CLAIMED}{epoch_ms(claimed_at)}"
 
 
 def rejection(
