@@ -138,8 +138,10 @@ async def test_broker_restart_loses_nothing_and_doubles_nothing(
             if status != 503 or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(1)
-        # Accepted for sure; applied within the wait only if the consumers have already rejoined.
-        assert status in (200, 202), body
+        # Accepted (applied within the wait only if the consumers have already rejoined), or
+        # 409 when a send that timed out during the outage reached Kafka after all: then the
+        # action was recorded by that attempt.
+        assert status in (200, 202, 409), body
         if status == 200:
             assert body["score"] == 2
         # Nothing acknowledged is lost: the score gets there once the consumers are back.

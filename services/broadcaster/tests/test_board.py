@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from broadcaster.board import Board
 from broadcaster.ranking import member_for, user_of_member
 from broadcaster.testing import new_player
-from common.actions import done_key, ticket_key
+from common.actions import APPLIED_TTL_S, done_key, ticket_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -123,20 +123,21 @@ async def test_board_without_marker_refuses_changes(board: Board) -> None:
 async def test_a_change_confirms_its_action_to_the_gateway(
     board: Board, redis_client: aioredis.Redis
 ) -> None:
-    """The gateway's claim on the action becomes "applied" (TTL kept) and the ticket goes; an
-    action the gateway never claimed gets no marker."""
+    """The action's done marker becomes "applied" (keeping the gateway's TTL, or a week when the
+    claim was released meanwhile) and its ticket goes; rows from PostgreSQL touch nothing."""
     prefix = board.keys.rank.removesuffix("board:rank")
     player = new_player()
-    change = player.gain(10, T0)
-    done = done_key(prefix, change.action_id)
-    await redis_client.set(done, "c:1764240000000", ex=3600)
-    await redis_client.set(ticket_key(prefix, change.action_id), "{}", ex=600)
-    other = player.gain(5, T0 + timedelta(seconds=1))
+    claimed = player.gain(10, T0)
+    released = player.gain(5, T0 + timedelta(seconds=1))
+    for change in (claimed, released):
+        await redis_client.set(ticket_key(prefix, change.action_id), "{}", ex=600)
+    await redis_client.set(done_key(prefix, claimed.action_id), "c:1764240000000", ex=3600)
 
-    await board.apply_changes([change, other])
+    await board.apply_changes([claimed, released])
 
-    assert await redis_client.get(done) == b"1"
-    assert 3500 < await redis_client.ttl(done) <= 3600
-    assert await redis_client.exists(ticket_key(prefix, change.action_id)) == 0
-    assert await redis_client.exists(done_key(prefix, other.action_id)) == 0
-    await redis_client.delete(done)
+    for change, ttl in ((claimed, 3600), (released, APPLIED_TTL_S)):
+        done = done_key(prefix, change.action_id)
+        assert await redis_client.get(done) == b"1"
+        assert ttl - 100 < await redis_client.ttl(done) <= ttl
+        assert await redis_client.exists(ticket_key(prefix, change.action_id)) == 0
+        await redis_client.delete(done)

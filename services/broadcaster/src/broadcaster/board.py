@@ -29,7 +29,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot, member_for
-from common.actions import done_key, ticket_key
+from common.actions import APPLIED_TTL_S, done_key, ticket_key
 from common.events import ScoreChanged
 
 _NOT_BUILT: Final = -1
@@ -48,23 +48,28 @@ end
 
 # KEYS: rank, users, version, built, applied channel, then per change its action's done marker
 #       and ticket (common.actions), or none for rows read from PostgreSQL.
-# ARGV: require_built ("1"/"0"), publish ("1"/"0"), then per change:
+# ARGV: require_built ("1"/"0"), publish ("1"/"0"), applied marker TTL (s), then per change:
 #       user_id, version, score, member, username, action_id.
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
-# A ScoreChanged means its action is applied in PostgreSQL: the gateway's claim on it becomes
-# "applied" (never created here: SET XX) and the ticket goes.
+# A ScoreChanged means its action is applied in PostgreSQL: its done marker becomes "applied"
+# (keeping the gateway's TTL, or ARGV[3] seconds when there was none: a claim released after a
+# publish that timed out yet reached Kafka) and the ticket goes, so every replay is a 409.
 _APPLY = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   return {-1, 0}
 end
 local publish = ARGV[2] == '1'
 local applied = 0
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  local action_keys = 6 + (i - 3) / 3
+  local action_keys = 6 + (i - 4) / 3
   if KEYS[action_keys] then
-    redis.call('SET', KEYS[action_keys], '1', 'XX', 'KEEPTTL')
+    if redis.call('EXISTS', KEYS[action_keys]) == 1 then
+      redis.call('SET', KEYS[action_keys], '1', 'KEEPTTL')
+    else
+      redis.call('SET', KEYS[action_keys], '1', 'EX', ARGV[3])
+    end
     redis.call('DEL', KEYS[action_keys + 1])
   end
   local new_version = tonumber(version)
@@ -213,7 +218,7 @@ class Board:
 
         Each change also confirms its action to the gateway (see :mod:`common.actions`).
         """
-        args: list[str | int] = ["1", "1"]
+        args: list[str | int] = ["1", "1", APPLIED_TTL_S]
         action_keys: list[str] = []
         for c in changes:
             member = member_for(c.user_id, c.occurred_at)
@@ -226,7 +231,7 @@ class Board:
 
     async def merge_rows(self, rows: Sequence[ScoreRow]) -> ApplyResult:
         """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing published."""
-        args: list[str | int] = ["0", "0"]
+        args: list[str | int] = ["0", "0", APPLIED_TTL_S]
         for r in rows:
             member = member_for(r.user_id, r.reached_at)
             args += [str(r.user_id), r.version, r.score, member, r.username, ""]
