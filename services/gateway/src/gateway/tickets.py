@@ -221,7 +221,6 @@ class TicketStore:
         self._prefix = prefix
         self.signer = signer
         self._ttl = ttl_s
-        self._done_ttl = done_ttl_s
         self.done_ttl_s = done_ttl_s
         self.stale_after_ms = round(claim_stale_after_s * 1000)
         self._claim = redis.register_script(_CLAIM_LUA)
@@ -259,7 +258,7 @@ class TicketStore:
         """
         claimed = await self._claim(
             keys=[self._done_key(ticket.action_id)],
-            args=[self._done_ttl, epoch_ms(now), self.stale_after_ms],
+            args=[self.done_ttl_s, epoch_ms(now), self.stale_after_ms],
         )
         return bool(claimed)
 
