@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -26,6 +25,7 @@ from auth.throttle import LoginThrottle
 from auth.tokens import Tokens
 from common.postgres import create_pool
 from common.redis_client import create_redis
+from common.tasks import stop as stop_task
 from common.web import create_base_app, readiness_key, registry_key
 
 log = structlog.get_logger(__name__)
@@ -111,10 +111,7 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
         ]
         yield
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
     finally:
         passwords.close()
 

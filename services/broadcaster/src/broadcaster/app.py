@@ -16,7 +16,7 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from broadcaster import background, handlers, ws
+from broadcaster import handlers, ws
 from broadcaster.board import Board
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
@@ -36,6 +36,7 @@ from broadcaster.metrics import Metrics
 from broadcaster.rebuild import Rebuilder
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
+from common import tasks as background
 from common.postgres import create_pool
 from common.redis_client import create_redis
 from common.web import create_base_app, readiness_key, registry_key

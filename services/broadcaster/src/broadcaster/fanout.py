@@ -34,13 +34,13 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from broadcaster import background
 from broadcaster.board import Board
 from broadcaster.frames import CLOSE_RESTART, CLOSE_TOO_SLOW, me_frame, top_frame
 from broadcaster.leaderboard import Leaderboard, UnknownPlayer
 from broadcaster.metrics import Metrics
 from broadcaster.ranking import Entry, TopSnapshot
 from broadcaster.settings import Settings
+from common import tasks as background
 
 log = structlog.get_logger(__name__)
 

@@ -17,11 +17,11 @@ import uuid
 
 import structlog
 
-from broadcaster import background
 from broadcaster.board import Board
 from broadcaster.metrics import Metrics
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
+from common import tasks as background
 from common.events import utcnow
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,6 @@ background and ``/readyz`` reports them until they do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -18,6 +17,7 @@ import structlog
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from common.redis_client import create_redis
+from common.tasks import stop as stop_task
 from common.web import create_base_app, readiness_key, registry_key
 from gateway import handlers, proxy
 from gateway.admission import Admission, admission_key
@@ -53,12 +53,6 @@ def _background(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None
 
     task.add_done_callback(_done)
     return task
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -128,7 +122,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     app[readiness_key]["auth_jwks"] = jwks_ready
     refresher = _background(jwks.run(settings.jwks_refresh_interval_s), "jwks-refresh")
     yield
-    await _stop(refresher)
+    await stop_task(refresher)
     await session.close()
 
 
@@ -138,7 +132,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     app[readiness_key]["kafka"] = publisher.check_ready
     starter = _background(publisher.run(), "kafka-producer-start")
     yield
-    await _stop(starter)
+    await stop_task(starter)
     await publisher.close()
 
 
@@ -146,7 +140,7 @@ async def _applied_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = f"{app[settings_key].redis_prefix}applied"
     listener = _background(app[waiters_key].listen(app[redis_key], channel), "applied-listener")
     yield
-    await _stop(listener)
+    await stop_task(listener)
 
 
 async def _close_websockets(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""Stopping background tasks reliably (belongs in common: every service has background tasks).
+"""Stopping background tasks reliably: every service has some.
 
 On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives just as the awaited
 call completes (fixed in 3.12). redis-py wraps its socket reads in it, so cancelling a task that
