@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from broadcaster.testing import cpu_seconds
 
 # Groups found by command line: (name, predicate on argv).
 INFRA: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
@@ -24,11 +24,9 @@ INFRA: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
 
 def _cpu_seconds(pid: int) -> float | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return cpu_seconds(pid)
+    except OSError:  # the process exited
         return None
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def _argv(pid: int) -> list[str]:

@@ -226,15 +226,9 @@ class TicketStore:
         self._claim = redis.register_script(_CLAIM_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
 
-    def _ticket_key(self, action_id: uuid.UUID) -> str:
-        return ticket_key(self._prefix, action_id)
-
-    def _done_key(self, action_id: uuid.UUID) -> str:
-        return done_key(self._prefix, action_id)
-
     def keys(self, action_id: uuid.UUID) -> tuple[str, str]:
         """The Redis keys of an action: its completion marker and its ticket."""
-        return self._done_key(action_id), self._ticket_key(action_id)
+        return done_key(self._prefix, action_id), ticket_key(self._prefix, action_id)
 
     async def issue(self, user_id: uuid.UUID, action_type: str) -> tuple[Ticket, str]:
         """Store a new ticket; returns it with its action hash."""
@@ -246,7 +240,9 @@ class TicketStore:
             issued_at=issued,
             expires_at=issued + timedelta(seconds=self._ttl),
         )
-        await self._redis.set(self._ticket_key(ticket.action_id), ticket.to_json(), ex=self._ttl)
+        await self._redis.set(
+            ticket_key(self._prefix, ticket.action_id), ticket.to_json(), ex=self._ttl
+        )
         return ticket, self.signer.sign(ticket)
 
     async def claim(self, ticket: Ticket, now: datetime) -> bool:
@@ -257,7 +253,7 @@ class TicketStore:
         whose gateway died before Kafka acknowledged.
         """
         claimed = await self._claim(
-            keys=[self._done_key(ticket.action_id)],
+            keys=[done_key(self._prefix, ticket.action_id)],
             args=[self.done_ttl_s, epoch_ms(now), self.stale_after_ms],
         )
         return bool(claimed)
@@ -265,7 +261,9 @@ class TicketStore:
     async def release(self, ticket: Ticket, claimed_at: datetime) -> None:
         """Undo a claim made at ``claimed_at`` (the command was not published), unless the
         action was meanwhile confirmed applied: a retry of the same request then succeeds."""
-        await self._release(keys=[self._done_key(ticket.action_id)], args=[claim_value(claimed_at)])
+        await self._release(
+            keys=[done_key(self._prefix, ticket.action_id)], args=[claim_value(claimed_at)]
+        )
 
 
 def claim_value(claimed_at: datetime) -> str:
