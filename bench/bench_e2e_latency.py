@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,6 +58,7 @@ class Track:
 
     token: str
     accepted_at: list[float] = field(default_factory=list)
+    accepted_ids: dict[str, float] = field(default_factory=dict)  # action id -> 202 time
     seen: list[tuple[float, int]] = field(default_factory=list)  # (time, score) of `me` frames
 
     def on_text(self, arrived: float, payload: bytes) -> None:
@@ -129,8 +131,8 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
         sem = asyncio.Semaphore(32)  # also leaves 32 warm connections for the measured part
         ticket_body = json.dumps({"action_type": "tap"}).encode()
 
-        async def ticket(track: Track) -> bytes:
-            """A ticket, redeemed as a ready-to-send update request."""
+        async def ticket(track: Track) -> tuple[str, bytes]:
+            """A ticket, redeemed as a ready-to-send update request (with its action id)."""
             async with sem:
                 status, body = await client.post(
                     "/api/actions", ticket_body, {"Authorization": f"Bearer {track.token}"}
@@ -138,7 +140,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
             assert status == 201, body
             tk = json.loads(body)
             update = {k: tk[k] for k in ("action_id", "action_type", "action_hash")}
-            return client.encode_post(
+            return tk["action_id"], client.encode_post(
                 UPDATE_PATH,
                 json.dumps(update).encode(),
                 {"Authorization": f"Bearer {track.token}"},
@@ -149,7 +151,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
 
         statuses: dict[int | str, int] = {}
 
-        async def submit(track: Track, raw: bytes) -> None:
+        async def submit(track: Track, action_id: str, raw: bytes) -> None:
             try:
                 status, _, at = await client.send_timed(raw)
             except (HttpConnectionClosed, HttpProtocolError) as exc:
@@ -159,6 +161,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
             statuses[status] = statuses.get(status, 0) + 1
             if status == 202:
                 track.accepted_at.append(at)
+                track.accepted_ids[action_id] = at
 
         meter = CpuMeter(
             {svc.proc.pid: svc.module or svc.name for svc in system.services.values() if svc.proc}
@@ -168,11 +171,11 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
         meter.start()
         start = time.perf_counter()
         tasks = []
-        for i, (track, raw) in enumerate(zip(owners, requests, strict=True)):
+        for i, (track, (action_id, raw)) in enumerate(zip(owners, requests, strict=True)):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(submit(track, raw)))
+            tasks.append(asyncio.create_task(submit(track, action_id, raw)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         cpu = meter.stop()
@@ -180,6 +183,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
         dropped = sum(1 for w in watchers if w.closed.done())
         if dropped:
             print(f"{dropped} WebSockets closed before the end", file=sys.stderr, flush=True)
+        stages = await stage_breakdown(env.postgres_dsn, tracks)
     finally:
         await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
         await client.close()
@@ -223,9 +227,83 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
                 "max_ms": round(max(latencies), 1),
             }
         )
+        result["stages_ms"] = stages
         result["headline"] = {"p99_ms": result["p99_ms"], "achieved_rate": result["achieved_rate"]}
         result["targets"] = {"p99_ms": 250, "achieved_rate": rate}
     return result
+
+
+STAGES_SQL = """
+SELECT a.action_id::text,
+       extract(epoch FROM a.accepted_at) AS accepted,
+       extract(epoch FROM a.applied_at) AS applied,
+       extract(epoch FROM o.sent_at) AS published,
+       a.version
+FROM actions a
+JOIN outbox o ON (convert_from(o.payload, 'UTF8')::jsonb #>> '{data,action_id}') = a.action_id::text
+"""
+
+
+async def stage_breakdown(dsn: str, tracks: list[Track]) -> dict[str, dict[str, float]]:
+    """Where the time went, per accepted update, from the timestamps the system itself keeps.
+
+    - ``accepted_to_202``: the gateway built the command (``actions.accepted_at``) → the client
+      had its 202 (the Kafka acknowledgement and the response);
+    - ``accepted_to_applied``: → the score service's transaction began (``applied_at``): Kafka,
+      the consumer's fetch and batch;
+    - ``applied_to_published``: → the outbox relay marked the event sent (``outbox.sent_at``,
+      after Kafka acknowledged it): the transaction, its NOTIFY and the relay's round;
+    - ``published_to_frame``: → the player's `me` frame arrived: the broadcaster's fetch, the
+      Redis board, the fan-out tick and the gateway's WebSocket proxy. The broadcaster can read
+      an event before the relay marks it, so this stage is slightly under and the previous one
+      slightly over.
+
+    All on one host: PostgreSQL's clock is the client's. Scores go up 1 per action here, so
+    the action of version k is shown by the first `me` frame with score >= k.
+    """
+    wall_minus_perf = time.time() - time.perf_counter()
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(STAGES_SQL)
+    finally:
+        await conn.close()
+    by_action = {r["action_id"]: r for r in rows}
+    spans: dict[str, list[float]] = {
+        "accepted_to_202": [],
+        "accepted_to_applied": [],
+        "applied_to_published": [],
+        "published_to_frame": [],
+    }
+    for track in tracks:
+        best = 0
+        running_max = []
+        for _, s in track.seen:
+            best = max(best, s)
+            running_max.append(best)
+        for action_id, t202 in track.accepted_ids.items():
+            row = by_action.get(action_id)
+            if row is None:
+                continue
+            accepted, applied, published = (
+                float(row["accepted"]),
+                float(row["applied"]),
+                float(row["published"]),
+            )
+            spans["accepted_to_202"].append(t202 + wall_minus_perf - accepted)
+            spans["accepted_to_applied"].append(applied - accepted)
+            spans["applied_to_published"].append(published - applied)
+            idx = bisect.bisect_left(running_max, row["version"])
+            if idx < len(running_max):
+                frame_at = track.seen[idx][0] + wall_minus_perf
+                spans["published_to_frame"].append(frame_at - published)
+    return {
+        name: {
+            "p50": round(statistics.median(values) * 1000, 1),
+            "p99": round(percentile(values, 99) * 1000, 1),
+        }
+        for name, values in spans.items()
+        if values
+    }
 
 
 def main() -> None:
@@ -257,7 +335,10 @@ def main() -> None:
                 key: result.get(key)
                 for key in ("asked_rate", "achieved_rate", "p50_ms", "p99_ms", "max_ms")
             }
-            | {"cores_busy": round(cpu["total"] / cpu["wall"], 2)}
+            | {
+                "cores_busy": round(cpu["total"] / cpu["wall"], 2),
+                "stages_ms": result.get("stages_ms"),
+            }
         )
     print(json.dumps({"benchmark": "e2e_latency_sweep", "gateways": args.gateways, "rows": rows}))
 

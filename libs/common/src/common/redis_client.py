@@ -6,6 +6,9 @@ import redis.asyncio as aioredis
 
 from common.settings import CommonSettings
 
+REDIS_TIMEOUT_S = 2.0
+"""How long a command or a connection attempt may take before it fails."""
+
 
 def create_redis(settings: CommonSettings) -> aioredis.Redis:
     """A pooled client; commands time out rather than hang (Redis down must not stall requests).
@@ -17,8 +20,8 @@ def create_redis(settings: CommonSettings) -> aioredis.Redis:
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
         health_check_interval=15,
     )
     return aioredis.Redis.from_pool(pool)

@@ -9,7 +9,8 @@ front (version 2 hashes sign only what the completion carries, see
 :class:`gateway.tickets.TicketSigner`) the same script also claims the ticket (SET NX on the done
 marker, delete the ticket): one round trip per accepted update instead of four (redis-py's cost
 per command dominated the gateway's CPU; see bench/bench_e2e_latency.py's
-``cpu_ms_per_update``). Otherwise (a bad or version-1 hash, an unknown action type, a ticket
+``cpu_ms_per_update``), on the auto-pipelined connection of
+:mod:`common.redis_pipeline`. Otherwise (a bad or version-1 hash, an unknown action type, a ticket
 stored by an older gateway) the script only checks and fetches, and the caller runs
 :func:`gateway.tickets.check_completion` and :meth:`gateway.tickets.TicketStore.claim`.
 """
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from common.redis_pipeline import PipelinedRedis
 from gateway.authn import Authenticator, Principal, raise_for_account
 from gateway.catalog import ActionSpec
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
@@ -98,12 +99,12 @@ class Admission:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: PipelinedRedis,
         authenticator: Authenticator,
         tickets: TicketStore,
         limiter: RateLimiter,
     ) -> None:
-        self._script = redis.register_script(_ADMIT_LUA)
+        self._redis = redis
         self._authenticator = authenticator
         self._tickets = tickets
         self._limiter = limiter
@@ -175,7 +176,7 @@ class Admission:
             *self._tickets.keys(action_id),
             *limit_keys,
         ]
-        result: list[Any] = await self._script(keys=keys, args=[*limit_args, *mode])
+        result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, [*limit_args, *mode])
         code = result[0]
         if code == b"account":
             raise_for_account(revoked=int(result[1]) == 1, status=result[2] or None)

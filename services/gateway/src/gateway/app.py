@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-from common.redis_client import create_redis
+from common.redis_client import REDIS_TIMEOUT_S, create_redis
+from common.redis_pipeline import PipelinedRedis
 from common.tasks import stop as stop_task
 from common.web import create_base_app, readiness_key, registry_key
 from gateway import handlers, proxy
@@ -35,6 +36,7 @@ from gateway.webpage import setup_webpage
 log = structlog.get_logger(__name__)
 
 redis_key = web.AppKey("redis", aioredis.Redis)
+pipelined_redis_key = web.AppKey("pipelined_redis", PipelinedRedis)
 
 # Paths the proxy forwards verbatim only match safe characters (no dots, no encoded slashes).
 _SEGMENTS = r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
@@ -59,6 +61,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     redis = create_redis(settings)
     app[redis_key] = redis
+    # The update path's one script runs on an auto-pipelined connection of its own.
+    app[pipelined_redis_key] = pipelined = PipelinedRedis(
+        settings.redis_url, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=REDIS_TIMEOUT_S
+    )
     app[rate_limiter_key] = RateLimiter(redis, settings.redis_prefix)
     app[ticket_store_key] = TicketStore(
         redis,
@@ -74,6 +80,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[readiness_key]["redis"] = redis_ready
     yield
+    await pipelined.aclose()
     await redis.aclose()
 
 
@@ -111,7 +118,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     authenticator = Authenticator(verifier, app[redis_key], settings.redis_prefix)
     app[authenticator_key] = authenticator
     app[admission_key] = Admission(
-        app[redis_key], authenticator, app[ticket_store_key], app[rate_limiter_key]
+        app[pipelined_redis_key], authenticator, app[ticket_store_key], app[rate_limiter_key]
     )
     app[proxy.proxy_key] = proxy.Proxy(session, settings, metrics)
 

@@ -1,0 +1,205 @@
+"""One Redis connection that pipelines every concurrent call, for the hottest scripts.
+
+redis-py's asyncio client costs most of its time around the command, not in it: a pool
+checkout, a lock, argument checks and a send per call. On the gateway's update path that was
+about a fifth of the process's CPU for one EVALSHA per request (py-spy; bench_e2e_latency's
+``cpu_ms_per_update``). Here every call made in one event-loop iteration leaves in one write,
+and one read resolves every reply that came back together, parsed by hiredis (the C parser
+redis-py itself uses). Replies come back in request order on one connection, so a FIFO of
+futures matches them.
+
+Failure behaves like redis-py's: errors are :mod:`redis.exceptions` (``ResponseError`` for an
+error reply, ``ConnectionError`` and ``TimeoutError`` otherwise, all ``RedisError``). A call that
+times out drops the connection with everything in flight on it (their replies could no longer be
+told apart from later ones), and the next call connects again. A script Redis does not have
+(restarted, flushed) is sent whole once with EVAL, which also caches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import ssl
+from collections.abc import Sequence
+from typing import Any, cast
+from urllib.parse import unquote, urlparse
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int | float
+
+
+def _encode(arg: Arg) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bool):  # a bool is an int, but "True" is not what anybody means
+        raise TypeError("booleans have no Redis encoding; pass 1 or 0")
+    return repr(arg).encode() if isinstance(arg, float) else str(arg).encode()
+
+
+def pack(*args: Arg) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = _encode(arg)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue ``command``; everything queued in this loop iteration leaves in one write."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(command)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self.pending
+        while (reply := self._reader.gets()) is not False:
+            if not pending:
+                self.fail(InvalidResponse("a reply nobody asked for"))
+                return
+            future = pending.popleft()
+            if not future.done():  # its caller may have given up
+                future.set_result(reply)
+
+    def fail(self, exc: Exception) -> None:
+        """Close, and fail every call still waiting."""
+        if self.transport is not None:
+            self.transport.abort()
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+
+class PipelinedRedis:
+    """A single auto-pipelined connection for scripts (and the odd command) on a hot path."""
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0, connect_timeout_s: float = 2.0) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
+        self._host = parsed.hostname or "localhost"
+        self._port = parsed.port or 6379
+        self._ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
+        self._username = unquote(parsed.username) if parsed.username else None
+        self._password = unquote(parsed.password) if parsed.password else None
+        path = parsed.path.lstrip("/")
+        self._db = int(path) if path else 0
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._scripts: dict[str, bytes] = {}
+
+    async def execute(self, *args: Arg) -> Any:
+        """Run one command; its reply as hiredis gives it (bytes, int, list, None)."""
+        return await self._call(pack(*args))
+
+    async def eval_script(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """EVALSHA ``script``; if Redis lacks it, EVAL it whole (which caches it again)."""
+        sha = self._scripts.get(script)
+        if sha is None:
+            # SHA-1 is how Redis names scripts, not a security measure here.
+            digest = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+            sha = self._scripts[script] = digest.encode()
+        try:
+            return await self._call(pack(b"EVALSHA", sha, len(keys), *keys, *args))
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self._call(pack(b"EVAL", script, len(keys), *keys, *args))
+
+    async def _call(self, command: bytes) -> Any:
+        protocol = await self._connection()
+        future = protocol.send(command)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await future
+        except TimeoutError:
+            # The replies still due on this connection can no longer be matched: start afresh.
+            protocol.fail(RedisTimeoutError("an earlier call on this connection timed out"))
+            raise RedisTimeoutError(f"Redis did not answer within {self._timeout_s} s") from None
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and protocol.open:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            protocol = self._protocol
+            if protocol is not None and protocol.open:
+                return protocol
+            self._protocol = await self._connect()
+            return self._protocol
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, protocol = await loop.create_connection(
+                    _Protocol, self._host, self._port, ssl=self._ssl
+                )
+                setup = []
+                if self._password is not None:
+                    auth = (self._username, self._password) if self._username else (self._password,)
+                    setup.append(protocol.send(pack(b"AUTH", *auth)))
+                if self._db:
+                    setup.append(protocol.send(pack(b"SELECT", self._db)))
+                for reply in await asyncio.gather(*setup):
+                    if isinstance(reply, ResponseError):
+                        raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        except BaseException as exc:
+            if protocol is not None:
+                protocol.fail(RedisConnectionError("connection setup failed"))
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"no connection to Redis within {self._connect_timeout_s} s"
+                ) from None
+            if isinstance(exc, OSError) and not isinstance(exc, RedisConnectionError):
+                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise
+        return protocol
+
+    async def aclose(self) -> None:
+        """Close the connection (calls still waiting fail with ConnectionError)."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
