@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -116,6 +117,68 @@ async def test_a_burst_reaches_each_watcher_at_most_ten_times_a_second(
     spans = [times[i + 10] - times[i] for i in range(len(times) - 10)]
     assert min(spans, default=1.0) >= 0.9, spans
     assert len(times) <= 10 * (times[-1] - times[0]) + 1
+
+
+async def _me_frames_during(
+    client: Client, player: Player, burst: Callable[[], Awaitable[None]]
+) -> list[tuple[float, dict[str, Any]]]:
+    """The `me` frames ``player``'s connection gets while ``burst`` runs (and a moment after)."""
+    loop = asyncio.get_running_loop()
+    frames: list[tuple[float, dict[str, Any]]] = []
+    headers = {"X-Scoreboard-User-Id": str(player.user_id)}
+    async with client.ws_connect("/ws/scoreboard", headers=headers) as ws:
+        await next_frame(ws, "me", wait_s=1.0)
+
+        async def watch() -> None:
+            while True:
+                frame = await next_frame(ws, "me", wait_s=30)
+                frames.append((loop.time(), frame))
+
+        watcher = asyncio.create_task(watch())
+        await burst()
+        await asyncio.sleep(0.5)
+        watcher.cancel()
+    return frames
+
+
+async def test_a_players_own_changes_are_not_held_to_the_frame_rate(
+    client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
+) -> None:
+    me = players[0]
+
+    async def burst() -> None:
+        # 40 changes of my own score, ~25 ms apart: 4 times the top frame rate.
+        for _ in range(40):
+            await send(me.gain(1))
+            await asyncio.sleep(0.025)
+
+    frames = await _me_frames_during(client, me, burst)
+    await save_scores(pg, players)
+    scores = [f["score"] for _, f in frames]
+    assert scores[-1] == me.score
+    assert scores == sorted(scores)
+    # Held to 10 a second, ~1.5 s of changes would show at most ~16 distinct scores.
+    assert len(set(scores)) >= 25, scores
+
+
+async def test_rank_only_changes_reach_a_player_at_most_ten_times_a_second(
+    client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
+) -> None:
+    me, rivals = players[5], players[:5]
+
+    async def burst() -> None:
+        # Rivals overtake and fall behind me all the time; my own score never changes.
+        for i in range(100):
+            await send(rivals[i % 5].gain(1 + (i % 3)))
+            await asyncio.sleep(0.01)
+
+    frames = await _me_frames_during(client, me, burst)
+    await save_scores(pg, players)
+    assert {f["score"] for _, f in frames} == {me.score}
+    times = [t for t, _ in frames]
+    assert len(times) >= 3  # rank changes did arrive
+    spans = [times[i + 10] - times[i] for i in range(len(times) - 10)]
+    assert min(spans, default=1.0) >= 0.9, spans
 
 
 async def test_many_watchers_end_on_the_same_version(

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -67,10 +68,11 @@ class ChangeConsumer:
         board: Board,
         rebuilder: Rebuilder,
         metrics: Metrics,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
     ) -> None:
         self._settings = settings
-        # Called after each batch: the board moved (by us, or by a replica that was faster).
+        # Called after each batch with the users it changed: the board moved (by us, or by a
+        # replica that was faster).
         self._on_change = on_change
         self._board = board
         self._rebuilder = rebuilder
@@ -138,8 +140,8 @@ class ChangeConsumer:
             batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
             records = [r for partition in batches.values() for r in partition]
             if records:
-                await self._apply(records)
-                self._on_change()
+                changes = await self._apply(records)
+                self._on_change(c.user_id for c in changes)
                 await consumer.commit()
 
     async def _fix_positions(self, consumer: AIOKafkaConsumer) -> bool:
@@ -151,7 +153,8 @@ class ChangeConsumer:
             await consumer.position(tp)
         return new_group
 
-    async def _apply(self, records: Sequence[ConsumerRecord]) -> None:
+    async def _apply(self, records: Sequence[ConsumerRecord]) -> list[ScoreChanged]:
+        """Apply the batch's valid events to the board; returns them."""
         changes: list[ScoreChanged] = []
         links: list[trace.Link] = []
         for record in records:
@@ -175,7 +178,7 @@ class ChangeConsumer:
             if span_context.is_valid:
                 links.append(trace.Link(span_context))
         if not changes:
-            return
+            return changes
         with tracer.start_as_current_span(
             "board apply", kind=trace.SpanKind.CONSUMER, links=links
         ) as span:
@@ -183,6 +186,7 @@ class ChangeConsumer:
             chunk = self._settings.apply_chunk
             for start in range(0, len(changes), chunk):
                 await self._apply_chunk(changes[start : start + chunk])
+        return changes
 
     async def _apply_chunk(self, changes: Sequence[ScoreChanged]) -> None:
         attempt = 0

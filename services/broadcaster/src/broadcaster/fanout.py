@@ -16,8 +16,11 @@ within ``ws_close_grace_s`` its socket is aborted. Top frames to one connection 
 ``1 / tick_hz`` apart, so nobody gets more than ``tick_hz`` of them a second.
 
 Players (connections whose upgrade carried ``X-Scoreboard-User-Id``) also get ``me`` frames when
-their own score or rank changes. Ranks are looked up only when the board version moved, for at
-most ``me_lookups_per_tick`` players per tick (one Lua call), round-robin so nobody starves.
+their own score or rank changes, at most ``me_lookups_per_tick`` players per tick (one Lua call),
+round-robin so nobody starves. A player's own new score goes out on the next tick (the consumer
+names the users it changed): what a player did shows within a tick, not a frame interval. Rank
+changes alone, which every move of the board causes for many players, are looked up in rounds
+``1 / tick_hz`` apart, so they add at most ``tick_hz`` frames a second to anyone.
 """
 
 from __future__ import annotations
@@ -99,8 +102,12 @@ class Fanout:
         self._lagging: set[Watcher] = set()
         self._dirty: set[Watcher] = set()
         self._me_queue: dict[str, None] = {}
+        self._urgent: set[str] = set()
         self._frame: TopFrame | None = None
-        self._seen_version: int | None = None
+        self._seen_version: int | None = None  # by the top frame
+        self._me_version: int | None = None  # by the players' standings
+        self._top_pending = False
+        self._last_rank_round = -math.inf
         self._next_fallback = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._nudged = asyncio.Event()
@@ -199,16 +206,26 @@ class Fanout:
 
     # -- the ticker ---------------------------------------------------------------------------
 
-    def nudge(self) -> None:
-        """Changes reached the board (the consumer says so): tick as soon as spacing allows."""
+    def nudge(self, user_ids: Iterable[uuid.UUID] = ()) -> None:
+        """Changes of these users reached the board (the consumer says so): tick soon.
+
+        Players among them watching here get their new score on the next tick, without waiting
+        out the ``1 / tick_hz`` spacing that rank-only changes respect.
+        """
+        if self._by_user:
+            for user_id in map(str, user_ids):
+                if user_id in self._by_user:
+                    self._urgent.add(user_id)
+                    self._me_queue.setdefault(user_id)
         self._nudged.set()
 
     async def run(self) -> None:
         """Tick until cancelled; a failing tick is logged once and retried next tick.
 
-        Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`nudge`; but a top
-        frame never follows the previous one within ``1 / tick_hz``, and ticks are at least a
-        fifth of that apart (a busy topic must not turn into a busy Redis).
+        Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`nudge`, at least a
+        fifth of that apart (a busy topic must not turn into a busy Redis). A top frame never
+        follows the previous one within ``1 / tick_hz``: a change that has to wait for that is
+        picked up by a tick at the end of the spacing.
         """
         loop = asyncio.get_running_loop()
         failing = False
@@ -226,16 +243,22 @@ class Fanout:
                     log.info("fanout_tick_recovered")
                 failing = False
             self._metrics.tick_seconds.observe(loop.time() - start)
+            soonest = start + self._interval / 5
+            wake_at = start + self._interval
+            if self._top_pending:
+                wake_at = min(wake_at, max(soonest, self._last_broadcast + self._interval))
+            if self._me_queue:  # rank changes waiting for the next round
+                wake_at = min(wake_at, max(soonest, self._last_rank_round + self._interval))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(start + self._interval):
+                async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
-                    soonest = max(start + self._interval / 5, self._last_broadcast + self._interval)
                     await asyncio.sleep(max(0.0, soonest - loop.time()))
 
     async def tick(self, now: float) -> None:
         """One round: notice board changes, refresh players' standings, deliver what is new."""
         snapshot: TopSnapshot | None = None
         moved = False
+        top_due = now - self._last_broadcast >= self._min_gap
         try:
             version = await self._board.poll()
         except RedisError:
@@ -246,10 +269,14 @@ class Fanout:
             if now >= self._next_fallback:
                 self._next_fallback = now + 1.0
                 snapshot = await self._leaderboard.top(self._settings.top_size)
-        elif version != self._seen_version:
-            snapshot = await self._board.top(self._settings.top_size)
-            self._seen_version = version
-            moved = True
+        else:
+            if version != self._seen_version and top_due:
+                snapshot = await self._board.top(self._settings.top_size)
+                self._seen_version = version
+            if version != self._me_version:
+                self._me_version = version
+                moved = True
+        self._top_pending = version is not None and version != self._seen_version
 
         broadcast = False
         current = self._frame
@@ -272,12 +299,31 @@ class Fanout:
                 for user_id in self._by_user:
                     self._me_queue.setdefault(user_id)
             if self._me_queue:
-                await self._refresh_me()
+                await self._refresh_me(now)
                 if self._dirty:
                     self._deliver(list(self._dirty), now)
 
-    async def _refresh_me(self) -> None:
-        batch = list(self._me_queue)[: self._settings.me_lookups_per_tick]
+    async def _refresh_me(self, now: float) -> None:
+        """Look up the queued players whose standing may be sent now, and stage their frames.
+
+        Players whose own score changed (see :meth:`nudge`) go first, on every tick. The others
+        (their rank alone moved) are looked up in rounds at least ``1 / tick_hz`` apart, so rank
+        churn sends nobody more than ``tick_hz`` frames a second; a player's own changes are
+        bounded by the gateway's rate limits.
+        """
+        limit = self._settings.me_lookups_per_tick
+        urgent = [u for u in self._urgent if u in self._me_queue]  # the rest went already
+        batch, self._urgent = urgent[:limit], set(urgent[limit:])
+        if now - self._last_rank_round >= self._min_gap and len(batch) < limit:
+            self._last_rank_round = now
+            chosen = set(batch)
+            for user_id in self._me_queue:
+                if len(batch) >= limit:
+                    break
+                if user_id not in chosen:
+                    batch.append(user_id)
+        if not batch:
+            return
         for user_id in batch:
             del self._me_queue[user_id]
         found = await self._leaderboard.standings(batch)
