@@ -11,8 +11,11 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
 
-from broadcaster.keys import board_key
+from broadcaster.board import Board
+from broadcaster.keys import board_key, consumer_key
+from broadcaster.settings import Settings
 from broadcaster.testing import (
     Client,
     Player,
@@ -28,6 +31,7 @@ from broadcaster.testing import (
     seed,
     serve,
 )
+from common.events import Topics
 from common.web import registry_key
 
 
@@ -257,3 +261,44 @@ async def test_replicas_share_one_board_and_announce_each_change_once(
         applied = counts("scoreboard_board_events_applied_total")
     await save_scores(pg, players)
     assert applied == [0.0, 1.0]
+
+
+async def _committed(settings: Settings, group_id: str) -> int:
+    """The sum of the group's committed offsets on the changed topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    topic = Topics(settings.topic_prefix).changed
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+async def test_offsets_are_committed_at_intervals_and_on_stop(
+    make_settings: SettingsFactory, players: list[Player], pg: asyncpg.Connection, send: Send
+) -> None:
+    settings = make_settings(commit_interval_s=3600)
+    async with serve(settings) as client:
+        group_id = client.app[consumer_key].group_id
+        start_version = await client.app[board_key].poll()
+        assert start_version is not None
+        await _committed(settings, group_id)  # the group exists (joined, positions fixed)
+        for p in players[:3]:
+            await send(p.gain(5))
+        board = client.app[board_key]
+        await _board_reached(board, start_version + 3)
+        # The first batch commits at once; later ones wait for the interval.
+        for p in players[3:6]:
+            await send(p.gain(5))
+        await _board_reached(board, start_version + 6)
+        before_stop = await _committed(settings, group_id)
+    after_stop = await _committed(settings, group_id)
+    await save_scores(pg, players)
+    assert after_stop - before_stop >= 3  # the batches applied since were committed on stop
+
+
+async def _board_reached(board: Board, version: int) -> None:
+    async with asyncio.timeout(10):
+        while (await board.poll() or 0) < version:  # noqa: ASYNC110 - Redis state, no event
+            await asyncio.sleep(0.02)

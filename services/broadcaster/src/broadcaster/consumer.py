@@ -13,6 +13,10 @@ its partitions for a rebalance, and a crashed replica's partitions wait for the 
 
 Offsets are committed only after Redis has applied the batch, so a crash replays the uncommitted
 tail, which the version check turns into no-ops (at-least-once delivery, exactly-once effect).
+They are committed at most every ``commit_interval_s`` (and when the consumer stops): an offset
+commit is a write to Kafka's ``__consumer_offsets`` log, and one per batch cost Kafka and this
+service more than the batches themselves at a few hundred events a second. A crash replays at
+most that interval, as no-ops.
 
 A new group (no committed offsets, e.g. a fresh hostname) starts at ``consumer_offset_reset``
 ("latest") and, once its positions are fixed, merges the whole board from PostgreSQL: every
@@ -136,13 +140,28 @@ class ChangeConsumer:
         self.ready.set()
         self._rebuilder.arm()
         self._failures = 0
-        while True:
-            batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
-            records = [r for partition in batches.values() for r in partition]
-            if records:
-                changes = await self._apply(records)
-                self._on_change(c.user_id for c in changes)
-                await consumer.commit()
+        loop = asyncio.get_running_loop()
+        next_commit = loop.time()
+        uncommitted = False
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=self._settings.consumer_poll_ms)
+                records = [r for partition in batches.values() for r in partition]
+                if records:
+                    changes = await self._apply(records)
+                    self._on_change(c.user_id for c in changes)
+                    uncommitted = True
+                if uncommitted and loop.time() >= next_commit:
+                    await consumer.commit()
+                    uncommitted = False
+                    next_commit = loop.time() + self._settings.commit_interval_s
+        finally:
+            if uncommitted:  # best effort: what is not committed is replayed, as no-ops
+                try:
+                    async with asyncio.timeout(5.0):
+                        await asyncio.shield(consumer.commit())
+                except Exception as exc:
+                    log.info("final_commit_skipped", error=repr(exc))
 
     async def _fix_positions(self, consumer: AIOKafkaConsumer) -> bool:
         """Resolve every assigned partition's position; True when the group had no offsets."""

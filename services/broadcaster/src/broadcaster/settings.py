@@ -29,6 +29,8 @@ class Settings(CommonSettings):
     consumer_offset_reset: Literal["latest", "earliest"] = "latest"
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_poll_ms: int = Field(default=500, ge=10)
+    # Offsets are committed at most this often (0: after every batch); a crash replays as much.
+    commit_interval_s: float = Field(default=1.0, ge=0)
     # Events per Lua call: bounds how long one call holds Redis.
     apply_chunk: int = Field(default=200, ge=1, le=2000)
     retry_base_s: float = Field(default=0.1, gt=0)

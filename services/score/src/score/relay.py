@@ -100,8 +100,6 @@ class OutboxRelay:
                 if purged:
                     log.info("outbox_purged", rows=purged)
                 next_purge = loop.time() + self._settings.outbox_purge_interval_s
-            if published:
-                self._metrics.outbox_backlog.set(await outbox.backlog())
             await _wait_any(wake, stop, self._settings.relay_poll_ms / 1000)
 
     async def _publish_round(self, outbox: Outbox) -> int:
