@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from typing import Any
 
@@ -139,3 +141,39 @@ async def test_forged_and_foreign_updates_are_refused(
     async with http.post(url, json=body, headers={**alice.auth, "Prefer": "wait=10"}) as resp:
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["score"] == 1
+
+
+async def test_a_deleted_player_leaves_the_live_board(
+    system: System, http: aiohttp.ClientSession, e2e_env: TestEnv
+) -> None:
+    player = await register_and_login(http, system.gateway, _name())
+    for _ in range(6):  # into the top 10, whoever else this suite put on the board
+        status, body = await complete_action(http, system.gateway, player, "quest", wait_s=10)
+        assert status == 200, body
+        if body["rank"] <= 5:
+            break
+    ws_url = system.gateway.replace("http", "ws", 1) + "/ws/scoreboard"
+    async with http.ws_connect(ws_url) as watcher:
+        shown = await _next_frame(watcher, "top")
+        assert player.user_id in [e["user_id"] for e in shown["entries"]]
+        # The operator's command, as the runbook gives it (docs/operations.md).
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "auth",
+            "delete-user",
+            player.username,
+            env={**os.environ, **e2e_env.environ()},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()
+        async with asyncio.timeout(5):
+            while True:
+                frame = await _next_frame(watcher, "top")
+                if player.user_id not in [e["user_id"] for e in frame["entries"]]:
+                    break
+        assert frame["version"] > shown["version"]
+    async with http.get(f"{system.gateway}/api/scoreboard/users/{player.user_id}") as resp:
+        assert resp.status == 404

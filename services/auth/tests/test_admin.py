@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import jwt
 import pytest
 import redis.asyncio as aioredis
@@ -103,12 +104,18 @@ async def test_delete_user_removes_the_account_and_frees_the_name(
     admin: Admin,
     redis_client: aioredis.Redis,
     auth_settings: Callable[..., Settings],
+    pg: asyncpg.Connection,
 ) -> None:
     name, user_id = await new_user(client)
     status, tokens = await login(client, name)
     assert status == 200
     result = await admin.delete(name)
     assert result.sessions_revoked == 1
+    # Recorded for the board (never scored: version 0), in the same transaction.
+    removed = await pg.fetchval(
+        "SELECT version FROM removed_users WHERE user_id = $1", uuid.UUID(user_id)
+    )
+    assert removed == 0
     prefix = auth_settings().redis_prefix
     assert await redis_client.get(f"{prefix}user-status:{user_id}") == b"deleted"
     status, _ = await login(client, name)

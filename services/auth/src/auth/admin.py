@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from auth.revocations import BANNED, DELETED, Revocations
+from common.removals import record_removal
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +73,8 @@ class Admin:
         return AdminResult(row["user_id"], row["username"], 0)
 
     async def delete(self, username: str) -> AdminResult:
-        """Delete the account with its sessions and tokens (its score rows cascade too)."""
+        """Delete the account with its sessions and tokens (its score rows cascade too), and
+        take it off the live board."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """SELECT user_id, username FROM users WHERE lower(username) = lower($1)
@@ -86,6 +88,8 @@ class Admin:
                    WHERE user_id = $1 AND revoked_at IS NULL""",
                 row["user_id"],
             )
+            # The board drops the user too (a deleted player must not stay on a public board).
+            await record_removal(conn, row["user_id"])
             await conn.execute("DELETE FROM users WHERE user_id = $1", row["user_id"])
         # "deleted" makes every gateway answer 401 for the user's tokens; per-session keys are
         # not needed on top.

@@ -1,8 +1,9 @@
 """Wiring: the broadcaster's aiohttp application and the resources it owns.
 
 Start-up order (cleanup contexts): Redis and PostgreSQL clients, then the board objects, then the
-background tasks (the Kafka consumer and the fan-out ticker). On shutdown, WebSocket clients are
-closed first with 1012 (``on_shutdown``), then the tasks stop, then the clients close.
+background tasks (the Kafka consumer, the removals watcher and the fan-out ticker). On shutdown,
+WebSocket clients are closed first with 1012 (``on_shutdown``), then the tasks stop, then the
+clients close.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from broadcaster.keys import (
     pool_key,
     rebuilder_key,
     redis_key,
+    removals_key,
     settings_key,
 )
 from broadcaster.leaderboard import Leaderboard
 from broadcaster.metrics import Metrics
 from broadcaster.rebuild import Rebuilder
+from broadcaster.removals import RemovalWatcher
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
 from common import tasks as background
@@ -85,6 +88,7 @@ async def _board(app: web.Application) -> AsyncIterator[None]:
     fanout = Fanout(settings, board, leaderboard, metrics)
     app[fanout_key] = fanout
     app[consumer_key] = ChangeConsumer(settings, board, rebuilder, metrics, fanout.nudge)
+    app[removals_key] = RemovalWatcher(settings, board, scores, fanout.nudge)
     yield
     await fanout.close()
     await rebuilder.close()
@@ -103,6 +107,10 @@ def _task(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None
 
 async def _consume(app: web.Application) -> None:
     await app[consumer_key].run()
+
+
+async def _remove_deleted(app: web.Application) -> None:
+    await app[removals_key].run()
 
 
 async def _tick(app: web.Application) -> None:
@@ -127,7 +135,13 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[metrics_key] = Metrics.create(app[registry_key])
     app.cleanup_ctx.extend(
-        [_clients, _board, _task("board-consumer", _consume), _task("fanout-ticker", _tick)]
+        [
+            _clients,
+            _board,
+            _task("board-consumer", _consume),
+            _task("board-removals", _remove_deleted),
+            _task("fanout-ticker", _tick),
+        ]
     )
     app[readiness_key]["board"] = lambda: _board_ready(app)
     app.on_shutdown.append(_drain)

@@ -12,6 +12,9 @@ Keys (``P`` is ``settings.redis_prefix``):
 - ``P board:built``: marker written when a rebuild finished. Without it the board is incomplete
   (flushed, evicted, never built): writes are refused and reads go to PostgreSQL until rebuilt.
 - ``P board:rebuild-lock``: held by the one replica that rebuilds.
+- ``P board:removed``: set of deleted users' ids (tombstones). Removing a user takes their entry
+  off and adds their last version plus one to the board version, as PostgreSQL's
+  ``removed_users`` records it (see :mod:`common.removals`); a late event for them is ignored.
 
 Every change is applied by one Lua script, atomically and idempotently: a user's entry moves only
 to a newer version, so duplicates and reordered events are no-ops. For each applied change the
@@ -28,7 +31,7 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot, member_for
+from broadcaster.ranking import Entry, Removal, ScoreRow, Standing, TopSnapshot, member_for
 from common.actions import APPLIED_TTL_S, done_key, ticket_key
 from common.events import ScoreChanged
 
@@ -46,8 +49,8 @@ local function user_of(member)
 end
 """
 
-# KEYS: rank, users, version, built, applied channel, then per change its action's done marker
-#       and ticket (common.actions), or none for rows read from PostgreSQL.
+# KEYS: rank, users, version, built, applied channel, removed, then per change its action's
+#       done marker and ticket (common.actions), or none for rows read from PostgreSQL.
 # ARGV: require_built ("1"/"0"), publish ("1"/"0"), applied marker TTL (s), then per change:
 #       user_id, version, score, member, username, action_id.
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
@@ -63,7 +66,7 @@ local applied = 0
 for i = 4, #ARGV, 6 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  local action_keys = 6 + (i - 4) / 3
+  local action_keys = 7 + (i - 4) / 3
   if KEYS[action_keys] then
     if redis.call('EXISTS', KEYS[action_keys]) == 1 then
       redis.call('SET', KEYS[action_keys], '1', 'KEEPTTL')
@@ -79,7 +82,7 @@ for i = 4, #ARGV, 6 do
     local v, m = string.match(current, '^(%d+)|%d+|([^|]+)|')
     old_version, old_member = tonumber(v), m
   end
-  if new_version > old_version then
+  if new_version > old_version and redis.call('SISMEMBER', KEYS[6], user_id) == 0 then
     if old_member and old_member ~= member then
       redis.call('ZREM', KEYS[1], old_member)
     end
@@ -97,6 +100,33 @@ for i = 4, #ARGV, 6 do
   end
 end
 return {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS: rank, users, version, built, removed. ARGV: require_built ("1"/"0"), then per user:
+#       user_id, the version PostgreSQL recorded at the removal.
+# Returns the number of users newly removed, or -1 when the board is not built (and required).
+_REMOVE = """
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return -1
+end
+local removed = 0
+for i = 2, #ARGV, 2 do
+  local user_id, version = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('SADD', KEYS[5], user_id) == 1 then
+    local old_version = 0
+    local current = redis.call('HGET', KEYS[2], user_id)
+    if current then
+      local v, m = string.match(current, '^(%d+)|%d+|([^|]+)|')
+      old_version = tonumber(v)
+      redis.call('ZREM', KEYS[1], m)
+      redis.call('HDEL', KEYS[2], user_id)
+    end
+    local step = math.max(version, old_version) - old_version + 1
+    redis.call('INCRBY', KEYS[3], string.format('%d', step))
+    removed = removed + 1
+  end
+end
+return removed
 """
 
 # KEYS: rank, users, version, built. ARGV: n.
@@ -162,6 +192,7 @@ class BoardKeys:
     built: str
     lock: str
     applied: str
+    removed: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> BoardKeys:
@@ -173,12 +204,13 @@ class BoardKeys:
             built=f"{prefix}board:built",
             lock=f"{prefix}board:rebuild-lock",
             applied=f"{prefix}applied",
+            removed=f"{prefix}board:removed",
         )
 
     @property
     def board(self) -> list[str]:
         """The keys that hold the board itself (what a rebuild recreates)."""
-        return [self.rank, self.users, self.version, self.built]
+        return [self.rank, self.users, self.version, self.built, self.removed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +240,7 @@ class Board:
         self._prefix = prefix
         self._redis = redis
         self._apply = redis.register_script(_APPLY)
+        self._remove = redis.register_script(_REMOVE)
         self._top = redis.register_script(_TOP)
         self._standings = redis.register_script(_STANDINGS)
         self._refresh_lock = redis.register_script(_REFRESH_LOCK)
@@ -244,11 +277,31 @@ class Board:
     ) -> ApplyResult | None:
         k = self.keys
         applied, version = await self._apply(
-            keys=[k.rank, k.users, k.version, k.built, k.applied, *action_keys], args=args
+            keys=[k.rank, k.users, k.version, k.built, k.applied, k.removed, *action_keys],
+            args=args,
         )
         if int(applied) == _NOT_BUILT:
             return None
         return ApplyResult(applied=int(applied), stale=count - int(applied), version=int(version))
+
+    async def remove_users(
+        self, removals: Sequence[Removal], *, require_built: bool = True
+    ) -> int | None:
+        """Take deleted users off the board (idempotent); how many were newly removed.
+
+        None (nothing done) when ``require_built`` and the board is not built: the rebuild
+        applies every recorded removal itself.
+        """
+        if not removals:
+            return 0
+        k = self.keys
+        args: list[str | int] = ["1" if require_built else "0"]
+        for r in removals:
+            args += [str(r.user_id), r.version]
+        removed = int(
+            await self._remove(keys=[k.rank, k.users, k.version, k.built, k.removed], args=args)
+        )
+        return None if removed == _NOT_BUILT else removed
 
     async def poll(self) -> int | None:
         """The board version, or None when the board is not built (one cheap round trip)."""

@@ -12,6 +12,7 @@ from broadcaster.fanout import Fanout
 from broadcaster.leaderboard import Leaderboard
 from broadcaster.metrics import Metrics
 from broadcaster.rebuild import Rebuilder
+from broadcaster.removals import RemovalWatcher
 from broadcaster.settings import Settings
 
 settings_key = web.AppKey("settings", Settings)
@@ -23,3 +24,4 @@ rebuilder_key = web.AppKey("rebuilder", Rebuilder)
 leaderboard_key = web.AppKey("leaderboard", Leaderboard)
 fanout_key = web.AppKey("fanout", Fanout)
 consumer_key = web.AppKey("consumer", ChangeConsumer)
+removals_key = web.AppKey("removals", RemovalWatcher)

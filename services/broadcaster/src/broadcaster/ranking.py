@@ -80,6 +80,15 @@ class Standing:
 
 
 @dataclass(frozen=True, slots=True)
+class Removal:
+    """A deleted user, with the version PostgreSQL recorded when they left the board."""
+
+    user_id: uuid.UUID
+    version: int
+    removed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreRow:
     """A user's score at one of their versions: what the board stores per user."""
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from datetime import UTC, datetime
 
 import structlog
 
@@ -121,8 +122,19 @@ class Rebuilder:
                 if not await self._board.refresh_lock(token, ttl):
                     # Harmless (merges are idempotent), but the lock TTL is too short: say so.
                     log.warning("board_rebuild_lock_lost", users_so_far=users)
+        # Deleted users: off the board (they may sit in an older snapshot merged by someone
+        # else), tombstoned against late events, and counted in the version as PostgreSQL does.
+        removals = await self._scores.removals(datetime(1970, 1, 1, tzinfo=UTC))
+        chunk = self._settings.rebuild_batch
+        for start in range(0, len(removals), chunk):
+            await self._board.remove_users(removals[start : start + chunk], require_built=False)
         await self._board.mark_built(
-            {"at": utcnow().isoformat(), "by": self._settings.replica_id, "users": users}
+            {
+                "at": utcnow().isoformat(),
+                "by": self._settings.replica_id,
+                "users": users,
+                "removed_users": len(removals),
+            }
         )
         self._metrics.rebuilds.inc()
         log.info(

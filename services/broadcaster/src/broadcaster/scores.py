@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
+from datetime import datetime
 
 import asyncpg
 
-from broadcaster.ranking import Entry, ScoreRow, Standing, TopSnapshot
+from broadcaster.ranking import Entry, Removal, ScoreRow, Standing, TopSnapshot
 
 # Both in the order of scores_rank_idx: score DESC, reached_at ASC, user_id ASC.
 _ROWS = """
@@ -29,8 +30,19 @@ _TOP = """
     LIMIT $1
 """
 
-# The board version is the sum of the users' versions (see broadcaster.board).
-_VERSION = "SELECT coalesce(sum(version), 0)::bigint FROM scores WHERE version > 0"
+# The board version is the sum of the users' versions, removed users' included, each of those
+# plus one for the removal (see broadcaster.board and common.removals).
+_VERSION = """
+    SELECT (SELECT coalesce(sum(version), 0) FROM scores WHERE version > 0)
+         + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
+"""
+
+# Removals recorded at or after $1, oldest first.
+_REMOVALS = """
+    SELECT user_id, version, removed_at FROM removed_users
+    WHERE removed_at >= $1
+    ORDER BY removed_at, user_id
+"""
 
 _USER = """
     SELECT u.user_id, u.username, s.score, s.version, s.reached_at
@@ -80,6 +92,11 @@ class ScoreTable:
                 return Standing(str(user_id), row["username"], 0, None)
             ahead = await conn.fetchval(_AHEAD, user_id, row["score"], row["reached_at"])
         return Standing(str(user_id), row["username"], int(row["score"]), int(ahead) + 1)
+
+    async def removals(self, since: datetime) -> list[Removal]:
+        """The users removed from the board at or after ``since``, oldest first."""
+        rows = await self._pool.fetch(_REMOVALS, since)
+        return [Removal(r["user_id"], int(r["version"]), r["removed_at"]) for r in rows]
 
     async def rows(self, batch: int) -> AsyncGenerator[list[ScoreRow], None]:
         """Every scored player in board order, ``batch`` rows at a time, from one snapshot."""

@@ -43,6 +43,8 @@ class Settings(CommonSettings):
     rebuild_wait_s: float = Field(default=120.0, gt=0)
     # How long a PostgreSQL answer serves reads while Redis is unavailable (protects PostgreSQL).
     fallback_cache_s: float = Field(default=1.0, ge=0)
+    # Deleted users leave the board on PostgreSQL's notification, or at the latest this often.
+    removals_poll_s: float = Field(default=5.0, gt=0)
     # After a Redis failure, reads go straight to PostgreSQL for this long (no 2 s connect waits).
     redis_retry_after_s: float = Field(default=1.0, ge=0)
 

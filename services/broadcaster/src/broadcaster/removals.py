@@ -1,0 +1,92 @@
+"""Deleted users leave the live board as soon as their deletion commits.
+
+The deleting transaction records the removal in PostgreSQL's ``removed_users`` and notifies
+``board_removals`` (:mod:`common.removals`). Every replica LISTENs on a connection of its own and
+applies what was recorded since its last look to the Redis board (idempotent: a tombstone per
+user), so whichever replica is first moves the board and the others find nothing to do. It also
+polls every ``removals_poll_s``: a notification missed while the connection was down only
+delays a removal. Each look re-reads a margin (``_COMMIT_MARGIN``) before its cursor, because a
+removal is stamped with its transaction's start and may commit after a later-stamped one.
+
+While the board is not built nothing is applied and the cursor stays: the rebuild applies every
+recorded removal itself (:class:`broadcaster.rebuild.Rebuilder`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+
+from broadcaster.board import Board
+from broadcaster.scores import ScoreTable
+from broadcaster.settings import Settings
+from common.removals import REMOVALS_CHANNEL
+
+log = structlog.get_logger(__name__)
+
+_COMMIT_MARGIN = timedelta(seconds=60)
+_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RemovalWatcher:
+    """Applies the removals PostgreSQL records to the Redis board."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        board: Board,
+        scores: ScoreTable,
+        on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._scores = scores
+        self._on_change = on_change
+        self._cursor = _START
+
+    async def run(self) -> None:
+        """Listen and apply until cancelled; failures are logged and retried."""
+        wake = asyncio.Event()
+        failures = 0
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._settings.postgres_dsn, timeout=10)
+                await conn.add_listener(REMOVALS_CHANNEL, lambda *_: wake.set())
+                while True:
+                    wake.clear()  # before reading: a commit after this point wakes the next look
+                    await self.apply_new()
+                    failures = 0
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._settings.removals_poll_s):
+                            await wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.warning("board_removals_failing", error=repr(exc), attempt=failures)
+                await asyncio.sleep(min(self._settings.retry_cap_s, 0.5 * failures))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=5))
+
+    async def apply_new(self) -> int:
+        """Apply the removals recorded since the last look; how many users left the board."""
+        removals = await self._scores.removals(self._cursor - _COMMIT_MARGIN)
+        if not removals:
+            return 0
+        removed = await self._board.remove_users(removals)
+        if removed is None:  # not built: the rebuild applies them; look again later
+            return 0
+        self._cursor = max(self._cursor, removals[-1].removed_at)
+        if removed:
+            log.info("users_removed_from_board", users=removed)
+            self._on_change(())
+        return removed

@@ -1,0 +1,122 @@
+"""A deleted user leaves the live board at once, stays off it, and the version never goes back."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from broadcaster.keys import board_key, rebuilder_key
+from broadcaster.scores import ScoreTable
+from broadcaster.testing import (
+    Player,
+    Send,
+    SettingsFactory,
+    applied_inbox,
+    frame_where,
+    high_score,
+    new_player,
+    next_frame,
+    save_scores,
+    seed,
+    serve,
+)
+from common.postgres import create_pool
+from common.removals import record_removal
+
+
+async def _delete(pg: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """What auth's delete-user does to PostgreSQL (common.removals, then the DELETE)."""
+    async with pg.transaction():
+        version = await record_removal(pg, user_id)
+        await pg.execute("DELETE FROM users WHERE user_id = $1", user_id)
+    return version
+
+
+def _ids(frame: dict[str, object]) -> list[str]:
+    entries = frame["entries"]
+    assert isinstance(entries, list)
+    return [e["user_id"] for e in entries]
+
+
+async def test_a_deleted_player_leaves_every_board_and_stays_off(
+    make_settings: SettingsFactory,
+    pg: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    send: Send,
+) -> None:
+    base = await high_score(pg)
+    players: list[Player] = [new_player() for _ in range(5)]
+    for i, p in enumerate(players):
+        p.gain(base + 10 * i)
+    await seed(pg, players)
+    victim, other = players[-1], players[0]  # the victim leads
+    settings = make_settings()
+    async with serve(settings) as client:
+        board = client.app[board_key]
+        async with client.ws_connect("/ws/scoreboard") as ws:
+            first = await next_frame(ws, "top", wait_s=2.0)
+            assert _ids(first)[0] == str(victim.user_id)
+
+            assert await _delete(pg, victim.user_id) == victim.version
+            gone = await frame_where(
+                ws, lambda f: f["type"] == "top" and str(victim.user_id) not in _ids(f)
+            )
+            assert gone["version"] > first["version"]
+            assert _ids(gone)[0] == str(players[-2].user_id)
+
+        # An event of the victim's still in Kafka does not bring them back; a later change of
+        # someone else is applied as usual.
+        async with applied_inbox(redis_client, board.keys.applied) as inbox:
+            await send(victim.gain(1000))
+            late = other.gain(1)
+            await send(late)
+            await inbox.wait_for(late.action_id)
+        await save_scores(pg, [other])
+        found = await board.standings([str(victim.user_id)])
+        assert found is not None
+        assert str(victim.user_id) not in found[1]
+        resp = await client.get(f"/api/scoreboard/users/{victim.user_id}")
+        assert resp.status == 404
+        live_version = await board.poll()
+        assert live_version is not None
+
+        # Redis loses the board: the rebuild leaves the victim off, and lands on PostgreSQL's
+        # version, which counts the removal: never below what clients have seen.
+        await redis_client.delete(*board.keys.board)
+        await client.app[rebuilder_key].ensure_built()
+        pool = await create_pool(settings)
+        try:
+            truth = await ScoreTable(pool).top(10)
+        finally:
+            await pool.close()
+        rebuilt = await board.top(10)
+        assert rebuilt is not None
+        assert str(victim.user_id) not in [e.user_id for e in rebuilt.entries]
+        assert rebuilt.entries == truth.entries
+        assert rebuilt.version == truth.version
+        assert rebuilt.version >= live_version
+        # The tombstone is rebuilt too: the late event replayed changes nothing.
+        await send(victim.gain(1))
+        probe = other.gain(1)
+        async with applied_inbox(redis_client, board.keys.applied) as inbox:
+            await send(probe)
+            await inbox.wait_for(probe.action_id)
+        await save_scores(pg, [other])
+        found = await board.standings([str(victim.user_id)])
+        assert found is not None
+        assert str(victim.user_id) not in found[1]
+
+
+async def test_removal_is_recorded_with_the_locked_version_once(pg: asyncpg.Connection) -> None:
+    player = new_player()
+    player.gain(7)
+    player.gain(3)
+    await seed(pg, [player])
+    async with pg.transaction():
+        assert await record_removal(pg, player.user_id) == 2
+        assert await record_removal(pg, player.user_id) == 2  # twice: recorded once
+        await pg.execute("DELETE FROM users WHERE user_id = $1", player.user_id)
+    rows = await pg.fetch("SELECT version FROM removed_users WHERE user_id = $1", player.user_id)
+    assert [r["version"] for r in rows] == [2]
