@@ -53,11 +53,12 @@ async def test_a_script_redis_lost_is_sent_again(
 
 
 async def test_an_error_reply_raises_and_the_connection_goes_on(fast: PipelinedRedis) -> None:
-    failing, fine = await asyncio.gather(
+    results: list[object] = await asyncio.gather(
         fast.eval_script("return redis.error_reply('nope')", [], []),
         fast.execute("ECHO", "after"),
         return_exceptions=True,
     )
+    failing, fine = results
     assert isinstance(failing, ResponseError)
     assert "nope" in str(failing)
     assert fine == b"after"
@@ -71,7 +72,7 @@ async def test_a_killed_connection_fails_calls_in_flight_and_reconnects(
     own_id = await fast.execute("CLIENT", "ID")
     blocked = asyncio.ensure_future(fast.execute("BLPOP", f"{test_env.redis_prefix}never", 5))
     await asyncio.sleep(0.1)
-    await redis_client.execute_command("CLIENT", "KILL", "ID", own_id)
+    await redis_client.client_kill_filter(_id=own_id)
     with pytest.raises(RedisConnectionError):
         await blocked
     assert await fast.execute("CLIENT", "ID") != own_id
