@@ -121,3 +121,27 @@ async def test_a_refused_login_is_a_connection_error(test_env: TestEnv) -> None:
 def test_only_redis_urls() -> None:
     with pytest.raises(ValueError, match="scheme"):
         PipelinedRedis("http://localhost:6379")
+
+
+async def test_callers_share_one_connection_attempt() -> None:
+    # A server that accepts and never answers: the SELECT of the setup times out.
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _r, w: accepted.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedRedis(f"redis://127.0.0.1:{port}/1", connect_timeout_s=0.3)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        results = await asyncio.gather(
+            *(client.execute("PING") for _ in range(20)), return_exceptions=True
+        )
+        elapsed = loop.time() - started
+    finally:
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    assert len(accepted) == 1
+    assert elapsed < 2.0  # one shared 0.3 s attempt, not twenty in a row (6 s)

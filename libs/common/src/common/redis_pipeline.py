@@ -121,7 +121,7 @@ class PipelinedRedis:
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
         self._scripts: dict[str, bytes] = {}
 
     async def execute(self, *args: Arg) -> Any:
@@ -157,17 +157,20 @@ class PipelinedRedis:
         return reply
 
     async def _connection(self) -> _Protocol:
+        """The open connection, or the one attempt in progress, which every caller shares: when
+        Redis is down, callers fail together after one connect timeout, not one after another."""
         protocol = self._protocol
         if protocol is not None and protocol.open:
             return protocol
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            protocol = self._protocol
-            if protocol is not None and protocol.open:
-                return protocol
-            self._protocol = await self._connect()
-            return self._protocol
+        attempt = self._connecting
+        if attempt is None or attempt.done():
+            attempt = self._connecting = asyncio.ensure_future(self._connect())
+            attempt.add_done_callback(self._connected)
+        return await asyncio.shield(attempt)
+
+    def _connected(self, attempt: asyncio.Future[_Protocol]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._protocol = attempt.result()
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -200,6 +203,8 @@ class PipelinedRedis:
 
     async def aclose(self) -> None:
         """Close the connection (calls still waiting fail with ConnectionError)."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
