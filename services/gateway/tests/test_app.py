@@ -58,6 +58,11 @@ async def test_redis_down_is_503_not_500(
     )
     assert resp.status == 503
     assert resp.content_type == "application/problem+json"
+    # The update path's admission runs on its own pipelined connection: the same answer.
+    update = {"action_id": str(uuid.uuid4()), "action_type": "tap", "action_hash": "x" * 43}
+    resp = await client.post("/api/scoreboard/update", json=update, headers=bearer(mint.mint()))
+    assert resp.status == 503
+    assert resp.content_type == "application/problem+json"
     ready = await client.get("/readyz")
     assert (await ready.json())["checks"]["redis"].startswith("failed")
 
