@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -10,7 +11,14 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, ConfigDict
 
 from common.problems import Conflict
-from common.web import create_base_app, json_response, read_json, readiness_key
+from common.web import (
+    GC_GEN0_THRESHOLD,
+    create_base_app,
+    json_response,
+    read_json,
+    readiness_key,
+    tune_gc,
+)
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -90,3 +98,14 @@ async def test_health_ready_metrics(client: TestClient[web.Request, web.Applicat
     await client.get("/healthz")
     metrics = await (await client.get("/metrics")).text()
     assert 'scoreboard_http_requests_total{method="GET",route="/healthz"' in metrics
+
+
+def test_tune_gc_freezes_the_startup_heap_and_widens_the_young_generation() -> None:
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

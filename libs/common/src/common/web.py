@@ -4,6 +4,7 @@ health/readiness/metrics endpoints and a runner with graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 MAX_BODY = 16 * 1024
 PROBLEM_JSON = "application/problem+json"
 REQUEST_ID = "X-Request-ID"
+GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -188,6 +190,21 @@ def create_base_app(service: str, registry: CollectorRegistry | None = None) -> 
     return app
 
 
+def tune_gc() -> None:
+    """Keep the garbage collector off the request path's back.
+
+    Everything imported and built before serving lives as long as the process: ``gc.freeze``
+    moves it out of the collector's sight, so full collections no longer rescan it. A larger
+    first generation makes young collections rarer; request objects mostly die before one.
+    Measured with bench_e2e_latency at 1,000 updates/s, alternating five runs each way: p99
+    193-275 ms with this, 258-419 ms without (lower in all five pairs; CPU per update the same):
+    the collector's pauses were a good part of the tail.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
 def run(
     app: web.Application,
     host: str,
@@ -203,6 +220,7 @@ def run(
     serves more requests per core (see bench/bench_e2e_latency.py).
     """
     log.info("listening", host=host, port=port, loop="uvloop", reuse_port=reuse_port)
+    tune_gc()
     web.run_app(
         app,
         host=host,
