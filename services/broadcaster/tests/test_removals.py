@@ -60,11 +60,17 @@ async def test_a_deleted_player_leaves_every_board_and_stays_off(
             first = await next_frame(ws, "top", wait_s=2.0)
             assert _ids(first)[0] == str(victim.user_id)
 
+            registry = client.app[registry_key]
+            removed_before = registry.get_sample_value("scoreboard_board_users_removed_total")
             assert await _delete(pg, victim.user_id) == victim.version
             gone = await frame_where(
                 ws, lambda f: f["type"] == "top" and str(victim.user_id) not in _ids(f)
             )
             assert gone["version"] > first["version"]
+            removed = registry.get_sample_value("scoreboard_board_users_removed_total")
+            assert removed is not None
+            assert removed_before is not None
+            assert removed - removed_before == 1
             assert _ids(gone)[0] == str(players[-2].user_id)
 
         # An event of the victim's still in Kafka does not bring them back; a later change of

@@ -88,7 +88,7 @@ async def _board(app: web.Application) -> AsyncIterator[None]:
     fanout = Fanout(settings, board, leaderboard, metrics)
     app[fanout_key] = fanout
     app[consumer_key] = ChangeConsumer(settings, board, rebuilder, metrics, fanout.nudge)
-    app[removals_key] = RemovalWatcher(settings, board, scores, fanout.nudge)
+    app[removals_key] = RemovalWatcher(settings, board, scores, metrics, fanout.nudge)
     yield
     await fanout.close()
     await rebuilder.close()

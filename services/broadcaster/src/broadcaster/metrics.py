@@ -19,6 +19,7 @@ class Metrics:
     events_invalid: Counter
     event_lag: Histogram
     rebuilds: Counter
+    users_removed: Counter
     ws_clients: Gauge
     ws_frames: Counter
     ws_slow_skips: Counter
@@ -72,6 +73,12 @@ class Metrics:
             rebuilds=Counter(
                 "scoreboard_board_rebuilds",
                 "Board rebuilds from PostgreSQL done by this replica",
+                registry=registry,
+            ),
+            users_removed=Counter(
+                "scoreboard_board_users_removed",
+                "Deleted users this replica took off the board (the first replica to see a "
+                "removal applies it)",
                 registry=registry,
             ),
             ws_clients=Gauge(

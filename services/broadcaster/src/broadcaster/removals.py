@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from broadcaster.board import Board
+from broadcaster.metrics import Metrics
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
 from common.removals import REMOVALS_CHANNEL
@@ -42,10 +43,12 @@ class RemovalWatcher:
         settings: Settings,
         board: Board,
         scores: ScoreTable,
+        metrics: Metrics,
         on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
     ) -> None:
         self._settings = settings
         self._board = board
+        self._metrics = metrics
         self._scores = scores
         self._on_change = on_change
         self._cursor = _START
@@ -87,6 +90,7 @@ class RemovalWatcher:
             return 0
         self._cursor = max(self._cursor, removals[-1].removed_at)
         if removed:
+            self._metrics.users_removed.inc(removed)
             log.info("users_removed_from_board", users=removed)
             self._on_change(())
         return removed
