@@ -65,6 +65,8 @@ async def test_duplicates_in_the_stream_are_applied_once(
         await eventually(lambda: applied(4))
         assert await metric(client, "scoreboard_score_commands_applied_total") == 4
         assert await metric(client, "scoreboard_score_commands_duplicate_total") == 3
+        # Every applied command's age is observed (duplicates are not applied again).
+        assert await metric(client, "scoreboard_score_command_age_seconds_count") == 4
         records = await read_topic(settings, topics.changed, lambda r: len(r) >= 4)
 
     rows = await pg.fetch("SELECT user_id, score FROM scores WHERE user_id = ANY($1)", users)

@@ -25,7 +25,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
 
-from common.events import Topics
+from common.events import Topics, utcnow
 from common.tracing import extract_context
 from score.apply import Plan
 from score.backoff import Backoff, wait_or_stop
@@ -145,6 +145,10 @@ class CommandConsumer:
             span.set_attribute("score.batch.duplicates", len(plan.duplicates))
 
         self._metrics.applied.inc(len(plan.applied))
+        committed = utcnow()
+        for a in plan.applied:
+            age = (committed - a.command.data.accepted_at).total_seconds()
+            self._metrics.command_age.observe(max(0.0, age))
         self._metrics.duplicates.inc(len(plan.duplicates))
         for p in dead:
             self._metrics.dead_lettered.labels(p.reason.value).inc()

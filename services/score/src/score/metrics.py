@@ -16,6 +16,7 @@ class ScoreMetrics:
     dead_lettered: Counter
     batch_size: Histogram
     apply_seconds: Histogram
+    command_age: Histogram
     failures: Counter
     consumer_lag: Gauge
     outbox_backlog: Gauge
@@ -52,6 +53,13 @@ class ScoreMetrics:
                 "scoreboard_score_apply_duration_seconds",
                 "Time to apply one batch in PostgreSQL (one transaction)",
                 buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=registry,
+            ),
+            command_age=Histogram(
+                "scoreboard_score_command_age_seconds",
+                "From the gateway accepting a command (accepted_at) to its transaction's commit; "
+                "the part of a player's wait spent before the outbox",
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                 registry=registry,
             ),
             failures=Counter(
