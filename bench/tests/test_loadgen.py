@@ -374,17 +374,22 @@ async def test_ws_handshake_frames_ping_and_server_close(aiohttp_server: Aiohttp
     assert watcher.messages == 4  # text messages; the binary one is dropped
 
 
-async def test_ws_want_filters_without_decoding(aiohttp_server: AiohttpServer) -> None:
-    port, _ = await ws_server(aiohttp_server, server_closes=True)
-    got: list[bytes] = []
-    watcher = await WsWatcher.connect(
+async def _collecting_watcher(port: int, got: list[bytes], want: bytes | None = None) -> WsWatcher:
+    """A watcher on the test server that appends every text payload it keeps to ``got``."""
+    return await WsWatcher.connect(
         "127.0.0.1",
         port,
         "/ws/scoreboard",
         lambda _, payload: got.append(payload),
         protocols=("bearer", "tok"),
-        want=b'"me"',
+        want=want,
     )
+
+
+async def test_ws_want_filters_without_decoding(aiohttp_server: AiohttpServer) -> None:
+    port, _ = await ws_server(aiohttp_server, server_closes=True)
+    got: list[bytes] = []
+    watcher = await _collecting_watcher(port, got, want=b'"me"')
     await asyncio.wait_for(watcher.closed, 5)
     assert [json.loads(p)["score"] for p in got] == [7, 8]
 
@@ -392,13 +397,7 @@ async def test_ws_want_filters_without_decoding(aiohttp_server: AiohttpServer) -
 async def test_ws_client_close(aiohttp_server: AiohttpServer) -> None:
     port, log = await ws_server(aiohttp_server, server_closes=False)
     got: list[bytes] = []
-    watcher = await WsWatcher.connect(
-        "127.0.0.1",
-        port,
-        "/ws/scoreboard",
-        lambda _, payload: got.append(payload),
-        protocols=("bearer", "tok"),
-    )
+    watcher = await _collecting_watcher(port, got)
     async with asyncio.timeout(5):
         while len(got) < 4:  # noqa: ASYNC110 - the callback sets no event
             await asyncio.sleep(0.01)

@@ -219,12 +219,20 @@ async def test_client_messages_go_upstream_masked(connect: Connect) -> None:
         assert await read_client_frame(peer.reader) == (0x1, b"hello" * 40)
 
 
-async def test_a_full_client_buffer_pauses_the_broadcaster_then_resumes(connect: Connect) -> None:
-    upstream, peer = await connect(high_water=1000, stuck_after_s=5)
+async def _behind_a_full_client(
+    connect: Connect, *, stuck_after_s: float
+) -> tuple[UpstreamSocket, ClientTransport]:
+    """A pipe whose client's buffer is over the high-water mark, after one upstream frame."""
+    upstream, peer = await connect(high_water=1000, stuck_after_s=stuck_after_s)
     client = ClientTransport(buffered=5000)
     upstream.attach(client)  # type: ignore[arg-type]
     peer.writer.write(server_frame(0x1, b"a"))
     await peer.writer.drain()
+    return upstream, client
+
+
+async def test_a_full_client_buffer_pauses_the_broadcaster_then_resumes(connect: Connect) -> None:
+    upstream, client = await _behind_a_full_client(connect, stuck_after_s=5)
     await until(lambda: client.writes > 0)
     transport = upstream._transport
     assert transport is not None
@@ -235,11 +243,7 @@ async def test_a_full_client_buffer_pauses_the_broadcaster_then_resumes(connect:
 
 
 async def test_a_client_stuck_past_the_limit_ends_the_pipe(connect: Connect) -> None:
-    upstream, peer = await connect(high_water=1000, stuck_after_s=0.3)
-    client = ClientTransport(buffered=5000)
-    upstream.attach(client)  # type: ignore[arg-type]
-    peer.writer.write(server_frame(0x1, b"a"))
-    await peer.writer.drain()
+    upstream, _ = await _behind_a_full_client(connect, stuck_after_s=0.3)
     async with asyncio.timeout(5):
         assert await upstream.ended == Ended(stuck=True)
 

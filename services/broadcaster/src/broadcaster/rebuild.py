@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from datetime import UTC, datetime
 
 import structlog
 
@@ -124,7 +123,7 @@ class Rebuilder:
                     log.warning("board_rebuild_lock_lost", users_so_far=users)
         # Deleted users: off the board (they may sit in an older snapshot merged by someone
         # else), tombstoned against late events, and counted in the version as PostgreSQL does.
-        removals = await self._scores.removals(datetime(1970, 1, 1, tzinfo=UTC))
+        removals = await self._scores.removals()
         chunk = self._settings.rebuild_batch
         for start in range(0, len(removals), chunk):
             await self._board.remove_users(removals[start : start + chunk], require_built=False)

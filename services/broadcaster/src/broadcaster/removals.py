@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
@@ -32,7 +32,6 @@ from common.removals import REMOVALS_CHANNEL
 log = structlog.get_logger(__name__)
 
 _COMMIT_MARGIN = timedelta(seconds=60)
-_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RemovalWatcher:
@@ -51,7 +50,7 @@ class RemovalWatcher:
         self._metrics = metrics
         self._scores = scores
         self._on_change = on_change
-        self._cursor = _START
+        self._cursor: datetime | None = None  # nothing read yet: read all
 
     async def run(self) -> None:
         """Listen and apply until cancelled; failures are logged and retried."""
@@ -82,13 +81,15 @@ class RemovalWatcher:
 
     async def apply_new(self) -> int:
         """Apply the removals recorded since the last look; how many users left the board."""
-        removals = await self._scores.removals(self._cursor - _COMMIT_MARGIN)
+        since = None if self._cursor is None else self._cursor - _COMMIT_MARGIN
+        removals = await self._scores.removals(since)
         if not removals:
             return 0
         removed = await self._board.remove_users(removals)
         if removed is None:  # not built: the rebuild applies them; look again later
             return 0
-        self._cursor = max(self._cursor, removals[-1].removed_at)
+        newest = removals[-1].removed_at
+        self._cursor = newest if self._cursor is None else max(self._cursor, newest)
         if removed:
             self._metrics.users_removed.inc(removed)
             log.info("users_removed_from_board", users=removed)

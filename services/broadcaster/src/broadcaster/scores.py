@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -36,6 +36,8 @@ _VERSION = """
     SELECT (SELECT coalesce(sum(version), 0) FROM scores WHERE version > 0)
          + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
 """
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Removals recorded at or after $1, oldest first.
 _REMOVALS = """
@@ -93,9 +95,9 @@ class ScoreTable:
             ahead = await conn.fetchval(_AHEAD, user_id, row["score"], row["reached_at"])
         return Standing(str(user_id), row["username"], int(row["score"]), int(ahead) + 1)
 
-    async def removals(self, since: datetime) -> list[Removal]:
-        """The users removed from the board at or after ``since``, oldest first."""
-        rows = await self._pool.fetch(_REMOVALS, since)
+    async def removals(self, since: datetime | None = None) -> list[Removal]:
+        """The users removed from the board at or after ``since`` (None: all), oldest first."""
+        rows = await self._pool.fetch(_REMOVALS, since or _EPOCH)
         return [Removal(r["user_id"], int(r["version"]), r["removed_at"]) for r in rows]
 
     async def rows(self, batch: int) -> AsyncGenerator[list[ScoreRow], None]:
