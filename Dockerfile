@@ -22,19 +22,20 @@ WORKDIR /src
 # a pyproject.toml changes, not on every source edit.
 COPY pyproject.toml uv.lock ./
 COPY libs/common/pyproject.toml libs/common/pyproject.toml
+COPY libs/testkit/pyproject.toml libs/testkit/pyproject.toml
 COPY services/gateway/pyproject.toml services/gateway/pyproject.toml
 COPY services/score/pyproject.toml services/score/pyproject.toml
 COPY services/broadcaster/pyproject.toml services/broadcaster/pyproject.toml
 COPY services/auth/pyproject.toml services/auth/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --all-packages --no-install-workspace
+    uv sync --frozen --no-dev --all-packages --no-install-workspace --no-install-package testkit
 
 # Then our own packages, installed as wheels (--no-editable) so /app/.venv is self-contained and
 # the source tree stays behind in this stage.
 COPY libs libs
 COPY services services
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --all-packages --no-editable
+    uv sync --frozen --no-dev --all-packages --no-editable --no-install-package testkit
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.settings import CommonSettings
-from common.testing import LOCAL_INFRA, Infra, TestEnv, create_test_env, drop_test_env
+from testkit.env import LOCAL_INFRA, Infra, TestEnv, create_test_env, drop_test_env
 
 ROOT = Path(__file__).resolve().parent
 TEST_PARTITIONS = 4

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu import CpuMeter
 from bench.loadgen import HttpClient, HttpConnectionClosed, HttpProtocolError, WsWatcher
-from common.testing import LOCAL_INFRA, create_test_env, drop_test_env
-from common.web import tune_gc
+from common.runner import tune_gc
+from testkit.env import LOCAL_INFRA, create_test_env, drop_test_env
 from tests.e2e.harness import Player, register_and_login, start_system
 
 CATALOG = {"tap": {"points": 1, "min_duration_ms": 0}}

@@ -5,7 +5,7 @@
 Runs the real path against the local servers in a slice of its own (a temporary database, topics
 and Redis prefix, removed afterwards): ScoreChanged events produced to Kafka, applied to the
 Redis board by the broadcaster (a subprocess), and pushed to WebSocket watchers held by several
-client processes (lean protocol-level clients, see broadcaster.testing.LeanWatcher).
+client processes (lean protocol-level clients, see testkit.broadcaster.LeanWatcher).
 
 Every change moves the top 10, so every tick has a frame to send. The board version counts the
 changes, so a frame's version names the newest change it contains; the driver records when it
@@ -39,7 +39,10 @@ from typing import Any
 
 import asyncpg
 
-from broadcaster.testing import (
+from common.events import ScoreChangedEvent, Topics, encode
+from common.kafka import make_producer, started
+from common.settings import CommonSettings
+from testkit.broadcaster import (
     LeanWatcher,
     Player,
     cpu_seconds,
@@ -51,10 +54,7 @@ from broadcaster.testing import (
     start_process,
     stop_process,
 )
-from common.events import ScoreChangedEvent, Topics, encode
-from common.kafka import make_producer, started
-from common.settings import CommonSettings
-from common.testing import LOCAL_INFRA, TestEnv, create_test_env, drop_test_env
+from testkit.env import LOCAL_INFRA, TestEnv, create_test_env, drop_test_env
 
 TARGET_P99_MS = 200
 LAG_BINS = 5000  # 1 ms bins; the last one collects everything slower

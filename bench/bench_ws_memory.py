@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broadcaster.testing import (
+from testkit.broadcaster import (
     LeanWatcher,
     free_port,
     http_get,
@@ -32,7 +32,7 @@ from broadcaster.testing import (
     start_process,
     stop_process,
 )
-from common.testing import LOCAL_INFRA, create_test_env, drop_test_env
+from testkit.env import LOCAL_INFRA, create_test_env, drop_test_env
 
 TARGET_KIB = 16
 WARMUP = 200

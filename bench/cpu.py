@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from broadcaster.testing import cpu_seconds
+from testkit.broadcaster import cpu_seconds
 
 # Groups found by command line: (name, predicate on argv).
 INFRA: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (

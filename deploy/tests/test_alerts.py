@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from common.web import registry_key
+from common.health import registry_key
 from deploy.tests.markdown import anchors, github_anchor
 
 Manifest = dict[str, Any]

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from common.testing import Infra, TestEnv, create_test_env, drop_test_env
+from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
 from tests.e2e.harness import E2E_CATALOG, System, start_system
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from common.testing import TestEnv
+from testkit.env import TestEnv
 
 LOGS = Path(__file__).resolve().parents[2] / "test-artifacts" / "logs"
 

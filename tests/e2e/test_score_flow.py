@@ -15,7 +15,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from common.actions import done_key, ticket_key
-from common.testing import TestEnv
+from testkit.env import TestEnv
 from tests.e2e.harness import System, complete_action, register_and_login
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from common.testing import Infra, TestEnv, create_test_env, drop_test_env
+from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
 from tests.e2e.harness import E2E_CATALOG, Player, register_and_login, start_system
 
 pytestmark = pytest.mark.integration

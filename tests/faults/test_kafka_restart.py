@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from common.testing import Infra, TestEnv, create_test_env, drop_test_env
+from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
 from tests.e2e.harness import E2E_CATALOG, System, free_port, register_and_login, start_system
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from common.events import Topics
+from common.keyspace import applied_channel
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_asyncapi_describes_every_topic_with_its_schema() -> None:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {Topics.COMMANDS, Topics.CHANGED, Topics.DLQ}
+    assert addresses == {Topics.COMMANDS, Topics.CHANGED, Topics.DLQ, applied_channel("{redisPrefix}")}
     for message in doc["components"]["messages"].values():
         ref = message["payload"].get("$ref")
         if ref:

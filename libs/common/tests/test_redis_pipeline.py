@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.redis_pipeline import PipelinedRedis, pack
-from common.testing import TestEnv
+from testkit.env import TestEnv
 
 ECHO_LUA = "return {KEYS[1], ARGV[1]}"
 

@@ -10,15 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, ConfigDict
 
+from common.bodies import json_response, read_json
+from common.health import readiness_key
 from common.problems import Conflict
-from common.web import (
-    GC_GEN0_THRESHOLD,
-    create_base_app,
-    json_response,
-    read_json,
-    readiness_key,
-    tune_gc,
-)
+from common.runner import GC_GEN0_THRESHOLD, tune_gc
+from common.web import create_base_app
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 

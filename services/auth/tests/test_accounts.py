@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from auth.components import components_key
-from common.web import registry_key
+from common.health import registry_key
 
 Client = TestClient[web.Request, web.Application]
 PASSWORD = "correct horse battery"

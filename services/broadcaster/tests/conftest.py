@@ -18,12 +18,12 @@ from aiokafka import AIOKafkaProducer
 
 from broadcaster.board import Board
 from broadcaster.settings import Settings
-from broadcaster.testing import Send, SettingsFactory
 from common.events import ScoreChanged, ScoreChangedEvent, Topics, encode
 from common.kafka import make_producer
 from common.settings import CommonSettings
-from common.testing import TestEnv
 from common.tracing import inject_headers
+from testkit.broadcaster import Send, SettingsFactory
+from testkit.env import TestEnv
 
 
 @pytest.fixture(scope="session")

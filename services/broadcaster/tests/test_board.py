@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 
 from broadcaster.board import Board
 from broadcaster.ranking import member_for, user_of_member
-from broadcaster.testing import new_player
 from common.actions import APPLIED_TTL_S, done_key, ticket_key
+from testkit.broadcaster import new_player
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ import pytest
 
 from broadcaster.frames import me_frame, text_frame, top_frame
 from broadcaster.ranking import Entry
-from broadcaster.testing import parse_frames
 from broadcaster.ws import InboundBudget
+from testkit.broadcaster import parse_frames
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])

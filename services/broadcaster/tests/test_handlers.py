@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from broadcaster.testing import Client, Player, SettingsFactory, new_player, seed, serve
-from common.web import registry_key
+from common.health import registry_key
+from testkit.broadcaster import Client, Player, SettingsFactory, new_player, seed, serve
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 # Far above anything another test seeds, so these players are the top of the shared database.

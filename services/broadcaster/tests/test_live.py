@@ -16,7 +16,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from broadcaster.board import Board
 from broadcaster.keys import board_key, consumer_key
 from broadcaster.settings import Settings
-from broadcaster.testing import (
+from common.events import Topics
+from common.health import registry_key
+from testkit.broadcaster import (
     Client,
     Player,
     Send,
@@ -31,8 +33,6 @@ from broadcaster.testing import (
     seed,
     serve,
 )
-from common.events import Topics
-from common.web import registry_key
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from broadcaster.keys import board_key
 from broadcaster.metrics import Metrics
 from broadcaster.rebuild import Rebuilder
 from broadcaster.scores import ScoreTable
-from broadcaster.testing import (
+from common.health import registry_key
+from common.postgres import create_pool
+from testkit.broadcaster import (
     Send,
     SettingsFactory,
     applied_inbox,
@@ -23,8 +25,6 @@ from broadcaster.testing import (
     seed,
     serve,
 )
-from common.postgres import create_pool
-from common.web import registry_key
 
 T0 = datetime(2026, 1, 15, tzinfo=UTC)
 

@@ -9,7 +9,10 @@ import redis.asyncio as aioredis
 
 from broadcaster.keys import board_key, rebuilder_key
 from broadcaster.scores import ScoreTable
-from broadcaster.testing import (
+from common.health import registry_key
+from common.postgres import create_pool
+from common.removals import record_removal
+from testkit.broadcaster import (
     Client,
     Player,
     Send,
@@ -22,9 +25,6 @@ from broadcaster.testing import (
     seed,
     serve,
 )
-from common.postgres import create_pool
-from common.removals import record_removal
-from common.web import registry_key
 
 
 async def _delete(pg: asyncpg.Connection, user_id: uuid.UUID) -> int:

@@ -13,7 +13,8 @@ from aiohttp import ClientWebSocketResponse
 
 from broadcaster.frames import CLOSE_TOO_SLOW
 from broadcaster.keys import board_key, fanout_key
-from broadcaster.testing import (
+from common.health import registry_key
+from testkit.broadcaster import (
     Client,
     Player,
     RawWebSocket,
@@ -28,7 +29,6 @@ from broadcaster.testing import (
     seed,
     serve,
 )
-from common.web import registry_key
 
 STUCK_TIMEOUT_S = 2.0
 

@@ -13,7 +13,7 @@ from aiohttp import WSMsgType
 
 from broadcaster.frames import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER
 from broadcaster.keys import board_key
-from broadcaster.testing import (
+from testkit.broadcaster import (
     Client,
     Player,
     Send,

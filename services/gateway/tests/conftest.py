@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient
 
-from common.testing import TestEnv
 from gateway.app import create_app
 from gateway.publisher import publisher_key
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, SigningKey, TokenMint, Upstream
+from testkit.env import TestEnv
 
 PAGE = "<!doctype html><title>board</title><script type=module src=/static/app.js></script>"
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from common.events import Topics
 from common.settings import CommonSettings
-from common.testing import TestEnv
+from testkit.env import TestEnv
 
 Client = TestClient[web.Request, web.Application]
 MakeGateway = Callable[..., Awaitable[Client]]

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from common.web import registry_key
+from common.health import registry_key
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 
 TAP = {"action_type": "tap"}

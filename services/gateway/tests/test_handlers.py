@@ -16,9 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.events import ScoreCommandEvent
-from common.testing import TestEnv as SliceEnv
+from common.health import registry_key
 from common.tracing import configure_tracing
-from common.web import registry_key
 from gateway.settings import settings_key
 from gateway.tickets import Ticket, TicketSigner, claim_value, ticket_store_key
 from services.gateway.tests.support import (
@@ -28,6 +27,7 @@ from services.gateway.tests.support import (
     bearer,
     command_records,
 )
+from testkit.env import TestEnv as SliceEnv
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 CATALOG = {

@@ -23,7 +23,6 @@ from openapi_core import Config, OpenAPI
 from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 
-from common.testing import TestEnv as SliceEnv
 from gateway.settings import settings_key
 from services.gateway.tests.support import (
     Client,
@@ -32,6 +31,7 @@ from services.gateway.tests.support import (
     bearer,
     command_records,
 )
+from testkit.env import TestEnv as SliceEnv
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
 CATALOG = {"tap": {"points": 1, "min_duration_ms": 0}}

@@ -12,7 +12,7 @@ import uuid
 import aiohttp
 import pytest
 
-from common.web import registry_key
+from common.health import registry_key
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, Upstream, bearer
 
 SPOOFED = {"X-Scoreboard-User-Id": str(uuid.uuid4()), "X-Forwarded-For": "6.6.6.6"}

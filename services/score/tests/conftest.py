@@ -14,9 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from common.events import Topics
 from common.kafka import ensure_topics, make_producer, started, topic_specs
 from common.postgres import create_pool
-from common.testing import TestEnv
 from score.settings import Settings
 from services.score.tests.support import Sender
+from testkit.env import TestEnv
 
 PARTITIONS = 4
 

@@ -11,10 +11,8 @@ import pytest
 from aiohttp import test_utils
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import testing
 from common.events import ScoreChanged, ScoreChangedEvent, ScoreCommandEvent, Topics, encode
 from common.migrate import migrate
-from common.testing import Infra
 from score.settings import Settings
 from services.score.tests.conftest import score_settings
 from services.score.tests.support import (
@@ -31,6 +29,8 @@ from services.score.tests.support import (
     running,
     topic_size,
 )
+from testkit import env as testing
+from testkit.env import Infra
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from common import testing
 from common.events import ScoreCommand, Topics
 from score.settings import Settings
 from services.score.tests.support import (
@@ -35,6 +34,7 @@ from services.score.tests.support import (
     eventually,
     read_topic,
 )
+from testkit import env as testing
 
 pytestmark = pytest.mark.integration
 

@@ -107,6 +107,26 @@ class ScoreChangedEvent(_Envelope):
         )
 
 
+class AppliedNotice(BaseModel):
+    """Redis channel ``P applied`` (:func:`common.keyspace.applied_channel`): ``action_id`` is on
+    the board. Published by the broadcaster for each applied change; the gateway answers a
+    ``Prefer: wait`` request with it. Not a Kafka message and not a CloudEvent: an internal
+    notice between two services, documented as a contract all the same.
+
+    ``rank`` is 1-based on the all-time board; ``version`` is the user's (as in ScoreChanged).
+    Fields may be added: readers ignore what they do not know.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    action_id: uuid.UUID
+    user_id: uuid.UUID
+    username: Username
+    score: int = Field(ge=0)
+    version: int = Field(ge=1)
+    rank: int = Field(ge=1)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
@@ -120,4 +140,5 @@ def encode(event: BaseModel) -> bytes:
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "score-command.v1": ScoreCommandEvent,
     "score-changed.v1": ScoreChangedEvent,
+    "applied-notice.v1": AppliedNotice,
 }

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
+from common.backoff import Backoff
 from common.events import Topics
 from common.settings import CommonSettings
 
@@ -109,6 +110,7 @@ async def ensure_topics(
 ) -> None:
     """Create the topics that do not exist yet (safe to run twice), retrying until Kafka answers."""
     deadline = asyncio.get_running_loop().time() + timeout_s
+    backoff = Backoff(base_s=0.5, cap_s=5.0)
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
         try:
@@ -129,7 +131,7 @@ async def ensure_topics(
             if asyncio.get_running_loop().time() > deadline:
                 raise
             log.warning("kafka_not_ready", error=repr(exc))
-            await asyncio.sleep(1.0)
+            await backoff.sleep()
         finally:
             await admin.close()
 

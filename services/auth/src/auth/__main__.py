@@ -27,8 +27,8 @@ from auth.settings import Settings
 from common.logs import configure_logging
 from common.postgres import create_pool
 from common.redis_client import create_redis
+from common.runner import run
 from common.tracing import configure_tracing
-from common.web import run
 
 
 def _parser() -> argparse.ArgumentParser:

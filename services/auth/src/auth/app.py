@@ -23,10 +23,11 @@ from auth.sessions import Sessions
 from auth.settings import Settings
 from auth.throttle import LoginThrottle
 from auth.tokens import Tokens
+from common.health import readiness_key, registry_key
 from common.postgres import create_pool
 from common.redis_client import create_redis
 from common.tasks import stop as stop_task
-from common.web import create_base_app, readiness_key, registry_key
+from common.web import create_base_app
 
 log = structlog.get_logger(__name__)
 

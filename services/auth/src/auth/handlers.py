@@ -16,7 +16,7 @@ from auth.models import (
 from auth.security import client_address_key
 from auth.sessions import Grant
 from auth.tokens import InvalidAccessToken
-from common.web import json_response, read_json
+from common.bodies import json_response, read_json
 
 # RFC 6749 5.1: responses carrying tokens must not be cached anywhere.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -12,8 +12,8 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.middlewares import Handler
 from common.problems import ServiceUnavailable
-from common.web import Handler
 
 log = structlog.get_logger(__name__)
 

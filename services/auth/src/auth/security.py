@@ -8,8 +8,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from common.middlewares import Handler, request_id_key
 from common.problems import BadRequest, Problem
-from common.web import Handler, request_id_key
 
 log = structlog.get_logger(__name__)
 

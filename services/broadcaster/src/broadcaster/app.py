@@ -40,9 +40,10 @@ from broadcaster.removals import RemovalWatcher
 from broadcaster.scores import ScoreTable
 from broadcaster.settings import Settings
 from common import tasks as background
+from common.health import readiness_key, registry_key
 from common.postgres import create_pool
 from common.redis_client import create_redis
-from common.web import create_base_app, readiness_key, registry_key
+from common.web import create_base_app
 
 log = structlog.get_logger(__name__)
 

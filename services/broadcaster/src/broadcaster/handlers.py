@@ -8,9 +8,9 @@ import uuid
 from aiohttp import web
 
 from broadcaster.keys import leaderboard_key
+from common.bodies import json_response
 from common.events import utcnow
 from common.problems import BadRequest, Unauthorized
-from common.web import json_response
 
 # Set by the gateway after it verified the access token; it strips it from client requests.
 USER_HEADER = "X-Scoreboard-User-Id"

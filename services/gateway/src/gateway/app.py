@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
+from common.health import readiness_key, registry_key
 from common.redis_client import REDIS_TIMEOUT_S, create_redis
 from common.redis_pipeline import PipelinedRedis
 from common.tasks import stop as stop_task
-from common.web import create_base_app, readiness_key, registry_key
+from common.web import create_base_app
 from gateway import handlers, proxy
 from gateway.admission import Admission, admission_key
 from gateway.authn import Authenticator, JwksCache, TokenVerifier, authenticator_key, jwks_key

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from common.bodies import json_response, read_json
 from common.events import ScoreCommand
 from common.problems import Forbidden, Problem, ServiceUnavailable
-from common.web import json_response, read_json
 from gateway.admission import admission_key
 from gateway.authn import Principal, authenticator_key, require_principal
 from gateway.catalog import ActionSpec, catalog_key

@@ -28,8 +28,8 @@ from aiohttp import (
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
+from common.middlewares import REQUEST_ID, request_id_key
 from common.problems import ServiceUnavailable
-from common.web import REQUEST_ID, request_id_key
 from gateway.authn import Principal, authenticator_key, require_principal, websocket_token
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limit, rate_limiter_key, rate_policy_key

@@ -13,8 +13,8 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from common.middlewares import Handler, problem_response, request_id_key
 from common.problems import BadRequest, Problem, ServiceUnavailable
-from common.web import Handler, problem_response, request_id_key
 from gateway.metrics import metrics_key
 
 log = structlog.get_logger(__name__)

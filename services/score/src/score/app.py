@@ -15,10 +15,11 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from common.health import readiness_key, registry_key
 from common.kafka import make_consumer, make_producer, started
 from common.migrate import migrate
 from common.postgres import create_pool
-from common.web import create_base_app, readiness_key, registry_key
+from common.web import create_base_app
 from score.consumer import CommandConsumer
 from score.metrics import ScoreMetrics
 from score.relay import OutboxRelay

@@ -25,10 +25,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
 
+from common.backoff import Backoff, wait_or_stop
 from common.events import Topics, utcnow
 from common.tracing import extract_context
 from score.apply import Plan
-from score.backoff import Backoff, wait_or_stop
 from score.commands import Command, Delivery, Poison, PoisonReason, decode
 from score.metrics import ScoreMetrics
 from score.settings import Settings

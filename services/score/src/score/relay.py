@@ -23,8 +23,8 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from common.backoff import Backoff, wait_or_stop
 from common.events import Topics
-from score.backoff import Backoff, wait_or_stop
 from score.metrics import ScoreMetrics
 from score.outbox import Outbox, OutboxRow
 from score.settings import Settings

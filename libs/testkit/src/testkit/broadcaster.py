@@ -36,7 +36,7 @@ from broadcaster.keys import consumer_key
 from broadcaster.ranking import ScoreRow
 from broadcaster.settings import Settings
 from common.events import ScoreChanged
-from common.testing import TestEnv
+from testkit.env import TestEnv
 
 Client = TestClient[web.Request, web.Application]
 

@@ -1,4 +1,10 @@
-"""Pacing retries of transient failures: exponential backoff with jitter, interruptible waits."""
+"""Pacing retries of transient failures: exponential backoff with jitter, interruptible waits.
+
+The one retry pacing of every service loop (consumers, relay, producers, listeners). Written here
+rather than taken from tenacity: tenacity retries one call, while these loops run for the life of
+the process, reset after each success, log each failure with their own context, and must wake at
+once when the service stops (:func:`wait_or_stop`); what they need is the delay sequence alone.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ class Backoff:
         ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
         self.attempt += 1
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+    async def sleep(self) -> None:
+        """Pause for the next delay."""
+        await asyncio.sleep(self.next_delay())
 
     def reset(self) -> None:
         """Start again from ``base_s`` (after a success)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from score.backoff import Backoff, wait_or_stop
+from common.backoff import Backoff, wait_or_stop
 
 
 def test_delays_double_up_to_the_cap_and_never_collapse_to_zero() -> None:

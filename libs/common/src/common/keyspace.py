@@ -1,0 +1,128 @@
+"""Every Redis key, channel and stored value that two services share, in one place.
+
+``P`` is the deployment's ``SCOREBOARD_REDIS_PREFIX`` (``sb:``). Who writes and who reads:
+
+- ``P ticket:{action_id}``: the ticket, JSON. The gateway writes it (issue) and reads it
+  (redeem); the broadcaster deletes it once the action is applied.
+- ``P done:{action_id}``: the redemption marker, :data:`DONE_CLAIMED` ``<ms>`` or
+  :data:`DONE_APPLIED`. The gateway claims; the broadcaster marks applied.
+- ``P revoked-session:{sid}``: :data:`SESSION_REVOKED`, TTL = the access-token lifetime. Auth
+  writes, the gateway reads.
+- ``P user-status:{user_id}``: :data:`USER_BANNED` or :data:`USER_DELETED`, no TTL. Auth
+  writes, the gateway reads.
+- ``P applied`` (channel): :class:`common.events.AppliedNotice` JSON. The broadcaster
+  publishes, the gateway listens while ``Prefer: wait`` requests wait.
+- ``P board:*``: the board (:class:`BoardKeys`), written and read by the broadcaster replicas.
+
+The done marker is an action's redemption: ``c:<ms>`` while the gateway that claimed it at that
+time (Unix ms) publishes the command; ``1`` once the broadcaster has seen the resulting
+ScoreChanged (also when the claim was released after a publish that timed out yet reached Kafka:
+the action is done, and a retry is a 409). A claim that stays unconfirmed for longer than the
+gateway's ``claim_stale_after_s`` is taken over by a retry of the same completion (its gateway
+died before Kafka acknowledged, or the confirmation has not come yet): the command is published
+again, which is safe because the score service applies an action id at most once.
+
+Lua scripts never spell these names or values: they get the keys as ``KEYS`` and the values
+through :func:`lua`, which fills ``@NAME`` placeholders from this module's constants.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from string import Template
+from typing import Final
+
+# The done marker's states (see the module docstring).
+DONE_CLAIMED: Final = "c:"
+DONE_APPLIED: Final = "1"
+# How long an "applied" marker the broadcaster creates lives (the gateway's done_ttl_s default).
+APPLIED_TTL_S: Final = 7 * 24 * 3600
+
+# A user's status as auth records it for the gateways; absent when in good standing.
+USER_BANNED: Final = "banned"
+USER_DELETED: Final = "deleted"
+SESSION_REVOKED: Final = "1"
+
+
+def ticket_key(prefix: str, action_id: uuid.UUID | str) -> str:
+    """The key of an action's ticket."""
+    return f"{prefix}ticket:{action_id}"
+
+
+def done_key(prefix: str, action_id: uuid.UUID | str) -> str:
+    """The key of an action's redemption marker."""
+    return f"{prefix}done:{action_id}"
+
+
+def revoked_session_key(prefix: str, session_id: uuid.UUID | str) -> str:
+    """The key marking a login session revoked."""
+    return f"{prefix}revoked-session:{session_id}"
+
+
+def user_status_key(prefix: str, user_id: uuid.UUID | str) -> str:
+    """The key holding a user's status (absent when in good standing)."""
+    return f"{prefix}user-status:{user_id}"
+
+
+def applied_channel(prefix: str) -> str:
+    """The channel on which the broadcaster announces each applied action."""
+    return f"{prefix}applied"
+
+
+@dataclass(frozen=True)
+class BoardKeys:
+    """The board's Redis names under the deployment's prefix (broadcaster.board documents them).
+
+    - ``rank``: sorted set of members by points; ``users``: hash user id -> entry;
+      ``version``: the board version; ``built``: a rebuild finished; ``lock``: the one
+      replica that rebuilds holds it; ``removed``: deleted users' ids (tombstones);
+      ``applied``: the :func:`applied_channel`.
+    """
+
+    rank: str
+    users: str
+    version: str
+    built: str
+    lock: str
+    applied: str
+    removed: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> BoardKeys:
+        """Keys under ``prefix`` (``settings.redis_prefix``)."""
+        return cls(
+            rank=f"{prefix}board:rank",
+            users=f"{prefix}board:users",
+            version=f"{prefix}board:version",
+            built=f"{prefix}board:built",
+            lock=f"{prefix}board:rebuild-lock",
+            applied=applied_channel(prefix),
+            removed=f"{prefix}board:removed",
+        )
+
+    @property
+    def board(self) -> list[str]:
+        """The keys that hold the board itself (what a rebuild recreates)."""
+        return [self.rank, self.users, self.version, self.built, self.removed]
+
+
+_LUA_VALUES: Final = {
+    "DONE_CLAIMED": DONE_CLAIMED,
+    "DONE_APPLIED": DONE_APPLIED,
+    "USER_BANNED": USER_BANNED,
+    "USER_DELETED": USER_DELETED,
+}
+
+
+class _LuaTemplate(Template):
+    delimiter = "@"  # Lua patterns use "$" (an anchor); "@" means nothing in Lua
+
+
+def lua(source: str) -> str:
+    """``source`` with each ``@NAME`` replaced by that shared value as a Lua string literal.
+
+    A JSON string is a valid Lua string literal for these plain ASCII values.
+    """
+    return _LuaTemplate(source).substitute({k: json.dumps(v) for k, v in _LUA_VALUES.items()})

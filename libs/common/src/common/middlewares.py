@@ -1,0 +1,103 @@
+"""The middlewares every service's app runs: problems become problem+json, requests are counted.
+
+Domain errors are :class:`common.problems.Problem` subclasses raised anywhere below; this is the
+one place that renders them (and anything unexpected, as a logged 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from common.bodies import MAX_BODY
+from common.metrics import http_metrics
+from common.problems import Problem
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID = "X-Request-ID"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+request_id_key = web.RequestKey("request_id", str)
+
+
+def problem_response(problem: Problem, request_id: str | None = None) -> web.Response:
+    """Render a problem as ``application/problem+json``."""
+    body = problem.body()
+    if request_id:
+        body["request_id"] = request_id
+    headers = dict(problem.headers)
+    if request_id:
+        headers[REQUEST_ID] = request_id
+    return web.Response(
+        status=problem.status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers
+    )
+
+
+_HTTP_TITLES = {413: "Payload Too Large", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One place where errors become responses: known problems as they are, others as 500."""
+    rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    if len(rid) > 128 or not rid.isprintable():
+        rid = uuid.uuid4().hex
+    request[request_id_key] = rid
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        return problem_response(problem, rid)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        title = _HTTP_TITLES.get(exc.status, exc.reason)
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else title
+        if exc.status == 413:
+            detail = f"request body exceeds {MAX_BODY} bytes"
+        return problem_response(Problem(detail, status=exc.status, title=title), rid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return problem_response(Problem("an unexpected error occurred; it has been logged"), rid)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    if not response.prepared:
+        response.headers[REQUEST_ID] = rid
+    return response
+
+
+def metrics_middleware(service: str, registry: CollectorRegistry) -> Any:
+    """Count requests and time them by route and status (the seed's monitoring flow)."""
+    requests, latency = http_metrics(registry)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            requests.labels(service, request.method, name, str(status)).inc()
+            latency.labels(service, request.method, name).observe(time.perf_counter() - start)
+
+    return middleware
