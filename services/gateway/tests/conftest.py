@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
-from gateway.publisher import publisher_key
+from gateway.components import components_key
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, SigningKey, TokenMint, Upstream
 from testkit.env import TestEnv
@@ -83,7 +83,7 @@ def make_gateway(
     async def make(*, wait_kafka: bool = True, **overrides: Any) -> Client:
         client = await aiohttp_client(create_app(gateway_settings(**overrides)))
         if wait_kafka:
-            await client.app[publisher_key].wait_started()
+            await client.app[components_key].publisher.wait_started()
         return client
 
     return make

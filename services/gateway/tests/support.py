@@ -288,3 +288,41 @@ async def command_records(
                     return found
     finally:
         await consumer.stop()
+
+
+# A catalog of instant actions (and one that takes a minute), for the update path's tests.
+CATALOG = {
+    "tap": {"points": 1, "min_duration_ms": 0},
+    "quest": {"points": 50, "min_duration_ms": 0},
+    "slow": {"points": 5, "min_duration_ms": 60_000},
+}
+UPDATE = "/api/scoreboard/update"
+
+
+class Player:
+    """A token holder with helpers for the ticket flow."""
+
+    def __init__(self, client: Client, mint: TokenMint) -> None:
+        self.client = client
+        self.user_id = uuid.uuid4()
+        self.sid = str(uuid.uuid4())
+        self.token = mint.mint(self.user_id, sid=self.sid)
+        self.auth = bearer(self.token)
+
+    async def ticket(self, action_type: str = "tap") -> dict[str, Any]:
+        resp = await self.client.post(
+            "/api/actions", json={"action_type": action_type}, headers=self.auth
+        )
+        assert resp.status == 201, await resp.text()
+        ticket: dict[str, Any] = await resp.json()
+        return ticket
+
+    async def completion(self, action_type: str = "tap") -> dict[str, Any]:
+        ticket = await self.ticket(action_type)
+        return {k: ticket[k] for k in ("action_id", "action_type", "action_hash")}
+
+    async def submit(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        resp = await self.client.post(UPDATE, json=body, headers={**self.auth, **(headers or {})})
+        return resp.status, await resp.json(content_type=None)

@@ -13,8 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 
-from gateway.authn import jwks_key
-from gateway.settings import settings_key
+from gateway.components import components_key
 from services.gateway.tests.support import (
     Client,
     MakeGateway,
@@ -132,7 +131,7 @@ async def test_account_state_in_redis_is_enforced_at_once(
     token = mint.mint(user_id, sid=sid)
     resp = await gateway.post(PROTECTED, json=BODY, headers=bearer(token))
     assert resp.status == 201  # the token is now in the verified-token cache
-    prefix = gateway.app[settings_key].redis_prefix
+    prefix = gateway.app[components_key].settings.redis_prefix
     await redis_client.set(prefix + key.format(sid=sid, sub=user_id), value)
     resp = await gateway.post(PROTECTED, json=BODY, headers=bearer(token))
     assert resp.status == status
@@ -159,7 +158,7 @@ async def test_rotated_key_is_fetched_on_first_use(
     make_gateway: MakeGateway, mint: TokenMint, upstream: Upstream
 ) -> None:
     client = await make_gateway(wait_kafka=False, jwks_min_refresh_s=0)
-    await client.app[jwks_key].refresh()
+    await client.app[components_key].jwks.refresh()
     new_key = SigningKey.ed25519(f"rotated-{uuid.uuid4().hex[:6]}")
     upstream.jwks.append(new_key.jwk())
     try:
@@ -176,7 +175,7 @@ async def test_unknown_kids_cannot_flood_the_auth_service(
     make_gateway: MakeGateway, mint: TokenMint, upstream: Upstream
 ) -> None:
     client = await make_gateway(wait_kafka=False, jwks_min_refresh_s=60)
-    await client.app[jwks_key].refresh()
+    await client.app[components_key].jwks.refresh()
     hits = upstream.jwks_hits
     tokens = [mint.mint(key=SigningKey.ed25519(f"made-up-{i}")) for i in range(20)]
     statuses = await asyncio.gather(
@@ -198,7 +197,7 @@ async def test_key_removed_from_jwks_stops_verifying_even_cached_tokens(
         assert resp.status == 201
     finally:
         upstream.jwks.pop()
-    await client.app[jwks_key].refresh()
+    await client.app[components_key].jwks.refresh()
     resp = await client.post(PROTECTED, json=BODY, headers=bearer(token))
     assert resp.status == 401
 

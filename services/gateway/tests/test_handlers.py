@@ -18,59 +18,26 @@ import redis.asyncio as aioredis
 from common.events import ScoreCommandEvent
 from common.health import registry_key
 from common.tracing import configure_tracing
-from gateway.settings import settings_key
-from gateway.tickets import Ticket, TicketSigner, claim_value, ticket_store_key
+from gateway.claims import claim_value
+from gateway.components import components_key
 from services.gateway.tests.support import (
+    CATALOG,
+    UPDATE,
     Client,
     MakeGateway,
+    Player,
     TokenMint,
-    bearer,
     command_records,
 )
 from testkit.env import TestEnv as SliceEnv
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
-CATALOG = {
-    "tap": {"points": 1, "min_duration_ms": 0},
-    "quest": {"points": 50, "min_duration_ms": 0},
-    "slow": {"points": 5, "min_duration_ms": 60_000},
-}
-UPDATE = "/api/scoreboard/update"
 
 
 @pytest.fixture
 async def gateway(make_gateway: MakeGateway) -> Client:
     """A gateway whose catalog has instant actions (and one that takes a minute)."""
     return await make_gateway(action_catalog=CATALOG)
-
-
-class Player:
-    """A token holder with helpers for the ticket flow."""
-
-    def __init__(self, client: Client, mint: TokenMint) -> None:
-        self.client = client
-        self.user_id = uuid.uuid4()
-        self.sid = str(uuid.uuid4())
-        self.token = mint.mint(self.user_id, sid=self.sid)
-        self.auth = bearer(self.token)
-
-    async def ticket(self, action_type: str = "tap") -> dict[str, Any]:
-        resp = await self.client.post(
-            "/api/actions", json={"action_type": action_type}, headers=self.auth
-        )
-        assert resp.status == 201, await resp.text()
-        ticket: dict[str, Any] = await resp.json()
-        return ticket
-
-    async def completion(self, action_type: str = "tap") -> dict[str, Any]:
-        ticket = await self.ticket(action_type)
-        return {k: ticket[k] for k in ("action_id", "action_type", "action_hash")}
-
-    async def submit(
-        self, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        resp = await self.client.post(UPDATE, json=body, headers={**self.auth, **(headers or {})})
-        return resp.status, await resp.json(content_type=None)
 
 
 @pytest.fixture
@@ -94,7 +61,7 @@ async def test_ticket_is_signed_and_stored_with_a_ttl(
     assert ticket["action_type"] == "quest"
     assert ticket["action_hash"].startswith("t1.")
     uuid.UUID(ticket["action_id"])
-    prefix = gateway.app[settings_key].redis_prefix
+    prefix = gateway.app[components_key].settings.redis_prefix
     ttl = await redis_client.ttl(f"{prefix}ticket:{ticket['action_id']}")
     assert 590 <= ttl <= 600
 
@@ -130,7 +97,7 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     assert event.data.accepted_at >= event.data.issued_at
     assert any(k == "traceparent" for k, _ in record.headers)
 
-    prefix = player.client.app[settings_key].redis_prefix
+    prefix = player.client.app[components_key].settings.redis_prefix
     # Claimed (the broadcaster turns it into "applied" and drops the ticket; see common.actions).
     marker = cast(bytes | None, await redis_client.get(f"{prefix}done:{body['action_id']}"))
     assert marker is not None
@@ -160,7 +127,7 @@ async def test_403_for_another_users_id_and_for_a_banned_user(
     body = await player.completion()
     status, _ = await player.submit({**body, "user_id": str(uuid.uuid4())})
     assert status == 403
-    prefix = player.client.app[settings_key].redis_prefix
+    prefix = player.client.app[components_key].settings.redis_prefix
     await redis_client.set(f"{prefix}user-status:{player.user_id}", "banned")
     status, _ = await player.submit(body)
     assert status == 403
@@ -185,7 +152,7 @@ async def test_account_state_comes_before_every_other_update_check(
     completed = await player.completion()
     assert (await player.submit(completed))[0] == 202
     fresh = await player.completion()
-    prefix = player.client.app[settings_key].redis_prefix
+    prefix = player.client.app[components_key].settings.redis_prefix
     await redis_client.set(prefix + key.format(sid=player.sid, sub=player.user_id), value)
     for body in (
         fresh,
@@ -206,8 +173,8 @@ async def test_a_claim_left_by_a_crashed_gateway_is_taken_over_by_a_retry(
     """A claim never confirmed applied (its gateway died between the claim and Kafka's
     acknowledgement) stops retries only until it is stale; then a retry publishes again, which
     the score service deduplicates by action id. A confirmed action stays 409."""
-    prefix = player.client.app[settings_key].redis_prefix
-    stale_ms = player.client.app[ticket_store_key].stale_after_ms
+    prefix = player.client.app[components_key].settings.redis_prefix
+    stale_ms = player.client.app[components_key].claims.stale_after_ms
     body = await player.completion("quest")
     done = f"{prefix}done:{body['action_id']}"
     now_ms = round(time.time() * 1000)
@@ -227,19 +194,18 @@ async def test_a_claim_left_by_a_crashed_gateway_is_taken_over_by_a_retry(
 async def test_releasing_a_claim_never_undoes_a_confirmation(
     player: Player, redis_client: aioredis.Redis
 ) -> None:
-    store = player.client.app[ticket_store_key]
+    claims = player.client.app[components_key].claims
     body = await player.completion()
-    stored = await redis_client.get(f"{store.keys(uuid.UUID(body['action_id']))[1]}")
-    ticket = Ticket.from_json(uuid.UUID(body["action_id"]), stored or b"")
+    action_id = uuid.UUID(body["action_id"])
     claimed_at = datetime.now(UTC)
-    assert await store.claim(ticket, claimed_at)
-    assert not await store.claim(ticket, claimed_at)  # once
-    done = store.keys(ticket.action_id)[0]
+    assert await claims.claim(action_id, claimed_at)
+    assert not await claims.claim(action_id, claimed_at)  # once
+    done = claims.key(action_id)
     await redis_client.set(done, "1")  # the broadcaster confirmed it meanwhile
-    await store.release(ticket, claimed_at)
+    await claims.release(action_id, claimed_at)
     assert await redis_client.get(done) == b"1"
     await redis_client.set(done, claim_value(claimed_at))
-    await store.release(ticket, claimed_at)
+    await claims.release(action_id, claimed_at)
     assert await redis_client.exists(done) == 0
 
 
@@ -258,7 +224,7 @@ async def test_400_for_tickets_that_do_not_match(
 ) -> None:
     body = await player.completion("tap")
     other = Player(player.client, mint)
-    prefix = player.client.app[settings_key].redis_prefix
+    prefix = player.client.app[components_key].settings.redis_prefix
     flipped = body["action_hash"][:-1] + ("0" if body["action_hash"][-1] != "0" else "1")
     cases: dict[str, tuple[Player, dict[str, Any]]] = {
         "unknown action": (player, {**body, "action_id": str(uuid.uuid4())}),
@@ -291,7 +257,10 @@ async def test_400_for_tickets_that_do_not_match(
     ("tamper", "detail"),
     [
         ({"user_id": str(uuid.uuid4())}, "this action was issued to another user"),
-        ({"action_type": "quest"}, "action_type does not match the ticket"),
+        # The hash was issued for the stored type: a stored ticket of another type no longer
+        # matches it (hash before type, the contract's order; the two implementations this
+        # script replaced disagreed here, the one in Python said so too).
+        ({"action_type": "quest"}, "action_hash does not verify"),
         ({"expires_ms": 946_684_800_000}, "unknown or expired action_id"),
     ],
 )
@@ -301,7 +270,7 @@ async def test_400s_decided_in_the_redemption_script(
     """A completion whose hash verifies is checked and claimed by one script; a stored ticket
     that does not match it is refused there, in the contract's order, and stays redeemable."""
     body = await player.completion("tap")
-    key = f"{player.client.app[settings_key].redis_prefix}ticket:{body['action_id']}"
+    key = f"{player.client.app[components_key].settings.redis_prefix}ticket:{body['action_id']}"
     original = await redis_client.get(key)
     assert original is not None
     await redis_client.set(key, json.dumps({**json.loads(original), **tamper}))
@@ -316,7 +285,7 @@ async def test_actions_without_a_minimum_duration_tolerate_clock_skew(
 ) -> None:
     """A ticket issued by a replica whose clock runs a little ahead is not "too fast"."""
     body = await player.completion("tap")
-    key = f"{player.client.app[settings_key].redis_prefix}ticket:{body['action_id']}"
+    key = f"{player.client.app[components_key].settings.redis_prefix}ticket:{body['action_id']}"
     ticket = json.loads(await redis_client.get(key) or b"{}")
     ticket["issued_ms"] += 1000
     await redis_client.set(key, json.dumps(ticket))
@@ -329,39 +298,6 @@ async def test_400_for_points_that_differ_from_the_catalog(player: Player) -> No
     assert status == 400
     assert "points must be 50" in doc["detail"]
     assert (await player.submit({**body, "points": 50}))[0] == 202
-
-
-async def test_tickets_from_an_older_gateway_are_still_redeemed(
-    player: Player, redis_client: aioredis.Redis
-) -> None:
-    """Version-1 hashes, and tickets stored without the millisecond fields, take the checked
-    path: still accepted once, still refused when they do not match."""
-    app = player.client.app
-    store = app[ticket_store_key]
-    v1 = TicketSigner(app[settings_key].action_hmac_keys, version=1)
-    key_prefix = f"{app[settings_key].redis_prefix}ticket:"
-
-    body = await player.completion("tap")
-    stored = Ticket.from_json(
-        uuid.UUID(body["action_id"]), await redis_client.get(key_prefix + body["action_id"]) or b""
-    )
-    old_hash = v1.sign(stored)
-    assert old_hash != body["action_hash"]
-    assert (await player.submit({**body, "action_hash": old_hash, "action_type": "quest"}))[
-        0
-    ] == 400
-    assert (await player.submit({**body, "action_hash": old_hash}))[0] == 202
-    assert (await player.submit({**body, "action_hash": old_hash}))[0] == 409
-
-    body = await player.completion("tap")
-    raw = json.loads(await redis_client.get(key_prefix + body["action_id"]) or b"{}")
-    legacy = {k: raw[k] for k in ("user_id", "action_type", "issued_at", "expires_at")}
-    await redis_client.set(key_prefix + body["action_id"], json.dumps(legacy))
-    assert store.signer.verify_completion(
-        body["action_hash"], uuid.UUID(body["action_id"]), player.user_id, "tap"
-    )
-    assert (await player.submit(body))[0] == 202
-    assert (await player.submit(body))[0] == 409
 
 
 async def test_400_when_completed_faster_than_possible(player: Player) -> None:
@@ -393,7 +329,7 @@ async def test_kafka_down_is_503_and_the_same_request_then_succeeds(
     make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv, unused_tcp_port: int
 ) -> None:
     working = await make_gateway(action_catalog=CATALOG)
-    prefix = working.app[settings_key].redis_prefix
+    prefix = working.app[components_key].settings.redis_prefix
     broken = await make_gateway(
         wait_kafka=False,
         action_catalog=CATALOG,
@@ -422,9 +358,16 @@ async def test_prefer_wait_returns_the_applied_score(
     body = await player.completion("quest")
     submitting = asyncio.create_task(player.submit(body, {"Prefer": "respond-async, wait=5"}))
     await command_records(test_env, body["action_id"])  # published, so the waiter is registered
-    prefix = player.client.app[settings_key].redis_prefix
+    prefix = player.client.app[components_key].settings.redis_prefix
     # An unrelated notice first: it must not wake this request.
-    unrelated = {"action_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "score": 1}
+    unrelated = {
+        "action_id": str(uuid.uuid4()),
+        "user_id": str(uuid.uuid4()),
+        "username": "someone",
+        "score": 1,
+        "version": 1,
+        "rank": 1,
+    }
     await redis_client.publish(f"{prefix}applied", json.dumps(unrelated))
     notice = {
         "action_id": body["action_id"],
@@ -451,7 +394,7 @@ async def test_the_applied_channel_is_subscribed_only_while_requests_wait(
 ) -> None:
     client = await make_gateway(action_catalog=CATALOG, applied_linger_s=0.5)
     player = Player(client, mint)
-    channel = f"{client.app[settings_key].redis_prefix}applied"
+    channel = f"{client.app[components_key].settings.redis_prefix}applied"
 
     async def subscribers() -> int:
         counts = dict(await redis_client.pubsub_numsub(channel))
@@ -463,7 +406,14 @@ async def test_the_applied_channel_is_subscribed_only_while_requests_wait(
     submitting = asyncio.create_task(player.submit(body, {"Prefer": "wait=5"}))
     await command_records(test_env, body["action_id"])  # published: subscribed before that
     assert await subscribers() == 1
-    notice = {"action_id": body["action_id"], "user_id": str(player.user_id), "score": 1}
+    notice = {
+        "action_id": body["action_id"],
+        "user_id": str(player.user_id),
+        "username": "player",
+        "score": 1,
+        "version": 1,
+        "rank": 1,
+    }
     await redis_client.publish(channel, json.dumps(notice))
     assert (await submitting)[0] == 200
     async with asyncio.timeout(10):  # unsubscribed once nobody has waited for the linger time
@@ -486,7 +436,7 @@ async def test_no_ack_in_time_is_503_and_the_claim_is_released(
     make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv
 ) -> None:
     working = await make_gateway(action_catalog=CATALOG)
-    prefix = working.app[settings_key].redis_prefix
+    prefix = working.app[components_key].settings.redis_prefix
     # A connected producer whose topic does not exist: Kafka never acknowledges the send.
     stalled = await make_gateway(
         action_catalog=CATALOG,

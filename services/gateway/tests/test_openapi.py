@@ -23,7 +23,7 @@ from openapi_core import Config, OpenAPI
 from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 
-from gateway.settings import settings_key
+from gateway.components import components_key
 from services.gateway.tests.support import (
     Client,
     MakeGateway,
@@ -189,8 +189,15 @@ async def test_applied_update_conforms(
         )
     )
     await command_records(test_env, body["action_id"])
-    notice = {"action_id": body["action_id"], "user_id": str(user_id), "score": 10, "rank": 1}
-    prefix = gateway.app[settings_key].redis_prefix
+    notice = {
+        "action_id": body["action_id"],
+        "user_id": str(user_id),
+        "username": "player",
+        "score": 10,
+        "version": 1,
+        "rank": 1,
+    }
+    prefix = gateway.app[components_key].settings.redis_prefix
     await redis_client.publish(f"{prefix}applied", json.dumps(notice))
     assert (await waiting)["status"] == "applied"
 

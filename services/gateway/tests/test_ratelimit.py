@@ -12,9 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.redis_client import create_redis
+from gateway.components import components_key
+from gateway.edge import resolve_client_address
 from gateway.ratelimit import Limit, Rate, RateLimiter
-from gateway.security import resolve_client_address
-from gateway.settings import Settings, settings_key
+from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 
 TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0}}
@@ -173,7 +174,7 @@ async def test_updates_rejected_before_the_rate_limit_charge_nothing(
     )
     user_id, sid = uuid.uuid4(), str(uuid.uuid4())
     token = mint.mint(user_id, sid=sid)
-    prefix = client.app[settings_key].redis_prefix
+    prefix = client.app[components_key].settings.redis_prefix
     update = "/api/scoreboard/update"
 
     done = await _ticket(client, mint.mint(user_id, sid=sid))

@@ -1,58 +1,57 @@
-"""The update path's Redis work in one round trip, in the seed's order.
+"""Admitting a completion: every rule of the update path, in the contract's order, once.
 
 Redeeming a ticket needs facts only Redis has: is the login session revoked, is the user banned
 or deleted (401/403), was the action already completed (409), do the rate limits allow one more
 (429), what ticket was issued, and does the completion match it (400). One Lua script answers
-all of them atomically and stops at the first failing check, so a rejected request charges no
-rate limit it did not reach, exactly as separate calls would. When the action hash verifies up
-front (version 2 hashes sign only what the completion carries, see
-:class:`gateway.tickets.TicketSigner`) the same script also claims the ticket (SET NX on the done
-marker, delete the ticket): one round trip per accepted update instead of four (redis-py's cost
-per command dominated the gateway's CPU; see bench/bench_e2e_latency.py's
-``cpu_ms_per_update``), on the auto-pipelined connection of
-:mod:`common.redis_pipeline`. Otherwise (a bad or version-1 hash, an unknown action type, a ticket
-stored by an older gateway) the script only checks and fetches, and the caller runs
-:func:`gateway.tickets.check_completion` and :meth:`gateway.tickets.TicketStore.claim`.
+all of them atomically, stops at the first failing check (so a rejected request charges no rate
+limit it did not reach) and, when every check passes, claims the action (:mod:`gateway.claims`):
+one round trip per accepted update, on the auto-pipelined connection of
+:mod:`gateway.redis_pipeline` (redis-py's cost per command dominated the gateway's CPU; see
+bench/bench_e2e_latency.py's ``cpu_ms_per_update``).
+
+The only check made before Redis is the action hash's MAC (Redis has no HMAC): the script gets
+the action type the hash was issued for (:meth:`gateway.signing.TicketSigner.signed_type`) and
+compares it with the stored ticket's. The 400s, in order: unknown or expired ticket, someone
+else's ticket, a hash that does not verify, an action type other than the ticket's, an action
+type the catalog no longer has, completion sooner than the minimum duration, client-sent points
+that differ from the catalog's.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-from aiohttp import web
-
-from common.redis_pipeline import PipelinedRedis
-from gateway.authn import Authenticator, Principal, raise_for_account
-from gateway.catalog import ActionSpec
+from common.keyspace import lua, revoked_session_key, ticket_key, user_status_key
+from common.problems import BadRequest, Conflict
+from gateway.accounts import raise_for_account
+from gateway.catalog import ActionSpec, Catalog
+from gateway.claims import BLOCKS_LUA_FUNCTION, Claims
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
-from gateway.tickets import (
-    CLAIM_LUA_FUNCTION,
-    AlreadyCompleted,
-    Ticket,
-    TicketStore,
-    epoch_ms,
-    rejection,
-)
+from gateway.redis_pipeline import PipelinedRedis
+from gateway.rejections import Rejection
+from gateway.signing import TicketSigner
+from gateway.tickets import Ticket
+from gateway.timestamps import epoch_ms
+from gateway.tokens import Principal
 
 # KEYS: revoked session, user status, done marker, ticket, then one key per rate limit.
-# ARGV: the rate limits' (interval, tolerance) pairs, then the mode, now (ms) and the claim's
-# stale age (ms). Mode 'check' returns the ticket; 'redeem' is followed by user id, action type,
-# minimum duration (ms), points ok (1/0) and the done marker's TTL (s): it checks the ticket as
-# check_completion does and claims it.
+# ARGV: the rate limits' (interval, tolerance) pairs, then now (ms), the claim's stale age (ms),
+# user id, action type, the type the hash was issued for ('' when none), minimum duration (ms,
+# -1 for a type the catalog does not have), points ok (1/0), the done marker's TTL (s).
 _ADMIT_LUA: Final = (
     GCRA_LUA_FUNCTION
-    + CLAIM_LUA_FUNCTION
-    + """
+    + BLOCKS_LUA_FUNCTION
+    + lua(
+        """
 local status = redis.call('GET', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 1 or status == 'deleted' or status == 'banned' then
+if redis.call('EXISTS', KEYS[1]) == 1 or status == @USER_DELETED or status == @USER_BANNED then
   return {'account', redis.call('EXISTS', KEYS[1]), status or ''}
 end
 local limits, n = {}, (#KEYS - 4) * 2
-local now, stale_ms = tonumber(ARGV[n + 2]), tonumber(ARGV[n + 3])
+local now, stale_ms = tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2])
 if blocks(redis.call('GET', KEYS[3]), now, stale_ms) then
   return {'done'}
 end
@@ -62,131 +61,135 @@ if denied > 0 then
   return {'limited', denied, wait}
 end
 local ticket = redis.call('GET', KEYS[4])
-if ARGV[n + 1] ~= 'redeem' then
-  if ticket then return {'ok', ticket} end
-  return {'ok'}
-end
 if not ticket then return {'rejected', 'ticket_unknown'} end
 local t = cjson.decode(ticket)
-if type(t.issued_ms) ~= 'number' or type(t.expires_ms) ~= 'number' then
-  return {'legacy', ticket}
-end
 if t.expires_ms <= now then return {'rejected', 'ticket_unknown'} end
-if t.user_id ~= ARGV[n + 4] then return {'rejected', 'ticket_not_yours'} end
-if t.action_type ~= ARGV[n + 5] then return {'rejected', 'type_mismatch'} end
+if t.user_id ~= ARGV[n + 3] then return {'rejected', 'ticket_not_yours'} end
+if t.action_type ~= ARGV[n + 5] then return {'rejected', 'hash_invalid'} end
+if t.action_type ~= ARGV[n + 4] then return {'rejected', 'type_mismatch'} end
 local elapsed, min_ms = now - t.issued_ms, tonumber(ARGV[n + 6])
+if min_ms < 0 then return {'rejected', 'type_unknown'} end
 if min_ms > 0 and elapsed < min_ms then
   return {'rejected', 'too_fast', string.format('%.0f', elapsed)}
 end
 if ARGV[n + 7] ~= '1' then return {'rejected', 'points_mismatch'} end
-redis.call('SET', KEYS[3], 'c:' .. ARGV[n + 2], 'EX', ARGV[n + 8])
+claim(KEYS[3], ARGV[n + 1], ARGV[n + 8])
 return {'claimed', ticket}
 """
+    )
 )
 
 
-@dataclass(frozen=True)
-class Redeemed:
-    """What :meth:`Admission.redeem` did: claimed the ticket, or found one the script cannot
-    judge (stored by an older gateway), which the caller checks and claims itself."""
+class AlreadyCompleted(Conflict, Rejection):
+    """409: this action id was already submitted."""
 
-    ticket: Ticket
-    claimed: bool
+    reason = "duplicate_action"
+
+
+class TicketRejected(BadRequest, Rejection):
+    """400: the completion does not match a valid ticket, or is not plausible."""
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+_DETAILS: Final = {
+    "ticket_unknown": "unknown or expired action_id",
+    "ticket_not_yours": "this action was issued to another user",
+    "hash_invalid": "action_hash does not verify",
+    "type_mismatch": "action_type does not match the ticket",
+}
 
 
 class Admission:
-    """Account, duplicate and rate-limit checks for one update, and its stored ticket."""
+    """Admits completions: the account, duplicate, rate-limit and ticket checks, then the claim."""
 
     def __init__(
         self,
         redis: PipelinedRedis,
-        authenticator: Authenticator,
-        tickets: TicketStore,
+        prefix: str,
+        *,
+        catalog: Catalog,
+        signer: TicketSigner,
+        claims: Claims,
         limiter: RateLimiter,
     ) -> None:
         self._redis = redis
-        self._authenticator = authenticator
-        self._tickets = tickets
+        self._prefix = prefix
+        self._catalog = catalog
+        self._signer = signer
+        self._claims = claims
         self._limiter = limiter
-
-    async def admit(
-        self, principal: Principal, action_id: uuid.UUID, limits: Sequence[Limit]
-    ) -> Ticket | None:
-        """The stored ticket (None if unknown, expired or redeemed) of an admitted update.
-
-        Raises, in this order: 401 revoked session or deleted user, 403 banned user, 409 action
-        already completed, 429 rate limited (charging the limits only when all allow it).
-        """
-        result = await self._run(principal, action_id, limits, ["check", *self._clock(None)])
-        return Ticket.from_json(action_id, result[1]) if len(result) > 1 else None
 
     async def redeem(
         self,
         principal: Principal,
         action_id: uuid.UUID,
-        limits: Sequence[Limit],
-        *,
         action_type: str,
-        spec: ActionSpec,
+        action_hash: str,
         points: int | None,
-        now: datetime,
-    ) -> Redeemed:
-        """Admit and redeem a completion whose action hash already verified, in one round trip.
-
-        Raises what :meth:`admit` raises, then the 400s of
-        :func:`gateway.tickets.check_completion` in its order (the hash check passed already).
-        """
-        points_ok = points is None or points == spec.points
-        result = await self._run(
-            principal,
-            action_id,
-            limits,
-            [
-                "redeem",
-                *self._clock(now),
-                str(principal.user_id),
-                action_type,
-                spec.min_duration_ms,
-                1 if points_ok else 0,
-                self._tickets.done_ttl_s,
-            ],
-        )
-        code = result[0]
-        if code == b"rejected":
-            reason = result[1].decode()
-            elapsed = float(result[2]) if len(result) > 2 else 0.0
-            raise rejection(reason, action_type=action_type, spec=spec, elapsed_ms=elapsed)
-        return Redeemed(Ticket.from_json(action_id, result[1]), claimed=code == b"claimed")
-
-    def _clock(self, now: datetime | None) -> list[str | int]:
-        """The script's now (ms) and the age (ms) after which a claim counts as stale."""
-        moment = now if now is not None else datetime.now(UTC)
-        return [epoch_ms(moment), self._tickets.stale_after_ms]
-
-    async def _run(
-        self,
-        principal: Principal,
-        action_id: uuid.UUID,
         limits: Sequence[Limit],
-        mode: list[str | int],
-    ) -> list[Any]:
+        now: datetime,
+    ) -> tuple[Ticket, ActionSpec]:
+        """Claim the action if every rule passes; the ticket and its catalog entry.
+
+        Raises, in this order: 401 revoked session or deleted user, 403 banned user, 409 action
+        already completed, 429 rate limited (charging the limits only when all allow it), then
+        the 400s in the order of the module docstring.
+        """
+        spec = self._catalog.find(action_type)
+        signed_type = self._signer.signed_type(
+            action_hash, action_id, principal.user_id, action_type, self._catalog.types
+        )
         limit_keys, limit_args = self._limiter.script_input(limits)
         keys = [
-            *self._authenticator.account_keys(principal),
-            *self._tickets.keys(action_id),
+            revoked_session_key(self._prefix, principal.session_id),
+            user_status_key(self._prefix, principal.user_id),
+            self._claims.key(action_id),
+            ticket_key(self._prefix, action_id),
             *limit_keys,
         ]
-        result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, [*limit_args, *mode])
+        args: list[str | int] = [
+            *limit_args,
+            epoch_ms(now),
+            self._claims.stale_after_ms,
+            str(principal.user_id),
+            action_type,
+            signed_type or "",
+            -1 if spec is None else spec.min_duration_ms,
+            1 if spec is not None and points in (None, spec.points) else 0,
+            self._claims.done_ttl_s,
+        ]
+        result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, args)
         code = result[0]
+        if code == b"claimed" and spec is not None:
+            return Ticket.from_json(action_id, result[1]), spec
         if code == b"account":
             raise_for_account(revoked=int(result[1]) == 1, status=result[2] or None)
         if code == b"done":
             raise AlreadyCompleted("this action was already completed")
         if code == b"limited":
             raise RateLimited(self._limiter.decision(limits, result[1], result[2]))
-        if code not in (b"ok", b"rejected", b"legacy", b"claimed"):
-            raise RuntimeError(f"unexpected admission result {result!r}")
-        return result
+        if code == b"rejected":
+            raise self._rejection(result[1].decode(), action_type, spec, result[2:])
+        raise RuntimeError(f"unexpected admission result {result!r}")
 
-
-admission_key = web.AppKey("admission", Admission)
+    def _rejection(
+        self, reason: str, action_type: str, spec: ActionSpec | None, extra: list[Any]
+    ) -> BadRequest:
+        if reason == "type_unknown" or spec is None:
+            return self._catalog.unknown(action_type)
+        if reason == "too_fast":
+            elapsed_ms = float(extra[0]) if extra else 0.0
+            return TicketRejected(
+                f"completed after {elapsed_ms:.0f} ms; '{action_type}' takes at least "
+                f"{spec.min_duration_ms} ms",
+                reason=reason,
+            )
+        if reason == "points_mismatch":
+            return TicketRejected(
+                f"points must be {spec.points} for '{action_type}' (the catalog decides)",
+                reason=reason,
+            )
+        return TicketRejected(_DETAILS[reason], reason=reason)

@@ -6,11 +6,10 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.problems import BadRequest
-from gateway.security import Rejection
+from gateway.rejections import Rejection
 
 ACTION_TYPE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -49,13 +48,22 @@ class Catalog:
         """The entry for ``action_type``, or None."""
         return self._entries.get(action_type)
 
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every action type, sorted."""
+        return tuple(sorted(self._entries))
+
     def get(self, action_type: str) -> ActionSpec:
         """The entry for ``action_type``, or :class:`UnknownActionType`."""
         spec = self._entries.get(action_type)
         if spec is None:
-            known = ", ".join(sorted(self._entries))
-            raise UnknownActionType(f"unknown action_type {action_type!r}; known: {known}")
+            raise self.unknown(action_type)
         return spec
+
+    def unknown(self, action_type: str) -> UnknownActionType:
+        """The 400 for an action type the catalog does not have."""
+        known = ", ".join(self.types)
+        return UnknownActionType(f"unknown action_type {action_type!r}; known: {known}")
 
     def listing(self) -> list[dict[str, object]]:
         """The public list: ``[{action_type, points, min_duration_ms}]`` sorted by name."""
@@ -63,6 +71,3 @@ class Catalog:
             {"action_type": name, "points": spec.points, "min_duration_ms": spec.min_duration_ms}
             for name, spec in sorted(self._entries.items())
         ]
-
-
-catalog_key = web.AppKey("catalog", Catalog)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -80,6 +79,3 @@ class GatewayMetrics:
                 registry=registry,
             ),
         )
-
-
-metrics_key = web.AppKey("gateway_metrics", GatewayMetrics)

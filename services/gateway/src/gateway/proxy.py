@@ -30,11 +30,10 @@ from yarl import URL
 
 from common.middlewares import REQUEST_ID, request_id_key
 from common.problems import ServiceUnavailable
-from gateway.authn import Principal, authenticator_key, require_principal, websocket_token
+from gateway.edge import client_address
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import Limit, rate_limiter_key, rate_policy_key
-from gateway.security import client_address
 from gateway.settings import Settings
+from gateway.tokens import Principal
 from gateway.wsupstream import Ended, UpstreamHandshakeError, UpstreamSocket
 
 log = structlog.get_logger(__name__)
@@ -326,42 +325,3 @@ class Proxy:
             ),
             return_exceptions=True,
         )
-
-
-proxy_key = web.AppKey("proxy", Proxy)
-
-
-async def auth_route(request: web.Request) -> web.Response:
-    """``/api/auth/*``: to the auth service, under a per-address limit."""
-    app = request.app
-    await app[rate_limiter_key].enforce(
-        Limit("auth_address", client_address(request), app[rate_policy_key].auth_address)
-    )
-    return await app[proxy_key].forward(request, "auth", keep_authorization=True)
-
-
-async def jwks_route(request: web.Request) -> web.Response:
-    """``GET /.well-known/jwks.json``: auth's public keys."""
-    return await request.app[proxy_key].forward(request, "auth")
-
-
-async def board_route(request: web.Request) -> web.Response:
-    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster."""
-    return await request.app[proxy_key].forward(request, "broadcaster")
-
-
-async def me_route(request: web.Request) -> web.Response:
-    """``GET /api/scoreboard/me``: the broadcaster answers for the verified token's user."""
-    principal = await require_principal(request)
-    return await request.app[proxy_key].forward(request, "broadcaster", user_id=principal.user_id)
-
-
-async def ws_route(request: web.Request) -> web.WebSocketResponse:
-    """``GET /ws/scoreboard``: anyone may watch; a presented token must verify (401 otherwise)."""
-    token, bearer_subprotocol = websocket_token(request)
-    principal = None
-    if token is not None:
-        principal = await request.app[authenticator_key].authenticate(request, token)
-    return await request.app[proxy_key].websocket(
-        request, principal, bearer_subprotocol=bearer_subprotocol
-    )

@@ -2,8 +2,8 @@
 
 The gateway must start (and answer health checks) while Kafka is down, so the producer is started
 by a background task that retries with backoff; until it is up, and whenever Kafka does not
-acknowledge a command within ``publish_timeout_s``, publishing raises :class:`PublishFailed` and the
-handler answers 503 after releasing the action (nothing was recorded; the client may retry).
+acknowledge a command within ``publish_timeout_s``, :meth:`CommandPublisher.publish_claimed`
+releases the action's claim and answers 503 (nothing was recorded; the client may retry).
 
 A timed-out send may still reach Kafka later. That is safe: the retry publishes the same action id
 again and the score service applies an action id at most once (primary key on ``actions``).
@@ -17,13 +17,15 @@ import socket
 import time
 
 import structlog
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
+from common.backoff import Backoff
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
 from common.kafka import make_producer
+from common.problems import ServiceUnavailable
 from common.tracing import inject_headers
+from gateway.claims import Claims
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 
@@ -41,6 +43,17 @@ class PublishFailed(Exception):
         self.reason = reason
 
 
+class CommandNotRecorded(ServiceUnavailable):
+    """503: Kafka did not take the command; nothing was recorded, a retry is safe."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the score update could not be recorded right now; nothing was applied, "
+            "retry the same request",
+            headers={"Retry-After": "1"},
+        )
+
+
 class KafkaNotReady(Exception):
     """Readiness: the producer has not started yet."""
 
@@ -48,9 +61,10 @@ class KafkaNotReady(Exception):
 class CommandPublisher:
     """Publishes :class:`ScoreCommand` events keyed by user id, waiting for acks=all."""
 
-    def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics, claims: Claims) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._claims = claims
         self._topic = Topics(settings.topic_prefix).commands
         self._timeout = settings.publish_timeout_s
         self._producer: AIOKafkaProducer | None = None
@@ -72,7 +86,7 @@ class CommandPublisher:
 
     async def run(self) -> None:
         """Start the producer, retrying with backoff until Kafka answers."""
-        delay = 0.5
+        backoff = Backoff(base_s=0.5, cap_s=10.0)
         client_id = f"gateway-{socket.gethostname()}"
         while self._producer is None:
             producer = make_producer(self._settings, client_id=client_id, linger_ms=2)
@@ -87,11 +101,13 @@ class CommandPublisher:
                 await producer.stop()
                 raise
             except Exception as exc:  # any start failure means "Kafka not reachable yet"
-                log.warning("kafka_producer_unavailable", error=repr(exc), retry_in_s=delay)
+                delay = backoff.next_delay()
+                log.warning(
+                    "kafka_producer_unavailable", error=repr(exc), retry_in_s=round(delay, 2)
+                )
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
                 continue
             self._producer = producer
             self._started.set()
@@ -102,6 +118,23 @@ class CommandPublisher:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+    async def publish_claimed(self, command: ScoreCommand) -> None:
+        """Publish a claimed command; on any failure release the claim so a retry can succeed.
+
+        Raises :class:`CommandNotRecorded` (503) when Kafka did not take it.
+        """
+        try:
+            await self.publish(command)
+        except BaseException as exc:
+            try:
+                # Shielded: even a cancelled request must not leave the action claimed, unsent.
+                await asyncio.shield(self._claims.release(command.action_id, command.accepted_at))
+            except Exception:
+                log.exception("release_failed", action_id=str(command.action_id))
+            if isinstance(exc, PublishFailed):
+                raise CommandNotRecorded from None
+            raise
 
     async def publish(self, command: ScoreCommand) -> None:
         """Publish and wait for the acks=all acknowledgement, or raise :class:`PublishFailed`."""
@@ -135,6 +168,3 @@ class CommandPublisher:
                 raise PublishFailed("error") from exc
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
         self._metrics.commands_accepted.labels(command.action_type).inc()
-
-
-publisher_key = web.AppKey("publisher", CommandPublisher)

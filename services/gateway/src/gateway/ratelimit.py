@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from common.problems import TooManyRequests
-from gateway.security import Rejection
+from gateway.rejections import Rejection
 from gateway.settings import Settings
 
 # Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with
@@ -147,9 +146,6 @@ class RateLimiter:
             raise RateLimited(decision)
 
 
-rate_limiter_key = web.AppKey("rate_limiter", RateLimiter)
-
-
 @dataclass(frozen=True)
 class RatePolicy:
     """The configured rates, by what they protect."""
@@ -172,6 +168,3 @@ class RatePolicy:
             ),
             auth_address=Rate(settings.auth_rate_per_address, settings.auth_burst_per_address),
         )
-
-
-rate_policy_key = web.AppKey("rate_policy", RatePolicy)

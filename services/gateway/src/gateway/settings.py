@@ -6,9 +6,8 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
@@ -85,9 +84,6 @@ class Settings(CommonSettings):
     action_hmac_keys: Annotated[list[HmacKey], NoDecode] = Field(
         default_factory=lambda: [_parse_key(DEV_HMAC_KEY)]
     )
-    # 2: action hashes can be checked before Redis (one round trip per update). 1: what gateways
-    # before version 2 issue; set it while such a gateway still runs (both versions verify).
-    action_hash_version: Literal[1, 2] = 2
     ticket_ttl_s: int = Field(default=600, gt=0)
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
@@ -158,6 +154,3 @@ def _parse_key(text: str) -> HmacKey:
     if len(secret) < 16:
         raise ValueError(f"action HMAC key {key_id!r}: the secret needs at least 16 characters")
     return HmacKey(key_id=key_id, secret=SecretStr(secret))
-
-
-settings_key = web.AppKey("settings", Settings)

@@ -19,31 +19,20 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 import structlog
-from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from common.backoff import Backoff
+from common.events import AppliedNotice
+
 log = structlog.get_logger(__name__)
-
-
-class Applied(BaseModel):
-    """The broadcaster's notice that an action's score change is on the board."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    action_id: uuid.UUID
-    user_id: uuid.UUID
-    score: int
-    rank: int | None = None
-    version: int | None = None
-    username: str | None = None
 
 
 class AppliedWaiters:
     """Futures of requests waiting for their action, keyed by action id."""
 
     def __init__(self, *, linger_s: float = 30.0, subscribe_timeout_s: float = 1.0) -> None:
-        self._pending: dict[uuid.UUID, list[asyncio.Future[Applied]]] = {}
+        self._pending: dict[uuid.UUID, list[asyncio.Future[AppliedNotice]]] = {}
         self._linger = linger_s
         self._subscribe_timeout = subscribe_timeout_s
         self._wanted = asyncio.Event()
@@ -55,14 +44,14 @@ class AppliedWaiters:
         return sum(len(futures) for futures in self._pending.values())
 
     @asynccontextmanager
-    async def expect(self, action_id: uuid.UUID) -> AsyncIterator[asyncio.Future[Applied]]:
+    async def expect(self, action_id: uuid.UUID) -> AsyncIterator[asyncio.Future[AppliedNotice]]:
         """Register interest in ``action_id`` for the duration of the block.
 
         On entry the channel subscription is up (or could not be made within
         ``subscribe_timeout_s``, e.g. Redis is down: the request then simply waits its time and
         answers 202), so a notice published after the block starts its work is not missed.
         """
-        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[AppliedNotice] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(action_id, []).append(future)
         self._wanted.set()
         try:
@@ -80,7 +69,7 @@ class AppliedWaiters:
             if not future.done():
                 future.cancel()
 
-    def resolve(self, applied: Applied) -> bool:
+    def resolve(self, applied: AppliedNotice) -> bool:
         """Wake the requests waiting for ``applied.action_id``; False if there were none."""
         futures = self._pending.pop(applied.action_id, [])
         for future in futures:
@@ -91,7 +80,7 @@ class AppliedWaiters:
     def on_message(self, data: bytes) -> None:
         """Handle one raw channel message."""
         try:
-            applied = Applied.model_validate_json(data)
+            applied = AppliedNotice.model_validate_json(data)
         except ValidationError as exc:
             log.warning("applied_message_invalid", error=str(exc)[:200])
             return
@@ -99,7 +88,7 @@ class AppliedWaiters:
 
     async def listen(self, redis: aioredis.Redis, channel: str) -> None:
         """Forever: subscribe to ``channel`` while requests wait, dispatch, reconnect on errors."""
-        delay = 0.5
+        backoff = Backoff(base_s=0.5, cap_s=10.0)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         while True:
@@ -108,7 +97,7 @@ class AppliedWaiters:
             try:
                 await pubsub.subscribe(channel)
                 self.subscribed.set()
-                delay = 0.5
+                backoff.reset()
                 idle_since = None
                 while True:
                     # A bounded read keeps the connection's health checks running while idle.
@@ -126,14 +115,13 @@ class AppliedWaiters:
                     elif loop.time() - idle_since >= self._linger:
                         break
             except (RedisError, OSError) as exc:
-                log.warning("applied_listener_reconnecting", error=repr(exc), retry_in_s=delay)
+                delay = backoff.next_delay()
+                log.warning(
+                    "applied_listener_reconnecting", error=repr(exc), retry_in_s=round(delay, 2)
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
             finally:
                 self.subscribed.clear()
                 if not self._pending:
                     self._wanted.clear()
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-waiters_key = web.AppKey("applied_waiters", AppliedWaiters)

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.redis_pipeline import PipelinedRedis, pack
+from gateway.redis_pipeline import PipelinedRedis, pack
 from testkit.env import TestEnv
 
 ECHO_LUA = "return {KEYS[1], ARGV[1]}"

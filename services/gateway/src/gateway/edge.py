@@ -1,7 +1,8 @@
-"""Security events: every rejection is logged as one structured event and counted by reason.
+"""The gateway's edge: what every request passes before and after a handler.
 
-Also where the client's address comes from (the peer, or a trusted proxy's last hop), since
-rate limits, logs and the headers sent upstream all need the same answer.
+Who the client is (the peer, or a trusted proxy's last hop), which token it carries and whose it
+is, and the one middleware where problems are rendered and every rejection is logged as a
+security event and counted by reason. Domain modules below never see ``aiohttp.web``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from redis.exceptions import RedisError
 
 from common.middlewares import Handler, problem_response, request_id_key
 from common.problems import BadRequest, Problem, ServiceUnavailable
-from gateway.metrics import metrics_key
+from gateway.components import components_key
+from gateway.rejections import Rejection
+from gateway.tokens import InvalidToken, Principal
 
 log = structlog.get_logger(__name__)
 
@@ -24,16 +27,6 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The authenticated user id (set once the token verified), for the security log.
 user_key = web.RequestKey("user_id", str)
 address_key = web.RequestKey("client_address", str)
-trusted_proxies_key: web.AppKey[tuple[IpNetwork, ...]] = web.AppKey("trusted_proxies")
-
-
-class Rejection:
-    """Mixin for problems that reject a request for a security or abuse reason.
-
-    ``reason`` is a short, fixed label (it becomes a Prometheus label value).
-    """
-
-    reason: str = "rejected"
 
 
 def resolve_client_address(
@@ -66,7 +59,7 @@ def client_address(request: web.Request) -> str:
     """The request's client address (computed once per request)."""
     if address_key in request:
         return request[address_key]
-    trusted: tuple[IpNetwork, ...] = request.app[trusted_proxies_key]
+    trusted = request.app[components_key].settings.trusted_proxies
     address = resolve_client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), trusted
     )
@@ -89,7 +82,7 @@ async def rejection_middleware(request: web.Request, handler: Handler) -> web.St
         elif isinstance(problem, BadRequest):
             reason = "invalid_request"
         if reason is not None:
-            request.app[metrics_key].rejections.labels(reason).inc()
+            request.app[components_key].metrics.rejections.labels(reason).inc()
             log.warning(
                 "security",
                 reason=reason,
@@ -108,3 +101,65 @@ async def rejection_middleware(request: web.Request, handler: Handler) -> web.St
             "a dependency is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
         return problem_response(unavailable, request.get(request_id_key))
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (None without the header)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidToken("use 'Authorization: Bearer <token>'", reason="token_malformed")
+    return token
+
+
+def websocket_token(request: web.Request) -> tuple[str | None, bool]:
+    """A WebSocket's token and whether it came as the ``bearer, <token>`` subprotocol pair.
+
+    Browsers cannot set headers on a WebSocket, hence the query parameter and the subprotocol.
+    """
+    token = bearer_token(request)
+    if token is not None:
+        return token, False
+    query_token = request.query.get("access_token")
+    if query_token:
+        return query_token, False
+    offered = [
+        p.strip()
+        for value in request.headers.getall("Sec-WebSocket-Protocol", [])
+        for p in value.split(",")
+    ]
+    lowered = [p.lower() for p in offered]
+    if "bearer" in lowered:
+        at = lowered.index("bearer")
+        if at + 1 < len(offered) and offered[at + 1]:
+            return offered[at + 1], True
+        raise InvalidToken("send the token after the 'bearer' subprotocol", reason="token_missing")
+    return None, False
+
+
+async def authenticate(request: web.Request, token: str) -> Principal:
+    """The principal of ``token``, live account checks included (the user id is recorded for
+    the security log)."""
+    principal = await request.app[components_key].authenticator.verifier.verify(token)
+    request[user_key] = str(principal.user_id)
+    await request.app[components_key].authenticator.check_account(principal)
+    return principal
+
+
+async def require_principal(request: web.Request, *, check_account: bool = True) -> Principal:
+    """The verified principal of a request with a Bearer token (401 without one).
+
+    ``check_account=False`` leaves the live account checks to the caller, which must make them
+    (the update path does, in its single admission round trip).
+    """
+    token = bearer_token(request)
+    if token is None:
+        raise InvalidToken("this endpoint needs a Bearer access token", reason="token_missing")
+    if check_account:
+        return await authenticate(request, token)
+    principal = await request.app[components_key].authenticator.verifier.verify(token)
+    request[user_key] = str(principal.user_id)
+    return principal
