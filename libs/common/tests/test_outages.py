@@ -1,0 +1,75 @@
+"""A store that does not answer becomes 503 with Retry-After; other failures stay 500."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from aiohttp.typedefs import Middleware
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from structlog.testing import capture_logs
+
+from common.outages import outage_middleware
+from common.web import create_base_app
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
+
+FAILURES: dict[str, BaseException] = {
+    "refused": ConnectionRefusedError("refused"),
+    "timeout": TimeoutError(),
+    "postgres": asyncpg.CannotConnectNowError("starting up"),
+    "pool": asyncpg.InterfaceError("pool is closing"),
+    "redis": RedisConnectionError("down"),
+    "bug": asyncpg.UniqueViolationError("duplicate key"),
+    "redis-bug": ResponseError("WRONGTYPE"),
+}
+
+
+async def _handler(request: web.Request) -> web.Response:
+    raise FAILURES[request.match_info["kind"]]
+
+
+async def _client(aiohttp_client: ClientFactory, middleware: Middleware) -> Client:
+    app = create_base_app("test")
+    app.middlewares.append(middleware)
+    app.router.add_get("/{kind}", _handler)
+    return await aiohttp_client(app)
+
+
+@pytest.mark.parametrize("kind", ["refused", "timeout", "postgres", "pool", "redis"])
+async def test_connection_failures_are_503_with_retry_after(
+    aiohttp_client: ClientFactory, kind: str
+) -> None:
+    client = await _client(aiohttp_client, outage_middleware())
+    with capture_logs() as logs:
+        resp = await client.get(f"/{kind}")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "2"
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["detail"] == "a backing service is unavailable; retry shortly"
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["dependency_unavailable"]
+
+
+@pytest.mark.parametrize("kind", ["bug", "redis-bug"])
+async def test_other_failures_stay_500(aiohttp_client: ClientFactory, kind: str) -> None:
+    client = await _client(aiohttp_client, outage_middleware())
+    assert (await client.get(f"/{kind}")).status == 500
+
+
+async def test_a_service_names_its_own_outages_and_retry_after(
+    aiohttp_client: ClientFactory,
+) -> None:
+    only_redis = outage_middleware(
+        (RedisError,), retry_after_s=1, detail="a dependency is unavailable"
+    )
+    client = await _client(aiohttp_client, only_redis)
+    resp = await client.get("/redis-bug")  # every Redis error, for a service that needs Redis
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["detail"] == "a dependency is unavailable"
+    assert (await client.get("/refused")).status == 500
