@@ -27,8 +27,7 @@ from auth.settings import Settings
 from common.logs import configure_logging
 from common.postgres import create_pool
 from common.redis_client import create_redis
-from common.runner import run
-from common.tracing import configure_tracing
+from common.runner import serve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,13 +73,11 @@ async def _admin(
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the command."""
     args = _parser().parse_args(argv)
-    settings = Settings.load()
     command = args.command or "serve"
     if command == "serve":
-        configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
-        configure_tracing(settings.service_name, settings.otel_exporter_endpoint)
-        run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
+        serve(Settings, create_app, argv=[])  # the arguments are parsed already
         return
+    settings = Settings.load()
     # Operator commands keep stdout for their one JSON result; their log (an audit trail of
     # what was done) goes to stderr.
     configure_logging(f"{settings.service_name}-cli", settings.log_level, json=settings.log_json)

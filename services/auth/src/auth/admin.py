@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from auth.revocations import BANNED, DELETED, Revocations
+from auth.revocations import Revocations
+from common.keyspace import USER_BANNED, USER_DELETED
 from common.removals import record_removal
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,7 @@ class Admin:
                 row["user_id"],
             )
         session_ids = [s["session_id"] for s in sessions]
-        await self._revocations.set_user_status(row["user_id"], BANNED)
+        await self._revocations.set_user_status(row["user_id"], USER_BANNED)
         await self._revocations.sessions_revoked(session_ids)
         log.info("user_banned", user_id=str(row["user_id"]), sessions_revoked=len(session_ids))
         return AdminResult(row["user_id"], row["username"], len(session_ids))
@@ -93,6 +94,6 @@ class Admin:
             await conn.execute("DELETE FROM users WHERE user_id = $1", row["user_id"])
         # "deleted" makes every gateway answer 401 for the user's tokens; per-session keys are
         # not needed on top.
-        await self._revocations.set_user_status(row["user_id"], DELETED)
+        await self._revocations.set_user_status(row["user_id"], USER_DELETED)
         log.info("user_deleted", user_id=str(row["user_id"]), sessions_revoked=live)
         return AdminResult(row["user_id"], row["username"], int(live))

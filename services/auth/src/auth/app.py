@@ -15,7 +15,6 @@ from auth.components import Components, components_key
 from auth.handlers import add_routes
 from auth.keys import KeyStore
 from auth.metrics import AuthMetrics
-from auth.outages import outage_middleware
 from auth.passwords import Passwords
 from auth.revocations import Revocations
 from auth.security import security_middleware
@@ -24,9 +23,10 @@ from auth.settings import Settings
 from auth.throttle import LoginThrottle
 from auth.tokens import Tokens
 from common.health import readiness_key, registry_key
+from common.outages import outage_middleware
 from common.postgres import create_pool
 from common.redis_client import create_redis
-from common.tasks import stop as stop_task
+from common.tasks import running
 from common.web import create_base_app
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in cleanup contexts."""
     app = create_base_app(settings.service_name)
     app.middlewares.append(security_middleware(trust_forwarded_for=settings.trust_forwarded_for))
-    app.middlewares.append(outage_middleware)
+    app.middlewares.append(outage_middleware())
     app[settings_key] = settings
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
@@ -106,13 +106,13 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
             keystore.signing_key()
 
         app[readiness_key]["signing_key"] = signing_key
-        tasks = [
-            asyncio.create_task(keystore.run_reloader(), name="auth-key-reloader"),
-            asyncio.create_task(_prune_forever(sessions), name="auth-session-pruner"),
-        ]
-        yield
-        for task in tasks:
-            await stop_task(task)
+        async with running(
+            {
+                "auth-key-reloader": keystore.run_reloader(),
+                "auth-session-pruner": _prune_forever(sessions),
+            }
+        ):
+            yield
     finally:
         passwords.close()
 

@@ -13,9 +13,9 @@ from auth.models import (
     RegisterResponse,
     TokenResponse,
 )
-from auth.security import client_address_key
 from auth.sessions import Grant
 from auth.tokens import InvalidAccessToken
+from common.addresses import client_address_key
 from common.bodies import json_response, read_json
 
 # RFC 6749 5.1: responses carrying tokens must not be cached anywhere.

@@ -1,8 +1,12 @@
 """What auth tells the gateways through Redis, so they react before access tokens expire.
 
-- ``P revoked-session:{sid}`` = "1", TTL = access-token lifetime (no token of that session can
-  outlive it): written on logout, on refresh-token reuse, and for each session of a banned user.
-- ``P user-status:{user_id}`` = "banned" | "deleted", no TTL; removed on unban.
+The names and values are the shared keyspace's (:mod:`common.keyspace`):
+
+- ``P revoked-session:{sid}`` = :data:`~common.keyspace.SESSION_REVOKED`, TTL = access-token
+  lifetime (no token of that session can outlive it): written on logout, on refresh-token
+  reuse, and for each session of a banned user.
+- ``P user-status:{user_id}`` = :data:`~common.keyspace.USER_BANNED` |
+  :data:`~common.keyspace.USER_DELETED`, no TTL; removed on unban.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-BANNED = "banned"
-DELETED = "deleted"
+from common.keyspace import SESSION_REVOKED, revoked_session_key, user_status_key
 
 
 class Revocations:
@@ -26,21 +29,21 @@ class Revocations:
 
     def session_key(self, session_id: uuid.UUID) -> str:
         """The key marking ``session_id`` revoked."""
-        return f"{self._prefix}revoked-session:{session_id}"
+        return revoked_session_key(self._prefix, session_id)
 
     def status_key(self, user_id: uuid.UUID) -> str:
         """The key holding ``user_id``'s status (absent when in good standing)."""
-        return f"{self._prefix}user-status:{user_id}"
+        return user_status_key(self._prefix, user_id)
 
     async def sessions_revoked(self, session_ids: Iterable[uuid.UUID]) -> None:
         """Mark sessions revoked for as long as any of their access tokens can live."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.set(self.session_key(sid), "1", ex=self._ttl_s)
+                pipe.set(self.session_key(sid), SESSION_REVOKED, ex=self._ttl_s)
             await pipe.execute()
 
     async def set_user_status(self, user_id: uuid.UUID, status: str | None) -> None:
-        """Set ``banned``/``deleted``, or clear the status with ``None``."""
+        """Set :data:`~common.keyspace.USER_BANNED`/``USER_DELETED``, or clear it with ``None``."""
         if status is None:
             await self._redis.delete(self.status_key(user_id))
         else:

@@ -1,85 +1,47 @@
-"""Who the client is, and the one place where every rejection becomes a security event log."""
+"""Auth's edge: who the client is, and every 4xx logged as a security event naming the username.
+
+The mechanisms are shared (:mod:`common.addresses`, :mod:`common.rejections`); what is auth's
+own is the trust setting (the gateway is the only peer, so its last X-Forwarded-For hop is
+believed when ``trust_forwarded_for`` is on) and the username a rejection concerns.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Any
+from collections.abc import Mapping
 
-import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from common.middlewares import Handler, request_id_key
-from common.problems import BadRequest, Problem
-
-log = structlog.get_logger(__name__)
-
-client_address_key = web.RequestKey("client_address", str)
+from common.addresses import TrustedProxies, request_client_address
+from common.problems import Problem
+from common.rejections import Rejected, Rejection, rejection_middleware
 
 
-class SecurityRejection(Problem):
-    """Base for problems that carry a machine-readable reason and the username involved.
+class SecurityRejection(Rejection, Problem):
+    """Base for auth's rejections: a machine-readable reason and the username involved.
 
     Combine it with the status class: ``class Banned(SecurityRejection, Forbidden)``.
-
-    The reason is for logs and metrics only; clients see the problem's detail, which for
-    credential failures is deliberately the same whatever the reason.
     """
 
-    reason: str = "rejected"
     username: str | None = None
 
 
+def trusted_proxies(*, trust_forwarded_for: bool) -> TrustedProxies:
+    """Auth trusts every peer's X-Forwarded-For, or none."""
+    return TrustedProxies(every_peer=trust_forwarded_for)
+
+
 def client_address(request: web.Request, *, trust_forwarded_for: bool) -> str:
-    """The client's address: the peer, or the last X-Forwarded-For hop when trusted.
-
-    Only the last hop is trusted: it is what our gateway appended; anything before it came from
-    the client and may be forged.
-    """
-    if trust_forwarded_for:
-        hops = [
-            h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")
-        ]
-        hops = [h for h in hops if h]
-        if hops:
-            try:
-                return str(ipaddress.ip_address(hops[-1]))
-            except ValueError:
-                log.warning("forwarded_for_unparsable", value=hops[-1][:64])
-    return request.remote or "unknown"
+    """The client's address: the peer, or the last X-Forwarded-For hop when trusted."""
+    return request_client_address(request, trusted_proxies(trust_forwarded_for=trust_forwarded_for))
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, SecurityRejection):
-        return exc.reason
-    if isinstance(exc, BadRequest):
-        return "invalid_request"
-    if isinstance(exc, web.HTTPException):
-        return exc.reason.lower().replace(" ", "_")
-    return type(exc).__name__
+def _username(request: web.Request, error: Rejected) -> Mapping[str, object]:
+    return {"username": getattr(error, "username", None)}
 
 
-def security_middleware(*, trust_forwarded_for: bool) -> Any:
+def security_middleware(*, trust_forwarded_for: bool) -> Middleware:
     """Resolve the client address for handlers, and log each 4xx as ``event="security"``."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        address = client_address(request, trust_forwarded_for=trust_forwarded_for)
-        request[client_address_key] = address
-        try:
-            return await handler(request)
-        except (Problem, web.HTTPException) as exc:
-            status = exc.status
-            if 400 <= status < 500:
-                log.warning(
-                    "security",
-                    reason=_reason(exc),
-                    status=status,
-                    username=getattr(exc, "username", None),
-                    address=address,
-                    method=request.method,
-                    path=request.path,
-                    request_id=request.get(request_id_key),
-                )
-            raise
-
-    return middleware
+    return rejection_middleware(
+        trusted_proxies(trust_forwarded_for=trust_forwarded_for), identity=_username
+    )
