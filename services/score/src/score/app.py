@@ -9,30 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
-import asyncpg
-import structlog
 from aiohttp import web
 
 from common.health import readiness_key, registry_key
 from common.kafka import make_consumer, make_producer, started
 from common.migrate import migrate
 from common.postgres import create_pool
+from common.tasks import running
 from common.web import create_base_app
+from score.components import Components, components_key
 from score.consumer import CommandConsumer
 from score.metrics import ScoreMetrics
 from score.relay import OutboxRelay
 from score.settings import Settings
 from score.store import ScoreStore
 
-log = structlog.get_logger(__name__)
-
-settings_key = web.AppKey("settings", Settings)
-metrics_key = web.AppKey("score_metrics", ScoreMetrics)
-pool_key = web.AppKey("pool", asyncpg.Pool)
-consumer_key = web.AppKey("command_consumer", CommandConsumer)
-relay_key = web.AppKey("outbox_relay", OutboxRelay)
+CONSUMER_TASK = "score-consumer"
+RELAY_TASK = "score-relay"
 
 
 class NoPartitionsAssigned(Exception):
@@ -44,17 +40,16 @@ class ApplyStalled(Exception):
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build the app; resources open and close in cleanup contexts."""
+    """Build the app; resources open and close in a cleanup context."""
     app = create_base_app(settings.service_name)
-    app[settings_key] = settings
-    app[metrics_key] = ScoreMetrics.create(app[registry_key])
-    app.cleanup_ctx.append(_service)
+    metrics = ScoreMetrics.create(app[registry_key])
+    app.cleanup_ctx.append(functools.partial(_service, settings, metrics))
     return app
 
 
-async def _service(app: web.Application) -> AsyncIterator[None]:
-    settings = app[settings_key]
-    metrics = app[metrics_key]
+async def _service(
+    settings: Settings, metrics: ScoreMetrics, app: web.Application
+) -> AsyncIterator[None]:
     if settings.migrate_on_start:
         await migrate(settings.postgres_dsn)
     async with contextlib.AsyncExitStack() as stack:
@@ -71,16 +66,23 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         await stack.enter_async_context(started(kafka_consumer))
         consumer = CommandConsumer(kafka_consumer, producer, ScoreStore(pool), settings, metrics)
         consumer.subscribe()
-        relay = OutboxRelay(producer, settings, metrics)
-        app[pool_key] = pool
-        app[consumer_key] = consumer
-        app[relay_key] = relay
-
+        parts = app[components_key] = Components(
+            settings=settings,
+            metrics=metrics,
+            pool=pool,
+            consumer=consumer,
+            relay=OutboxRelay(producer, settings, metrics),
+        )
+        # On the way out (SIGTERM) the stop event is set first: the batch in progress finishes
+        # and commits, the relay ends its round; whatever still runs after the grace is cancelled.
         stop = asyncio.Event()
-        consuming = asyncio.create_task(consumer.run(stop), name="score-consumer")
-        relaying = asyncio.create_task(relay.run(stop), name="score-relay")
-        for task in (consuming, relaying):
-            task.add_done_callback(_report_exit)
+        tasks = await stack.enter_async_context(
+            running(
+                {CONSUMER_TASK: parts.consumer.run(stop), RELAY_TASK: parts.relay.run(stop)},
+                stop_event=stop,
+                grace_s=settings.shutdown_grace_s,
+            )
+        )
 
         async def postgres() -> None:
             await pool.fetchval("SELECT 1")
@@ -90,29 +92,10 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
                 raise NoPartitionsAssigned()
 
         async def applying() -> None:
-            if consuming.done():
+            if tasks[CONSUMER_TASK].done():
                 raise ApplyStalled("the consumer task has stopped")
             if consumer.failure:
                 raise ApplyStalled(consumer.failure)
 
         app[readiness_key].update(postgres=postgres, kafka=kafka, apply=applying)
-        try:
-            yield
-        finally:
-            # SIGTERM: the batch in progress finishes and commits, the relay ends its round.
-            stop.set()
-            _, pending = await asyncio.wait(
-                (consuming, relaying), timeout=settings.shutdown_grace_s
-            )
-            for task in pending:
-                log.warning("shutdown_cancelled", task=task.get_name())
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _report_exit(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("background_task_crashed", task=task.get_name(), exc_info=exc)
+        yield

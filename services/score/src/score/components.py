@@ -1,0 +1,27 @@
+"""The service's parts, built when the app starts (see app.py) and reached via one AppKey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from score.consumer import CommandConsumer
+from score.metrics import ScoreMetrics
+from score.relay import OutboxRelay
+from score.settings import Settings
+
+
+@dataclass(frozen=True)
+class Components:
+    """Everything the background work and the readiness checks use."""
+
+    settings: Settings
+    metrics: ScoreMetrics
+    pool: asyncpg.Pool
+    consumer: CommandConsumer
+    relay: OutboxRelay
+
+
+components_key = web.AppKey("score_components", Components)
