@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from broadcaster.board import Board
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common.events import ScoreChanged, ScoreChangedEvent, Topics, encode
 from common.kafka import make_producer
@@ -79,9 +79,9 @@ def send(producer: AIOKafkaProducer, test_env: TestEnv) -> Send:
 
 
 @pytest.fixture
-async def board(redis_client: aioredis.Redis, test_env: TestEnv) -> AsyncIterator[Board]:
+async def board(redis_client: aioredis.Redis, test_env: TestEnv) -> AsyncIterator[RedisBoard]:
     """An empty, built board under a prefix of its own."""
-    board = Board(redis_client, f"{test_env.redis_prefix}board-test-{uuid.uuid4().hex[:8]}:")
+    board = RedisBoard(redis_client, f"{test_env.redis_prefix}board-test-{uuid.uuid4().hex[:8]}:")
     await board.mark_built({"by": "test"})
     yield board
     await redis_client.delete(*board.keys.board)

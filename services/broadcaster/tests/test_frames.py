@@ -7,7 +7,7 @@ import json
 import pytest
 
 from broadcaster.frames import me_frame, text_frame, top_frame
-from broadcaster.ranking import Entry
+from broadcaster.standings import Entry
 from broadcaster.ws import InboundBudget
 from testkit.broadcaster import parse_frames
 

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from broadcaster.board import Board
-from broadcaster.keys import board_key, consumer_key
+from broadcaster.components import components_key
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common.events import Topics
 from common.health import registry_key
@@ -57,7 +57,7 @@ async def test_change_reaches_redis_and_watchers_within_a_second(
     client: Client, players: list[Player], redis_client: aioredis.Redis, send: Send
 ) -> None:
     loop = asyncio.get_running_loop()
-    board = client.app[board_key]
+    board = client.app[components_key].board
     async with client.ws_connect("/ws/scoreboard") as ws:
         await next_frame(ws, "top", wait_s=1.0)
         last = players[0]
@@ -88,7 +88,7 @@ async def test_a_burst_reaches_each_watcher_at_most_ten_times_a_second(
     client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
 ) -> None:
     loop = asyncio.get_running_loop()
-    start_version = await client.app[board_key].poll()
+    start_version = await client.app[components_key].board.poll()
     assert start_version is not None
     final_version = start_version + 200
     arrivals: list[tuple[float, int]] = []
@@ -193,7 +193,7 @@ async def test_rank_only_changes_reach_a_player_at_most_ten_times_a_second(
 async def test_many_watchers_end_on_the_same_version(
     client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
 ) -> None:
-    start_version = await client.app[board_key].poll()
+    start_version = await client.app[components_key].board.poll()
     assert start_version is not None
     final_version = start_version + 50
     url = client.make_url("/ws/scoreboard")
@@ -230,7 +230,7 @@ async def test_replicas_share_one_board_and_announce_each_change_once(
     first = make_settings()
     second = make_settings(redis_prefix=first.redis_prefix)  # same board, its own group
     async with serve(first) as a, serve(second) as b:
-        channel = a.app[board_key].keys.applied
+        channel = a.app[components_key].board.keys.applied
         async with (
             a.ws_connect("/ws/scoreboard") as on_a,
             b.ws_connect("/ws/scoreboard") as on_b,
@@ -280,13 +280,13 @@ async def test_offsets_are_committed_at_intervals_and_on_stop(
 ) -> None:
     settings = make_settings(commit_interval_s=3600)
     async with serve(settings) as client:
-        group_id = client.app[consumer_key].group_id
-        start_version = await client.app[board_key].poll()
+        group_id = client.app[components_key].consumer.group_id
+        start_version = await client.app[components_key].board.poll()
         assert start_version is not None
         await _committed(settings, group_id)  # the group exists (joined, positions fixed)
         for p in players[:3]:
             await send(p.gain(5))
-        board = client.app[board_key]
+        board = client.app[components_key].board
         await _board_reached(board, start_version + 3)
         # The first batch commits at once; later ones wait for the interval.
         for p in players[3:6]:
@@ -298,7 +298,7 @@ async def test_offsets_are_committed_at_intervals_and_on_stop(
     assert after_stop - before_stop >= 3  # the batches applied since were committed on stop
 
 
-async def _board_reached(board: Board, version: int) -> None:
+async def _board_reached(board: RedisBoard, version: int) -> None:
     async with asyncio.timeout(10):
         while (await board.poll() or 0) < version:  # noqa: ASYNC110 - Redis state, no event
             await asyncio.sleep(0.02)

@@ -9,11 +9,11 @@ import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from broadcaster.board import Board
-from broadcaster.keys import board_key
-from broadcaster.metrics import Metrics
+from broadcaster.components import components_key
+from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
-from broadcaster.scores import ScoreTable
+from broadcaster.redis_board import RedisBoard
 from common.health import registry_key
 from common.postgres import create_pool
 from testkit.broadcaster import (
@@ -36,7 +36,7 @@ _PG_ORDER = """
 """
 
 
-async def _board_rows(board: Board) -> list[tuple[str, str, int]]:
+async def _board_rows(board: RedisBoard) -> list[tuple[str, str, int]]:
     top = await board.top(1_000_000)
     assert top is not None
     return [(e.user_id, e.username, e.score) for e in top.entries]
@@ -55,7 +55,7 @@ async def test_flushed_board_is_rebuilt_identical_to_postgres(
     await seed(pg, players)
     settings = make_settings()
     async with serve(settings) as client:
-        board = client.app[board_key]
+        board = client.app[components_key].board
         assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
         before = (await (await client.get("/api/scoreboard/top")).json())["version"]
 
@@ -106,9 +106,9 @@ async def test_only_one_replica_rebuilds(
         replicas = [
             Rebuilder(
                 settings,
-                Board(redis_client, settings.redis_prefix),
-                ScoreTable(pool),
-                Metrics.create(registry),
+                RedisBoard(redis_client, settings.redis_prefix),
+                PostgresScores(pool),
+                BroadcasterMetrics.create(registry),
             )
             for registry in registries
         ]
@@ -116,9 +116,9 @@ async def test_only_one_replica_rebuilds(
         assert sorted(rebuilt) == [False, False, True]
         counts = [r.get_sample_value("scoreboard_board_rebuilds_total") for r in registries]
         assert sorted(c or 0.0 for c in counts) == [0.0, 0.0, 1.0]
-        board = Board(redis_client, settings.redis_prefix)
+        board = RedisBoard(redis_client, settings.redis_prefix)
         assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
         assert not await board.lock_held()
     finally:
         await pool.close()
-        await redis_client.delete(*Board(redis_client, settings.redis_prefix).keys.board)
+        await redis_client.delete(*RedisBoard(redis_client, settings.redis_prefix).keys.board)

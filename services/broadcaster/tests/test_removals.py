@@ -7,8 +7,8 @@ import uuid
 import asyncpg
 import redis.asyncio as aioredis
 
-from broadcaster.keys import board_key, rebuilder_key
-from broadcaster.scores import ScoreTable
+from broadcaster.components import components_key
+from broadcaster.postgres_scores import PostgresScores
 from common.health import registry_key
 from common.postgres import create_pool
 from common.removals import record_removal
@@ -55,7 +55,7 @@ async def test_a_deleted_player_leaves_every_board_and_stays_off(
     victim = players[-1]  # the leader
     settings = make_settings()
     async with serve(settings) as client:
-        board = client.app[board_key]
+        board = client.app[components_key].board
         async with client.ws_connect("/ws/scoreboard") as ws:
             first = await next_frame(ws, "top", wait_s=2.0)
             assert _ids(first)[0] == str(victim.user_id)
@@ -84,10 +84,10 @@ async def test_a_deleted_player_leaves_every_board_and_stays_off(
         # Redis loses the board: the rebuild leaves the victim off, and lands on PostgreSQL's
         # version, which counts the removal: never below what clients have seen.
         await redis_client.delete(*board.keys.board)
-        await client.app[rebuilder_key].ensure_built()
+        await client.app[components_key].rebuilder.ensure_built()
         pool = await create_pool(settings)
         try:
-            truth = await ScoreTable(pool).top(10)
+            truth = await PostgresScores(pool).top(10)
         finally:
             await pool.close()
         rebuilt = await board.top(10)
@@ -111,7 +111,7 @@ async def _late_event_changes_nothing(client: Client, victim: Player, send: Send
     before = stale()
     await send(victim.gain(1000))
     await eventually(lambda: stale() > before)
-    found = await client.app[board_key].standings([str(victim.user_id)])
+    found = await client.app[components_key].board.standings([str(victim.user_id)])
     assert found is not None
     assert str(victim.user_id) not in found[1]
 

@@ -11,16 +11,16 @@ import asyncpg
 import pytest
 from aiohttp import ClientWebSocketResponse
 
+from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_TOO_SLOW
-from broadcaster.keys import board_key, fanout_key
 from common.health import registry_key
+from common.wsframes import decode_close
 from testkit.broadcaster import (
     Client,
     Player,
     RawWebSocket,
     Send,
     SettingsFactory,
-    close_code,
     eventually,
     high_score,
     next_frame,
@@ -89,7 +89,7 @@ async def _latencies(
 async def test_stuck_client_neither_delays_others_nor_stays(
     client: Client, players: list[Player], pg: asyncpg.Connection, send: Send
 ) -> None:
-    board = client.app[board_key]
+    board = client.app[components_key].board
     registry = client.app[registry_key]
     assert client.server.port is not None
 
@@ -113,9 +113,9 @@ async def test_stuck_client_neither_delays_others_nor_stays(
             stuck.close()
     await save_scores(pg, players)
 
-    await eventually(lambda: len(client.app[fanout_key]) == 0, wait_s=5)
+    await eventually(lambda: len(client.app[components_key].fanout) == 0, wait_s=5)
     assert frames[-1][0] == 0x8  # a close frame
-    assert close_code(frames[-1][1]) == (CLOSE_TOO_SLOW, "too slow")
+    assert decode_close(frames[-1][1]) == (CLOSE_TOO_SLOW, "too slow")
     # It received the first frames only: the server skipped it rather than queueing for it.
     assert sum(1 for op, _ in frames if op == 0x1) < 50
     # The normal client did not notice.

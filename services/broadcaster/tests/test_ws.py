@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType
 
+from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER
-from broadcaster.keys import board_key
 from testkit.broadcaster import (
     Client,
     Player,
@@ -63,7 +63,7 @@ async def test_snapshot_on_connect_and_a_fresh_one_on_reconnect(
     second = leaders[1]
     change = second.gain(100)
     await save_scores(pg, [second])
-    async with applied_inbox(redis_client, client.app[board_key].keys.applied) as inbox:
+    async with applied_inbox(redis_client, client.app[components_key].board.keys.applied) as inbox:
         await send(change)
         await inbox.wait_for(change.action_id)
 

@@ -28,7 +28,6 @@ Redis lost it (the apply script refuses to write to a board without its ``built`
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
@@ -38,10 +37,11 @@ from opentelemetry import trace
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from broadcaster.board import Board
-from broadcaster.metrics import Metrics
+from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.rebuild import Rebuilder
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
+from common.backoff import Backoff
 from common.events import ScoreChanged, ScoreChangedEvent, Topics, utcnow
 from common.kafka import make_consumer
 from common.tracing import extract_context
@@ -69,9 +69,9 @@ class ChangeConsumer:
     def __init__(
         self,
         settings: Settings,
-        board: Board,
+        board: RedisBoard,
         rebuilder: Rebuilder,
-        metrics: Metrics,
+        metrics: BroadcasterMetrics,
         on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
     ) -> None:
         self._settings = settings
@@ -85,7 +85,8 @@ class ChangeConsumer:
         self.topic = Topics(settings.topic_prefix).changed
         # Set once the first assignment's positions are fixed and the board is built.
         self.ready = asyncio.Event()
-        self._failures = 0  # consecutive failed starts, for the retry backoff
+        # Paces restarts after failed runs; reset once a run has started.
+        self._restarts = self._backoff()
 
     async def run(self) -> None:
         """Consume until cancelled; Kafka or Redis failures are retried with backoff."""
@@ -95,13 +96,13 @@ class ChangeConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("consumer_failed", group_id=self.group_id, attempt=self._failures)
-            self._failures += 1
-            await asyncio.sleep(self._backoff(self._failures))
+                log.exception(
+                    "consumer_failed", group_id=self.group_id, attempt=self._restarts.attempt
+                )
+            await self._restarts.sleep()
 
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self._settings.retry_cap_s, self._settings.retry_base_s * 2**attempt)
-        return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
+    def _backoff(self) -> Backoff:
+        return Backoff(self._settings.retry_base_s, self._settings.retry_cap_s)
 
     async def _consume(self) -> None:
         consumer = make_consumer(
@@ -139,7 +140,7 @@ class ChangeConsumer:
         )
         self.ready.set()
         self._rebuilder.arm()
-        self._failures = 0
+        self._restarts.reset()
         loop = asyncio.get_running_loop()
         next_commit = loop.time()
         uncommitted = False
@@ -208,7 +209,7 @@ class ChangeConsumer:
         return changes
 
     async def _apply_chunk(self, changes: Sequence[ScoreChanged]) -> None:
-        attempt = 0
+        retries = self._backoff()
         while True:
             try:
                 result = await self._board.apply_changes(changes)
@@ -218,10 +219,9 @@ class ChangeConsumer:
                 await self._rebuilder.ensure_built()
                 continue
             except RedisError as exc:
-                attempt += 1
-                if attempt == 1:
+                if retries.attempt == 0:
                     log.warning("board_apply_retrying", error=repr(exc))
-                await asyncio.sleep(self._backoff(attempt))
+                await retries.sleep()
         now = utcnow()
         self._metrics.events_applied.inc(result.applied)
         self._metrics.events_stale.inc(result.stale)

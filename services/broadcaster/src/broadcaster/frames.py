@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from broadcaster.ranking import Entry
+from broadcaster.standings import Entry
 
 CLOSE_TOO_SLOW: Final = 4008
 CLOSE_POLICY: Final = 1008

@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from broadcaster.keys import leaderboard_key
+from broadcaster.components import components_key
 from common.bodies import json_response
 from common.events import utcnow
 from common.problems import BadRequest, Unauthorized
@@ -68,7 +68,7 @@ def header_user_id(request: web.Request) -> uuid.UUID | None:
 async def top(request: web.Request) -> web.Response:
     """``GET /api/scoreboard/top?limit=N`` -> ``{entries, version, as_of}``."""
     limit = parse_limit(request.query.get("limit"))
-    snapshot = await request.app[leaderboard_key].top(limit)
+    snapshot = await request.app[components_key].reader.top(limit)
     return json_response(
         {
             "entries": [e.as_json() for e in snapshot.entries],
@@ -81,7 +81,7 @@ async def top(request: web.Request) -> web.Response:
 async def user(request: web.Request) -> web.Response:
     """``GET /api/scoreboard/users/{user_id}`` -> ``{user_id, username, score, rank}``."""
     user_id = parse_user_id(request.match_info["user_id"], "user_id")
-    standing = await request.app[leaderboard_key].standing(user_id)
+    standing = await request.app[components_key].reader.standing(user_id)
     return json_response(standing.as_json())
 
 
@@ -90,5 +90,5 @@ async def me(request: web.Request) -> web.Response:
     user_id = header_user_id(request)
     if user_id is None:
         raise NotSignedIn()
-    standing = await request.app[leaderboard_key].standing(user_id)
+    standing = await request.app[components_key].reader.standing(user_id)
     return json_response(standing.as_json())

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass(frozen=True)
-class Metrics:
+class BroadcasterMetrics:
     """Everything the broadcaster counts (``/metrics``)."""
 
     cache_hits: Counter
@@ -28,7 +28,7 @@ class Metrics:
     tick_seconds: Histogram
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> Metrics:
+    def create(cls, registry: CollectorRegistry) -> BroadcasterMetrics:
         """Register the metrics on ``registry``."""
         return cls(
             cache_hits=Counter(

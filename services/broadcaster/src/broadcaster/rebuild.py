@@ -17,9 +17,9 @@ import uuid
 
 import structlog
 
-from broadcaster.board import Board
-from broadcaster.metrics import Metrics
-from broadcaster.scores import ScoreTable
+from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.postgres_scores import PostgresScores
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common import tasks as background
 from common.events import utcnow
@@ -35,7 +35,11 @@ class Rebuilder:
     """Builds the board from PostgreSQL under a Redis lock; one rebuild at a time per process."""
 
     def __init__(
-        self, settings: Settings, board: Board, scores: ScoreTable, metrics: Metrics
+        self,
+        settings: Settings,
+        board: RedisBoard,
+        scores: PostgresScores,
+        metrics: BroadcasterMetrics,
     ) -> None:
         self._settings = settings
         self._board = board

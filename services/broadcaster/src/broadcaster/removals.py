@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from broadcaster.board import Board
-from broadcaster.metrics import Metrics
-from broadcaster.scores import ScoreTable
+from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.postgres_scores import PostgresScores
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
+from common.backoff import Backoff
 from common.removals import REMOVALS_CHANNEL
 
 log = structlog.get_logger(__name__)
@@ -40,9 +41,9 @@ class RemovalWatcher:
     def __init__(
         self,
         settings: Settings,
-        board: Board,
-        scores: ScoreTable,
-        metrics: Metrics,
+        board: RedisBoard,
+        scores: PostgresScores,
+        metrics: BroadcasterMetrics,
         on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
     ) -> None:
         self._settings = settings
@@ -53,9 +54,9 @@ class RemovalWatcher:
         self._cursor: datetime | None = None  # nothing read yet: read all
 
     async def run(self) -> None:
-        """Listen and apply until cancelled; failures are logged and retried."""
+        """Listen and apply until cancelled; failures are logged and retried with backoff."""
         wake = asyncio.Event()
-        failures = 0
+        backoff = Backoff(self._settings.retry_base_s, self._settings.retry_cap_s)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -64,16 +65,15 @@ class RemovalWatcher:
                 while True:
                     wake.clear()  # before reading: a commit after this point wakes the next look
                     await self.apply_new()
-                    failures = 0
+                    backoff.reset()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._settings.removals_poll_s):
                             await wake.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                log.warning("board_removals_failing", error=repr(exc), attempt=failures)
-                await asyncio.sleep(min(self._settings.retry_cap_s, 0.5 * failures))
+                log.warning("board_removals_failing", error=repr(exc), attempt=backoff.attempt + 1)
+                await backoff.sleep()
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

@@ -68,3 +68,13 @@ class Settings(CommonSettings):
     ws_socket_sndbuf: int = Field(default=64 * 1024, ge=0)
     # Connected players whose own rank is looked up per board change (round-robin beyond it).
     me_lookups_per_tick: int = Field(default=2000, ge=1)
+
+    @property
+    def tick_interval_s(self) -> float:
+        """Seconds between ticks: the least spacing of top frames (and rank rounds) per client."""
+        return 1.0 / self.tick_hz
+
+    @property
+    def min_frame_gap_s(self) -> float:
+        """The spacing checked for what must be a tick apart (1 % less: absorbs clock rounding)."""
+        return self.tick_interval_s * 0.99

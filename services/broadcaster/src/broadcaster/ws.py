@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import WSMsgType, web
 
+from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER, CLOSE_UNAVAILABLE
 from broadcaster.handlers import header_user_id
-from broadcaster.keys import fanout_key, metrics_key, settings_key
 
 log = structlog.get_logger(__name__)
 
@@ -50,9 +50,8 @@ def _limit_send_buffer(transport: asyncio.Transport, size: int) -> None:
 
 async def scoreboard_ws(request: web.Request) -> web.StreamResponse:
     """Serve one watcher until it leaves, is too slow, misbehaves or the replica drains."""
-    settings = request.app[settings_key]
-    fanout = request.app[fanout_key]
-    metrics = request.app[metrics_key]
+    parts = request.app[components_key]
+    settings, fanout, metrics = parts.settings, parts.fanout, parts.metrics
     user = header_user_id(request)  # before the upgrade, so a bad header is a problem+json 400
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat_s,

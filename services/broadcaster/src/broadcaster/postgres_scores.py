@@ -1,7 +1,8 @@
-"""PostgreSQL's ``scores`` JOIN ``users``: the truth the board is rebuilt from and falls back to.
+"""PostgreSQL's score rows: the truth the board is rebuilt from and falls back to.
 
-The score service owns these tables; the broadcaster only reads them. Only rows with
-``version > 0`` (players who have scored) are on the board, in both stores.
+Rows of ``scores`` JOIN ``users``. The score service owns these tables; the broadcaster only
+reads them. Only rows with ``version > 0`` (players who have scored) are on the board, in both
+stores.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from broadcaster.ranking import Entry, Removal, ScoreRow, Standing, TopSnapshot
+from broadcaster.standings import Entry, Removal, ScoreRow, Standing, TopSnapshot
 
 # Both in the order of scores_rank_idx: score DESC, reached_at ASC, user_id ASC.
 _ROWS = """
@@ -31,7 +32,7 @@ _TOP = """
 """
 
 # The board version is the sum of the users' versions, removed users' included, each of those
-# plus one for the removal (see broadcaster.board and common.removals).
+# plus one for the removal (see broadcaster.redis_board and common.removals).
 _VERSION = """
     SELECT (SELECT coalesce(sum(version), 0) FROM scores WHERE version > 0)
          + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
@@ -61,7 +62,7 @@ _AHEAD = """
 """
 
 
-class ScoreTable:
+class PostgresScores:
     """Reads of the board's order straight from PostgreSQL."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

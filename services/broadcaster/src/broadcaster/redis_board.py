@@ -1,8 +1,8 @@
-"""The board in Redis: a cache of PostgreSQL's ``scores`` kept current by ScoreChanged events.
+"""The board's Redis store: a cache of PostgreSQL's ``scores`` kept current by ScoreChanged events.
 
-Keys (``P`` is ``settings.redis_prefix``):
+Keys (``P`` is ``settings.redis_prefix``; the names are :class:`common.keyspace.BoardKeys`):
 
-- ``P board:rank``: sorted set, score = points, member = :func:`broadcaster.ranking.member_for`
+- ``P board:rank``: sorted set, score = points, member = :func:`broadcaster.standings.member_for`
   (so ``ZREVRANGE`` gives the board's order, ties included).
 - ``P board:users``: hash, user id -> ``"<version>|<score>|<member>|<username>"``.
 - ``P board:version``: the board version. Each applied change adds the user's version step
@@ -18,8 +18,10 @@ Keys (``P`` is ``settings.redis_prefix``):
 
 Every change is applied by one Lua script, atomically and idempotently: a user's entry moves only
 to a newer version, so duplicates and reordered events are no-ops. For each applied change the
-script publishes ``{"action_id","user_id","username","score","version","rank"}`` on channel
-``P applied`` (the gateway's ``Prefer: wait`` listens there).
+script publishes a :class:`common.events.AppliedNotice`
+(``{"action_id","user_id","username","score","version","rank"}``) on channel ``P applied``
+(:func:`common.keyspace.applied_channel`; the gateway's ``Prefer: wait`` listens there), and
+marks the action's done marker :data:`common.keyspace.DONE_APPLIED`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from broadcaster.ranking import Entry, Removal, ScoreRow, Standing, TopSnapshot, member_for
-from common.actions import APPLIED_TTL_S, done_key, ticket_key
+from broadcaster.standings import Entry, Removal, ScoreRow, Standing, TopSnapshot, member_for
+from common import keyspace
 from common.events import ScoreChanged
+from common.keyspace import APPLIED_TTL_S, BoardKeys, done_key, ticket_key
 
 _NOT_BUILT: Final = -1
 
@@ -50,14 +53,14 @@ end
 """
 
 # KEYS: rank, users, version, built, applied channel, removed, then per change its action's
-#       done marker and ticket (common.actions), or none for rows read from PostgreSQL.
+#       done marker and ticket (common.keyspace), or none for rows read from PostgreSQL.
 # ARGV: require_built ("1"/"0"), publish ("1"/"0"), applied marker TTL (s), then per change:
 #       user_id, version, score, member, username, action_id.
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
-# A ScoreChanged means its action is applied in PostgreSQL: its done marker becomes "applied"
+# A ScoreChanged means its action is applied in PostgreSQL: its done marker becomes DONE_APPLIED
 # (keeping the gateway's TTL, or ARGV[3] seconds when there was none: a claim released after a
 # publish that timed out yet reached Kafka) and the ticket goes, so every replay is a 409.
-_APPLY = """
+_APPLY = keyspace.lua("""
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   return {-1, 0}
 end
@@ -69,9 +72,9 @@ for i = 4, #ARGV, 6 do
   local action_keys = 7 + (i - 4) / 3
   if KEYS[action_keys] then
     if redis.call('EXISTS', KEYS[action_keys]) == 1 then
-      redis.call('SET', KEYS[action_keys], '1', 'KEEPTTL')
+      redis.call('SET', KEYS[action_keys], @DONE_APPLIED, 'KEEPTTL')
     else
-      redis.call('SET', KEYS[action_keys], '1', 'EX', ARGV[3])
+      redis.call('SET', KEYS[action_keys], @DONE_APPLIED, 'EX', ARGV[3])
     end
     redis.call('DEL', KEYS[action_keys + 1])
   end
@@ -100,7 +103,7 @@ for i = 4, #ARGV, 6 do
   end
 end
 return {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
-"""
+""")
 
 # KEYS: rank, users, version, built, removed. ARGV: require_built ("1"/"0"), then per user:
 #       user_id, the version PostgreSQL recorded at the removal.
@@ -182,37 +185,6 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class BoardKeys:
-    """The Redis names the board uses, under the deployment's prefix."""
-
-    rank: str
-    users: str
-    version: str
-    built: str
-    lock: str
-    applied: str
-    removed: str
-
-    @classmethod
-    def for_prefix(cls, prefix: str) -> BoardKeys:
-        """Keys under ``prefix`` (``settings.redis_prefix``)."""
-        return cls(
-            rank=f"{prefix}board:rank",
-            users=f"{prefix}board:users",
-            version=f"{prefix}board:version",
-            built=f"{prefix}board:built",
-            lock=f"{prefix}board:rebuild-lock",
-            applied=f"{prefix}applied",
-            removed=f"{prefix}board:removed",
-        )
-
-    @property
-    def board(self) -> list[str]:
-        """The keys that hold the board itself (what a rebuild recreates)."""
-        return [self.rank, self.users, self.version, self.built, self.removed]
-
-
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What one apply call did."""
@@ -232,8 +204,8 @@ def _parse_value(value: str) -> tuple[int, int, str]:
     return int(version), int(score), username
 
 
-class Board:
-    """The Redis board: apply changes, read the top and players' standings, rebuild support."""
+class RedisBoard:
+    """The board in Redis: apply changes, read the top and players' standings, rebuild support."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self.keys = BoardKeys.for_prefix(prefix)
@@ -249,7 +221,7 @@ class Board:
     async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
         """Apply ScoreChanged events in order; None (nothing done) when the board is not built.
 
-        Each change also confirms its action to the gateway (see :mod:`common.actions`).
+        Each change also confirms its action to the gateway (see :mod:`common.keyspace`).
         """
         args: list[str | int] = ["1", "1", APPLIED_TTL_S]
         action_keys: list[str] = []

@@ -1,11 +1,11 @@
-"""The board's order and the values read from it.
+"""Where players stand: the board's order and the value types read from it.
 
-Order: higher score first; for equal scores, whoever reached the score first; then the user id
-(ascending), which is exactly PostgreSQL's ``ORDER BY score DESC, reached_at ASC, user_id ASC``
-(the ``scores_rank_idx`` index). Redis keeps that order in one sorted set whose score is the
-points and whose member is :func:`member_for`: ``ZREVRANGE`` sorts equal points by member
-*descending*, so the member holds the reached-at time and the user id with their digits
-inverted; descending inverted values are ascending originals.
+Order: higher score first; for equal scores, whoever reached the score first (the contract's
+order, docs/openapi.yaml); then the user id (ascending), which is exactly PostgreSQL's
+``ORDER BY score DESC, reached_at ASC, user_id ASC`` (the ``scores_rank_idx`` index). Redis keeps
+that order in one sorted set whose score is the points and whose member is :func:`member_for`:
+``ZREVRANGE`` sorts equal points by member *descending*, so the member holds the reached-at time
+and the user id with their digits inverted; descending inverted values are ascending originals.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Board reads for the API and the WebSocket: Redis first, PostgreSQL when Redis cannot answer.
+"""The board's read side for the API and the WebSocket: Redis first, PostgreSQL as the fallback.
 
 Redis cannot answer when it is down (connection refused, timeout) or the board is not built
 (flushed, rebuilding). Then the read goes to PostgreSQL, and a rebuild is requested. After a Redis
@@ -16,12 +16,12 @@ import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
-from broadcaster.board import Board
-from broadcaster.metrics import Metrics
-from broadcaster.ranking import Standing, TopSnapshot
+from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
-from broadcaster.scores import ScoreTable
+from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
+from broadcaster.standings import Standing, TopSnapshot
 from common.problems import NotFound, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
@@ -48,16 +48,16 @@ class BoardUnavailable(ServiceUnavailable):
 _POSTGRES_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-class Leaderboard:
-    """The read side of the board, with hit/miss/fallback accounting."""
+class BoardReader:
+    """Reads of the board (Redis, else PostgreSQL), with hit/miss/fallback accounting."""
 
     def __init__(
         self,
         settings: Settings,
-        board: Board,
-        scores: ScoreTable,
+        board: RedisBoard,
+        scores: PostgresScores,
         rebuilder: Rebuilder,
-        metrics: Metrics,
+        metrics: BroadcasterMetrics,
     ) -> None:
         self._settings = settings
         self._board = board

@@ -1,31 +1,21 @@
-"""The Redis board's Lua apply: idempotent, order-safe, tie rule, applied messages."""
+"""The Redis board store's Lua apply: idempotent, order-safe, tie rule, applied notices."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from broadcaster.board import Board
-from broadcaster.ranking import member_for, user_of_member
-from common.actions import APPLIED_TTL_S, done_key, ticket_key
+from broadcaster.redis_board import RedisBoard
+from common.keyspace import APPLIED_TTL_S, done_key, ticket_key
 from testkit.broadcaster import new_player
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def test_member_round_trips_and_orders_like_postgres() -> None:
-    a, b = uuid.UUID(int=1), uuid.UUID(int=2)
-    assert user_of_member(member_for(a, T0)) == a
-    # Descending members = ascending (reached_at, user_id).
-    members = [member_for(b, T0), member_for(a, T0 + timedelta(seconds=1)), member_for(a, T0)]
-    assert sorted(members, reverse=True) == [members[2], members[0], members[1]]
-
-
-async def test_apply_is_idempotent_and_order_safe(board: Board) -> None:
+async def test_apply_is_idempotent_and_order_safe(board: RedisBoard) -> None:
     alice = new_player()
     v1 = alice.gain(10, T0)
     v2 = alice.gain(20, T0 + timedelta(seconds=1))
@@ -52,7 +42,7 @@ async def test_apply_is_idempotent_and_order_safe(board: Board) -> None:
     assert [e.score for e in top.entries] == [35]
 
 
-async def test_equal_scores_rank_who_reached_first_higher(board: Board) -> None:
+async def test_equal_scores_rank_who_reached_first_higher(board: RedisBoard) -> None:
     early, late, leader = new_player(), new_player(), new_player()
     await board.apply_changes(
         [
@@ -78,7 +68,7 @@ async def test_equal_scores_rank_who_reached_first_higher(board: Board) -> None:
 
 
 async def test_applied_changes_are_published_with_rank(
-    board: Board, redis_client: aioredis.Redis
+    board: RedisBoard, redis_client: aioredis.Redis
 ) -> None:
     first, second = new_player(), new_player()
     await board.apply_changes([first.gain(100, T0)])
@@ -108,7 +98,7 @@ async def test_applied_changes_are_published_with_rank(
     assert (messages[1]["action_id"], messages[1]["version"]) == (str(after.action_id), 2)
 
 
-async def test_board_without_marker_refuses_changes(board: Board) -> None:
+async def test_board_without_marker_refuses_changes(board: RedisBoard) -> None:
     await board._redis.delete(board.keys.built)
     player = new_player()
     assert await board.apply_changes([player.gain(1, T0)]) is None
@@ -121,7 +111,7 @@ async def test_board_without_marker_refuses_changes(board: Board) -> None:
 
 
 async def test_a_change_confirms_its_action_to_the_gateway(
-    board: Board, redis_client: aioredis.Redis
+    board: RedisBoard, redis_client: aioredis.Redis
 ) -> None:
     """The action's done marker becomes "applied" (keeping the gateway's TTL, or a week when the
     claim was released meanwhile) and its ticket goes; rows from PostgreSQL touch nothing."""
