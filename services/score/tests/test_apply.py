@@ -9,9 +9,17 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from pydantic import BaseModel, Field
 
 from common.events import ScoreChanged, ScoreChangedEvent, encode
-from score.apply import Applied, UserState, changed_event, outbox_headers, plan_batch
+from score.apply import (
+    Applied,
+    UserState,
+    changed_event,
+    encoding_struct,
+    outbox_headers,
+    plan_batch,
+)
 from score.commands import Command, Delivery
 from services.score.tests.support import TRACEPARENT, command
 
@@ -87,3 +95,18 @@ def test_changed_event_is_exactly_the_models_encoding(occurred_at: datetime) -> 
 def test_outbox_headers_carry_the_commands_trace_context() -> None:
     applied = Applied(_cmd(uuid.uuid4(), 1), score=1, version=1)
     assert json.loads(outbox_headers(applied)) == {"traceparent": TRACEPARENT}
+
+
+def test_the_encoding_struct_mirrors_the_models_fields() -> None:
+    event = encoding_struct(ScoreChangedEvent)
+    assert event.__struct_fields__ == tuple(ScoreChangedEvent.model_fields)
+    assert event.__annotations__["data"] is encoding_struct(ScoreChanged)
+    assert encoding_struct(ScoreChanged).__struct_fields__ == tuple(ScoreChanged.model_fields)
+
+
+def test_the_encoding_struct_refuses_what_it_cannot_mirror() -> None:
+    class Aliased(BaseModel):
+        name: str = Field(serialization_alias="n")
+
+    with pytest.raises(TypeError, match="alias"):
+        encoding_struct(Aliased)

@@ -99,12 +99,17 @@ class ScoreChangedEvent(_Envelope):
     def wrap(cls, data: ScoreChanged, source: str) -> Self:
         """Envelope a change; the id is stable per (user, version), so a resend is a duplicate."""
         return cls(
-            id=f"{data.user_id}:{data.version}",
+            id=cls.event_id(data.user_id, data.version),
             source=source,
             time=data.occurred_at,
             subject=str(data.user_id),
             data=data,
         )
+
+    @staticmethod
+    def event_id(user_id: uuid.UUID | str, version: int) -> str:
+        """``<user_id>:<version>``: the id of the change that gave the user that version."""
+        return f"{user_id}:{version}"
 
 
 class AppliedNotice(BaseModel):
