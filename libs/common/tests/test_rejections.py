@@ -106,7 +106,12 @@ async def test_rejections_are_counted_by_reason_and_only_rejections_when_asked(
     registry = CollectorRegistry()
     counter = Counter("rejections", "Rejected requests", ["reason"], registry=registry)
     client = await _client(
-        aiohttp_client, rejection_middleware(EVERYONE, counter=counter, every_client_error=False)
+        aiohttp_client,
+        rejection_middleware(
+            EVERYONE,
+            count=lambda request, reason: counter.labels(reason).inc(),
+            every_client_error=False,
+        ),
     )
     with capture_logs() as logs:
         assert (await client.get("/banned")).status == 403

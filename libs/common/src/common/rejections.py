@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import Counter
 
 from common.addresses import TrustedProxies, client_address_key, request_client_address
 from common.middlewares import request_id_key
@@ -24,6 +23,8 @@ log = structlog.get_logger(__name__)
 Rejected = Problem | web.HTTPException
 Identity = Callable[[web.Request, Rejected], Mapping[str, object]]
 """The fields that say who was rejected (``username=``, ``user=``...), for the security log."""
+Count = Callable[[web.Request, str], None]
+"""Counts a rejection by its reason, e.g. ``lambda request, reason: c.labels(reason).inc()``."""
 
 
 class Rejection:
@@ -65,12 +66,13 @@ def rejection_middleware(
     trusted: TrustedProxies,
     *,
     every_client_error: bool = True,
-    counter: Counter | None = None,
+    count: Count | None = None,
     identity: Identity = _nobody,
 ) -> Middleware:
     """Resolve each request's client address (``request[client_address_key]``), and log each
     rejection as a security event: reason, status, ``identity``'s fields, address, method, path
-    and request id. ``counter`` (labelled by ``reason``) counts them. The problem is re-raised.
+    and request id; ``count`` counts it by reason. The problem is re-raised for the problem
+    middleware to render.
     """
 
     @web.middleware
@@ -82,8 +84,8 @@ def rejection_middleware(
         except (Problem, web.HTTPException) as error:
             reason = rejection_reason(error, every_client_error=every_client_error)
             if reason is not None:
-                if counter is not None:
-                    counter.labels(reason).inc()
+                if count is not None:
+                    count(request, reason)
                 log.warning(
                     "security",
                     reason=reason,
