@@ -1,12 +1,16 @@
-"""Wiring: the auth service's aiohttp application and the resources it owns."""
+"""Wiring: the auth service's aiohttp application and the resources it owns.
+
+One cleanup context opens PostgreSQL and Redis, builds the :class:`Components` handlers reach
+through one AppKey, and runs the background tasks (signing-key reloader, session pruner).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncIterator
 
-import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
@@ -31,58 +35,31 @@ from common.web import create_base_app
 
 log = structlog.get_logger(__name__)
 
-settings_key = web.AppKey("settings", Settings)
-pool_key = web.AppKey("postgres_pool", asyncpg.Pool)
-redis_key = web.AppKey("redis", aioredis.Redis)
-
 # Expired refresh tokens and dead sessions are swept this often (any replica may do it).
 _PRUNE_INTERVAL_S = 3600.0
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build the app; resources open and close in cleanup contexts."""
+    """Build the app; resources open and close in a cleanup context."""
     app = create_base_app(settings.service_name)
     app.middlewares.append(security_middleware(trust_forwarded_for=settings.trust_forwarded_for))
     app.middlewares.append(outage_middleware())
-    app[settings_key] = settings
-    app.cleanup_ctx.append(_postgres)
-    app.cleanup_ctx.append(_redis)
-    app.cleanup_ctx.append(_components)
+    app.cleanup_ctx.append(functools.partial(_components, settings))
     add_routes(app)
     return app
 
 
-async def _postgres(app: web.Application) -> AsyncIterator[None]:
-    pool = await create_pool(app[settings_key])
-    app[pool_key] = pool
-
-    async def check() -> None:
-        await pool.fetchval("SELECT 1")
-
-    app[readiness_key]["postgres"] = check
-    yield
-    await pool.close()
-
-
-async def _redis(app: web.Application) -> AsyncIterator[None]:
-    client = create_redis(app[settings_key])
-    app[redis_key] = client
-
-    async def check() -> None:
-        await client.ping()
-
-    app[readiness_key]["redis"] = check
-    yield
-    await client.aclose()
-
-
-async def _components(app: web.Application) -> AsyncIterator[None]:
-    settings, pool, redis = app[settings_key], app[pool_key], app[redis_key]
+async def _components(settings: Settings, app: web.Application) -> AsyncIterator[None]:
     metrics = AuthMetrics.create(app[registry_key])
-    passwords = Passwords(settings, metrics.password_seconds)
-    keystore = KeyStore(pool, settings)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings)
+        stack.push_async_callback(pool.close)
+        redis = create_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        passwords = Passwords(settings, metrics.password_seconds)
+        stack.callback(passwords.close)
         await passwords.start()
+        keystore = KeyStore(pool, settings)
         await keystore.start()
         throttle = LoginThrottle(
             redis,
@@ -102,19 +79,25 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
         )
 
+        async def postgres() -> None:
+            await pool.fetchval("SELECT 1")
+
+        async def redis_answers() -> None:
+            await redis.ping()
+
         async def signing_key() -> None:
             keystore.signing_key()
 
-        app[readiness_key]["signing_key"] = signing_key
-        async with running(
-            {
-                "auth-key-reloader": keystore.run_reloader(),
-                "auth-session-pruner": _prune_forever(sessions),
-            }
-        ):
-            yield
-    finally:
-        passwords.close()
+        app[readiness_key].update(postgres=postgres, redis=redis_answers, signing_key=signing_key)
+        await stack.enter_async_context(
+            running(
+                {
+                    "auth-key-reloader": keystore.run_reloader(),
+                    "auth-session-pruner": _prune_forever(sessions),
+                }
+            )
+        )
+        yield
 
 
 async def _prune_forever(sessions: Sessions) -> None:
