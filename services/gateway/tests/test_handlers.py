@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 from common.events import ScoreCommandEvent
 from common.health import registry_key
 from common.tracing import configure_tracing
-from gateway.claims import claim_value
 from gateway.components import components_key
 from services.gateway.tests.support import (
     CATALOG,
@@ -98,10 +97,11 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     assert any(k == "traceparent" for k, _ in record.headers)
 
     prefix = player.client.app[components_key].settings.redis_prefix
-    # Claimed (the broadcaster turns it into "applied" and drops the ticket; see common.actions).
+    # Published (the broadcaster turns it into "applied" and drops the ticket; see
+    # common.keyspace).
     marker = cast(bytes | None, await redis_client.get(f"{prefix}done:{body['action_id']}"))
     assert marker is not None
-    assert marker.startswith(b"c:")
+    assert marker.startswith(b"p:")
     assert await redis_client.ttl(f"{prefix}done:{body['action_id']}") > 6 * 24 * 3600
     assert await redis_client.exists(f"{prefix}ticket:{body['action_id']}") == 1
 
@@ -167,28 +167,44 @@ async def test_account_state_comes_before_every_other_update_check(
     assert (await player.submit(fresh))[0] == 202
 
 
-async def test_a_claim_left_by_a_crashed_gateway_is_taken_over_by_a_retry(
-    player: Player, test_env: SliceEnv, redis_client: aioredis.Redis
+async def test_a_retry_waits_for_a_claim_in_flight_and_takes_over_a_dead_one(
+    make_gateway: MakeGateway, mint: TokenMint, test_env: SliceEnv, redis_client: aioredis.Redis
 ) -> None:
-    """A claim never confirmed applied (its gateway died between the claim and Kafka's
-    acknowledgement) stops retries only until it is stale; then a retry publishes again, which
-    the score service deduplicates by action id. A confirmed action stays 409."""
-    prefix = player.client.app[components_key].settings.redis_prefix
-    stale_ms = player.client.app[components_key].claims.stale_after_ms
+    """409 means recorded: a retry that finds its action claimed by another gateway and not yet
+    published waits; once the claim is stale (that gateway died between the claim and Kafka's
+    acknowledgement) the retry takes it over and publishes itself, which the score service
+    deduplicates by action id. Published or applied actions are a 409 at once."""
+    client = await make_gateway(
+        action_catalog=CATALOG, publish_timeout_s=1.0, claim_stale_after_s=1.5
+    )
+    player = Player(client, mint)
+    prefix = client.app[components_key].settings.redis_prefix
     body = await player.completion("quest")
     done = f"{prefix}done:{body['action_id']}"
     now_ms = round(time.time() * 1000)
-    await redis_client.set(done, f"c:{now_ms - 1000}", ex=3600)  # a fresh claim: in flight
-    assert (await player.submit(body))[0] == 409
-    await redis_client.set(done, f"c:{now_ms - stale_ms - 1000}", ex=3600)  # a dead one
+    await redis_client.set(done, f"c:{now_ms}:a-dead-gateway", ex=3600)
+    started = time.monotonic()
     assert (await player.submit(body))[0] == 202
+    waited = time.monotonic() - started
+    assert 1.0 <= waited < 3.0, waited  # waited for the claim to go stale, then took over
     assert len(await command_records(test_env, body["action_id"])) == 1
     marker = cast(bytes | None, await redis_client.get(done))
     assert marker is not None
-    assert marker.startswith(b"c:")
-    assert int(marker[2:]) >= now_ms  # the retry's own claim
-    await redis_client.set(done, "1", ex=3600)  # confirmed applied (by the broadcaster)
-    assert (await player.submit(body))[0] == 409
+    assert marker.startswith(b"p:")  # published by the retry
+    assert (await player.submit(body))[0] == 409  # recorded: answered at once
+
+    # A claim that gets published while the retry waits: 409 as soon as it is.
+    body = await player.completion("quest")
+    done = f"{prefix}done:{body['action_id']}"
+    await redis_client.set(done, f"c:{round(time.time() * 1000)}:a-slow-gateway", ex=3600)
+    retry = asyncio.create_task(player.submit(body))
+    await asyncio.sleep(0.3)
+    assert not retry.done()
+    await redis_client.set(done, f"p:{round(time.time() * 1000)}", ex=3600)
+    started = time.monotonic()
+    assert (await retry)[0] == 409
+    assert time.monotonic() - started < 0.5
+    assert await command_records(test_env, body["action_id"], wait=False) == []
 
 
 async def test_releasing_a_claim_never_undoes_a_confirmation(
@@ -204,7 +220,7 @@ async def test_releasing_a_claim_never_undoes_a_confirmation(
     await redis_client.set(done, "1")  # the broadcaster confirmed it meanwhile
     await claims.release(action_id, claimed_at)
     assert await redis_client.get(done) == b"1"
-    await redis_client.set(done, claim_value(claimed_at))
+    await redis_client.set(done, claims.value(claimed_at))
     await claims.release(action_id, claimed_at)
     assert await redis_client.exists(done) == 0
 

@@ -4,8 +4,9 @@
 
 - ``P ticket:{action_id}``: the ticket, JSON. The gateway writes it (issue) and reads it
   (redeem); the broadcaster deletes it once the action is applied.
-- ``P done:{action_id}``: the redemption marker, :data:`DONE_CLAIMED` ``<ms>`` or
-  :data:`DONE_APPLIED`. The gateway claims; the broadcaster marks applied.
+- ``P done:{action_id}``: the redemption marker, :data:`DONE_CLAIMED` ``<ms>:<gateway>``,
+  :data:`DONE_PUBLISHED` ``<ms>`` or :data:`DONE_APPLIED`. The gateway claims and marks
+  published; the broadcaster marks applied.
 - ``P revoked-session:{sid}``: :data:`SESSION_REVOKED`, TTL = the access-token lifetime. Auth
   writes, the gateway reads.
 - ``P user-status:{user_id}``: :data:`USER_BANNED` or :data:`USER_DELETED`, no TTL. Auth
@@ -14,13 +15,20 @@
   publishes, the gateway listens while ``Prefer: wait`` requests wait.
 - ``P board:*``: the board (:class:`BoardKeys`), written and read by the broadcaster replicas.
 
-The done marker is an action's redemption: ``c:<ms>`` while the gateway that claimed it at that
-time (Unix ms) publishes the command; ``1`` once the broadcaster has seen the resulting
-ScoreChanged (also when the claim was released after a publish that timed out yet reached Kafka:
-the action is done, and a retry is a 409). A claim that stays unconfirmed for longer than the
-gateway's ``claim_stale_after_s`` is taken over by a retry of the same completion (its gateway
-died before Kafka acknowledged, or the confirmation has not come yet): the command is published
-again, which is safe because the score service applies an action id at most once.
+The done marker is an action's redemption, a small state machine (docs/architecture.md):
+
+- claimed, ``c:<ms>:<gateway>``: the gateway that claimed it at that time (Unix ms) is publishing
+  the command. A retry that finds a claim waits for it; a claim still unpublished after the
+  gateway's ``claim_stale_after_s`` (a little more than the publish timeout: its gateway died, or
+  Kafka never answered it) is taken over by the retry, which publishes the command itself. A
+  double publish is harmless: the score service applies an action id at most once.
+- published, ``p:<ms>``: Kafka acknowledged the command (acks=all), so it will be applied.
+- applied, ``1``: the broadcaster has seen the resulting ScoreChanged (whatever the state was:
+  also after a claim released because its publish timed out yet reached Kafka).
+
+A retry is answered 409 only once the action is published or applied: a 409 means recorded.
+A claim is released (the key deleted) when Kafka refuses the command, so the client's retry of
+the same request starts afresh.
 
 Lua scripts never spell these names or values: they get the keys as ``KEYS`` and the values
 through :func:`lua`, which fills ``@NAME`` placeholders from this module's constants.
@@ -36,6 +44,7 @@ from typing import Final
 
 # The done marker's states (see the module docstring).
 DONE_CLAIMED: Final = "c:"
+DONE_PUBLISHED: Final = "p:"
 DONE_APPLIED: Final = "1"
 # How long an "applied" marker the broadcaster creates lives (the gateway's done_ttl_s default).
 APPLIED_TTL_S: Final = 7 * 24 * 3600
@@ -110,6 +119,7 @@ class BoardKeys:
 
 _LUA_VALUES: Final = {
     "DONE_CLAIMED": DONE_CLAIMED,
+    "DONE_PUBLISHED": DONE_PUBLISHED,
     "DONE_APPLIED": DONE_APPLIED,
     "USER_BANNED": USER_BANNED,
     "USER_DELETED": USER_DELETED,

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from common.keyspace import lua, revoked_session_key, ticket_key, user_status_key
 from common.problems import BadRequest, Conflict
 from gateway.accounts import raise_for_account
 from gateway.catalog import ActionSpec, Catalog
-from gateway.claims import BLOCKS_LUA_FUNCTION, Claims
+from gateway.claims import MARKER_LUA_FUNCTIONS, Claims
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
 from gateway.redis_pipeline import PipelinedRedis
 from gateway.rejections import Rejection
@@ -40,10 +41,11 @@ from gateway.tokens import Principal
 # KEYS: revoked session, user status, done marker, ticket, then one key per rate limit.
 # ARGV: the rate limits' (interval, tolerance) pairs, then now (ms), the claim's stale age (ms),
 # user id, action type, the type the hash was issued for ('' when none), minimum duration (ms,
-# -1 for a type the catalog does not have), points ok (1/0), the done marker's TTL (s).
+# -1 for a type the catalog does not have), points ok (1/0), the done marker's TTL (s), this
+# gateway's id (for its claim).
 _ADMIT_LUA: Final = (
     GCRA_LUA_FUNCTION
-    + BLOCKS_LUA_FUNCTION
+    + MARKER_LUA_FUNCTIONS
     + lua(
         """
 local status = redis.call('GET', KEYS[2])
@@ -52,9 +54,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 or status == @USER_DELETED or status == @U
 end
 local limits, n = {}, (#KEYS - 4) * 2
 local now, stale_ms = tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2])
-if blocks(redis.call('GET', KEYS[3]), now, stale_ms) then
-  return {'done'}
-end
+local marker = redis.call('GET', KEYS[3])
+local state = marker_state(marker, now, stale_ms)
+if state == 'done' then return {'done'} end
+if state == 'pending' then return {'pending', marker} end
 for i = 5, #KEYS do limits[#limits + 1] = KEYS[i] end
 local denied, wait = gcra(limits, ARGV)
 if denied > 0 then
@@ -73,7 +76,7 @@ if min_ms > 0 and elapsed < min_ms then
   return {'rejected', 'too_fast', string.format('%.0f', elapsed)}
 end
 if ARGV[n + 7] ~= '1' then return {'rejected', 'points_mismatch'} end
-claim(KEYS[3], ARGV[n + 1], ARGV[n + 8])
+claim(KEYS[3], ARGV[n + 1], ARGV[n + 9], ARGV[n + 8])
 return {'claimed', ticket}
 """
     )
@@ -100,6 +103,19 @@ _DETAILS: Final = {
     "hash_invalid": "action_hash does not verify",
     "type_mismatch": "action_type does not match the ticket",
 }
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """A claimed completion: its ticket, its catalog entry and when it was claimed."""
+
+    ticket: Ticket
+    spec: ActionSpec
+    claimed_at: datetime
+
+
+# How often one request waits for a claim in flight before it answers from the marker's state.
+_MAX_WAITS: Final = 3
 
 
 class Admission:
@@ -130,13 +146,15 @@ class Admission:
         action_hash: str,
         points: int | None,
         limits: Sequence[Limit],
-        now: datetime,
-    ) -> tuple[Ticket, ActionSpec]:
-        """Claim the action if every rule passes; the ticket and its catalog entry.
+    ) -> Redeemed:
+        """Claim the action if every rule passes.
 
         Raises, in this order: 401 revoked session or deleted user, 403 banned user, 409 action
-        already completed, 429 rate limited (charging the limits only when all allow it), then
-        the 400s in the order of the module docstring.
+        already recorded (published or applied), 429 rate limited (charging the limits only when
+        all allow it), then the 400s in the order of the module docstring. An action claimed by
+        another request and not yet published is waited for: once recorded it is a 409; once
+        its claim is stale (its gateway died before Kafka acknowledged) this request takes it
+        over (:mod:`gateway.claims`).
         """
         spec = self._catalog.find(action_type)
         signed_type = self._signer.signed_type(
@@ -150,24 +168,28 @@ class Admission:
             ticket_key(self._prefix, action_id),
             *limit_keys,
         ]
-        args: list[str | int] = [
-            *limit_args,
-            epoch_ms(now),
-            self._claims.stale_after_ms,
+        ticket_args: list[str | int] = [
             str(principal.user_id),
             action_type,
             signed_type or "",
             -1 if spec is None else spec.min_duration_ms,
             1 if spec is not None and points in (None, spec.points) else 0,
             self._claims.done_ttl_s,
+            self._claims.gateway,
         ]
-        result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, args)
-        code = result[0]
-        if code == b"claimed" and spec is not None:
-            return Ticket.from_json(action_id, result[1]), spec
+        for _ in range(_MAX_WAITS + 1):
+            now = datetime.now(UTC)
+            args = [*limit_args, epoch_ms(now), self._claims.stale_after_ms, *ticket_args]
+            result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, args)
+            code = result[0]
+            if code == b"claimed" and spec is not None:
+                return Redeemed(Ticket.from_json(action_id, result[1]), spec, now)
+            if code != b"pending":
+                break
+            await self._claims.wait_settled(action_id, result[1])
         if code == b"account":
             raise_for_account(revoked=int(result[1]) == 1, status=result[2] or None)
-        if code == b"done":
+        if code in (b"done", b"pending"):
             raise AlreadyCompleted("this action was already completed")
         if code == b"limited":
             raise RateLimited(self._limiter.decision(limits, result[1], result[2]))

@@ -120,6 +120,7 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
         limiter = RateLimiter(redis, prefix)
         claims = Claims(
             redis,
+            pipelined,
             prefix,
             done_ttl_s=settings.done_ttl_s,
             stale_after_s=settings.claim_stale_after_s,

@@ -10,7 +10,6 @@ and 503 answered when Kafka does not take it (:mod:`gateway.publisher`).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -92,17 +91,17 @@ async def submit_update(request: web.Request) -> web.Response:
         Limit("update_user", str(principal.user_id), policy.update_user),
         Limit("update_address", client_address(request), policy.update_address),
     )
-    now = datetime.now(UTC)
-    ticket, spec = await parts.admission.redeem(
-        principal, body.action_id, body.action_type, body.action_hash, body.points, limits, now
+    redeemed = await parts.admission.redeem(
+        principal, body.action_id, body.action_type, body.action_hash, body.points, limits
     )
+    spec = redeemed.spec
     command = ScoreCommand(
         action_id=body.action_id,
         user_id=principal.user_id,
-        action_type=ticket.action_type,
+        action_type=redeemed.ticket.action_type,
         points=spec.points,
-        issued_at=ticket.issued_at,
-        accepted_at=now,
+        issued_at=redeemed.ticket.issued_at,
+        accepted_at=redeemed.claimed_at,
     )
     accepted = {"status": "accepted", "action_id": str(command.action_id), "points": spec.points}
     if wait_s is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import time
 
@@ -21,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
 from common.backoff import Backoff
-from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
+from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode, utcnow
 from common.kafka import make_producer
 from common.problems import ServiceUnavailable
 from common.tracing import inject_headers
@@ -124,6 +126,8 @@ class CommandPublisher:
 
         Raises :class:`CommandNotRecorded` (503) when Kafka did not take it.
         """
+        if self._settings.crash_point == "after_claim":
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for tests: never in production
         try:
             await self.publish(command)
         except BaseException as exc:
@@ -135,6 +139,12 @@ class CommandPublisher:
             if isinstance(exc, PublishFailed):
                 raise CommandNotRecorded from None
             raise
+        try:
+            await self._claims.mark_published(command.action_id, command.accepted_at, utcnow())
+        except Exception as exc:
+            # Kafka has it, so it will be applied; until then a retry waits for this claim and
+            # then publishes again (harmless: applied at most once).
+            log.warning("mark_published_failed", action_id=str(command.action_id), error=repr(exc))
 
     async def publish(self, command: ScoreCommand) -> None:
         """Publish and wait for the acks=all acknowledgement, or raise :class:`PublishFailed`."""

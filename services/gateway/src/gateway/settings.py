@@ -6,7 +6,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -88,9 +88,13 @@ class Settings(CommonSettings):
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
-    # A claim not yet confirmed applied after this long is taken over by a retry of the same
-    # completion (its gateway died before Kafka acknowledged). Must exceed publish_timeout_s.
-    claim_stale_after_s: float = Field(default=15.0, gt=0)
+    # A retry that finds its action claimed and not yet published waits this long after the
+    # claim, then takes it over and publishes itself (the claiming gateway died before Kafka
+    # acknowledged). Must exceed publish_timeout_s: until then the claim may still succeed.
+    claim_stale_after_s: float = Field(default=6.0, gt=0)
+    # Fault injection for the crash tests: "after_claim" kills the process (SIGKILL) between
+    # claiming an action and publishing it. Never set it in production.
+    crash_point: Literal["", "after_claim"] = ""
     # Prefer: wait subscribes to the "applied" channel while requests wait, and this long after.
     applied_linger_s: float = Field(default=30.0, ge=0)
 
