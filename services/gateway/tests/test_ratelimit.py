@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -11,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from common.addresses import TrustedProxies, resolve_client_address
 from common.redis_client import create_redis
 from gateway.components import components_key
-from gateway.edge import resolve_client_address
 from gateway.ratelimit import Limit, Rate, RateLimiter
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
@@ -81,8 +80,7 @@ async def test_the_first_denying_limit_is_reported(limiter: RateLimiter) -> None
 def test_client_address(
     peer: str | None, forwarded: list[str], trusted: list[str], expected: str
 ) -> None:
-    nets = [ipaddress.ip_network(n) for n in trusted]
-    assert resolve_client_address(peer, forwarded, nets) == expected
+    assert resolve_client_address(peer, forwarded, TrustedProxies.of(trusted)) == expected
 
 
 async def test_200_concurrent_ticket_requests_against_a_limit_of_25(

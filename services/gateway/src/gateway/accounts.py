@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from common.keyspace import USER_BANNED, USER_DELETED, revoked_session_key, user_status_key
 from common.problems import Forbidden
-from gateway.rejections import Rejection
+from common.rejections import Rejection
 from gateway.tokens import InvalidToken, Principal, TokenVerifier
 
 

@@ -27,12 +27,12 @@ from typing import Any, Final
 
 from common.keyspace import lua, revoked_session_key, ticket_key, user_status_key
 from common.problems import BadRequest, Conflict
+from common.rejections import Rejection
 from gateway.accounts import raise_for_account
 from gateway.catalog import ActionSpec, Catalog
 from gateway.claims import MARKER_LUA_FUNCTIONS, Claims
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
 from gateway.redis_pipeline import PipelinedRedis
-from gateway.rejections import Rejection
 from gateway.signing import TicketSigner
 from gateway.tickets import Ticket
 from gateway.timestamps import epoch_ms

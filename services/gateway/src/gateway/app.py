@@ -27,7 +27,7 @@ from gateway.admission import Admission
 from gateway.catalog import Catalog
 from gateway.claims import Claims
 from gateway.components import Components, components_key
-from gateway.edge import rejection_middleware
+from gateway.edge import edge_middlewares
 from gateway.jwks import JwksCache
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in its cleanup context."""
     app = create_base_app(settings.service_name)
     # Innermost: renders problems before the shared metrics middleware records the status.
-    app.middlewares.append(rejection_middleware)
+    app.middlewares.extend(edge_middlewares(settings))
     if settings.uses_dev_hmac_key:
         log.warning("dev_hmac_key_in_use", hint="set SCOREBOARD_ACTION_HMAC_KEYS in production")
     app.cleanup_ctx.append(lambda app: _components(app, settings))

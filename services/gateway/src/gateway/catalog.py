@@ -9,7 +9,7 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.problems import BadRequest
-from gateway.rejections import Rejection
+from common.rejections import Rejection
 
 ACTION_TYPE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

@@ -1,106 +1,58 @@
 """The gateway's edge: what every request passes before and after a handler.
 
-Who the client is (the peer, or a trusted proxy's last hop), which token it carries and whose it
-is, and the one middleware where problems are rendered and every rejection is logged as a
-security event and counted by reason. Domain modules below never see ``aiohttp.web``.
+Who the client is (the peer, or a trusted proxy's last hop: :mod:`common.addresses`), which token
+it carries and whose it is, and the middlewares where every rejection is logged as a security
+event and counted by reason (:mod:`common.rejections`) and Redis outages become 503
+(:mod:`common.outages`). Domain modules below never see ``aiohttp.web``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Sequence
-
-import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
-from common.middlewares import Handler, problem_response, request_id_key
-from common.problems import BadRequest, Problem, ServiceUnavailable
+from common.addresses import TrustedProxies, client_address_key
+from common.outages import outage_middleware
+from common.rejections import Rejected, rejection_middleware
 from gateway.components import components_key
-from gateway.rejections import Rejection
+from gateway.settings import Settings
 from gateway.tokens import InvalidToken, Principal
-
-log = structlog.get_logger(__name__)
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The authenticated user id (set once the token verified), for the security log.
 user_key = web.RequestKey("user_id", str)
-address_key = web.RequestKey("client_address", str)
-
-
-def resolve_client_address(
-    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IpNetwork]
-) -> str:
-    """The client's address: the peer, or the last X-Forwarded-For hop if the peer is trusted.
-
-    Only the last hop is believed: it is the one our trusted proxy appended; anything before it
-    came from the client and can be forged.
-    """
-    if peer is None:
-        return "unknown"
-    if forwarded_for and trusted:
-        try:
-            peer_ip = ipaddress.ip_address(peer)
-        except ValueError:
-            return peer
-        if any(peer_ip in net for net in trusted):
-            hops = [h.strip() for value in forwarded_for for h in value.split(",")]
-            hops = [h for h in hops if h]
-            if hops:
-                try:
-                    return str(ipaddress.ip_address(hops[-1]))
-                except ValueError:
-                    log.warning("bad_forwarded_for", peer=peer, last_hop=hops[-1][:64])
-    return peer
 
 
 def client_address(request: web.Request) -> str:
-    """The request's client address (computed once per request)."""
-    if address_key in request:
-        return request[address_key]
-    trusted = request.app[components_key].settings.trusted_proxies
-    address = resolve_client_address(
-        request.remote, request.headers.getall("X-Forwarded-For", []), trusted
-    )
-    request[address_key] = address
-    return address
+    """The request's client address, as :func:`edge_middlewares` resolved it."""
+    return request[client_address_key]
 
 
-@web.middleware
-async def rejection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render problems here (so request metrics see the real status) and audit rejections.
+def edge_middlewares(settings: Settings) -> list[Middleware]:
+    """The gateway's own middlewares, innermost last (inside the shared problem middleware).
 
-    Redis failures become 503: without Redis no ticket, limit or revocation can be checked.
+    Every rejection (a :class:`common.rejections.Rejection` or a bad request) is logged as a
+    security event with the user, when known, and counted by reason; Redis failures become 503:
+    without Redis no ticket, limit or revocation can be checked.
     """
-    try:
-        return await handler(request)
-    except Problem as problem:
-        reason: str | None = None
-        if isinstance(problem, Rejection):
-            reason = problem.reason
-        elif isinstance(problem, BadRequest):
-            reason = "invalid_request"
-        if reason is not None:
-            request.app[components_key].metrics.rejections.labels(reason).inc()
-            log.warning(
-                "security",
-                reason=reason,
-                status=problem.status,
-                user=request.get(user_key),
-                address=client_address(request),
-                request_id=request.get(request_id_key),
-                method=request.method,
-                path=request.path,
-            )
-        return problem_response(problem, request.get(request_id_key))
-    except RedisError as exc:
-        # Tickets, limits and revocations live in Redis: without it nothing can be decided.
-        log.warning("redis_unavailable", error=repr(exc), path=request.path)
-        unavailable = ServiceUnavailable(
-            "a dependency is unavailable; retry shortly", headers={"Retry-After": "1"}
-        )
-        return problem_response(unavailable, request.get(request_id_key))
+
+    def count(request: web.Request, reason: str) -> None:
+        request.app[components_key].metrics.rejections.labels(reason).inc()
+
+    def identity(request: web.Request, error: Rejected) -> dict[str, object]:
+        return {"user": request.get(user_key)}
+
+    return [
+        rejection_middleware(
+            TrustedProxies.of(settings.trusted_proxies),
+            every_client_error=False,
+            count=count,
+            identity=identity,
+        ),
+        outage_middleware(
+            (RedisError,), retry_after_s=1, detail="a dependency is unavailable; retry shortly"
+        ),
+    ]
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -16,6 +16,7 @@ from aiohttp import web
 from common.bodies import json_response, read_json
 from common.events import AppliedNotice, ScoreCommand
 from common.problems import Forbidden, Problem
+from common.rejections import Rejection
 from gateway.components import components_key
 from gateway.edge import (
     authenticate,
@@ -25,7 +26,6 @@ from gateway.edge import (
 )
 from gateway.models import TicketRequest, UpdateRequest, prefer_wait
 from gateway.ratelimit import Limit
-from gateway.rejections import Rejection
 from gateway.timestamps import isoformat
 
 NO_STORE = {"Cache-Control": "no-store"}

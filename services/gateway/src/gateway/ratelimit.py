@@ -18,7 +18,7 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from common.problems import TooManyRequests
-from gateway.rejections import Rejection
+from common.rejections import Rejection
 from gateway.settings import Settings
 
 # Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with

@@ -18,8 +18,8 @@ from typing import Any, Final
 import jwt
 
 from common.problems import Unauthorized
+from common.rejections import Rejection
 from gateway.jwks import JwksCache
-from gateway.rejections import Rejection
 
 # Asymmetric algorithms only: with an allowlist, a token cannot pick "none" or an HMAC that
 # would be "verified" with the public key as the shared secret.
