@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import jsonschema
 import redis.asyncio as aioredis
 
 from broadcaster.redis_board import RedisBoard
+from common.events import AppliedNotice
 from common.keyspace import APPLIED_TTL_S, done_key, ticket_key
 from testkit.broadcaster import new_player
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 
 
 async def test_apply_is_idempotent_and_order_safe(board: RedisBoard) -> None:
@@ -96,6 +100,38 @@ async def test_applied_changes_are_published_with_rank(
         "rank": 2,
     }
     assert (messages[1]["action_id"], messages[1]["version"]) == (str(after.action_id), 2)
+
+
+async def test_the_applied_notice_is_the_contracts(
+    board: RedisBoard, redis_client: aioredis.Redis
+) -> None:
+    """What the apply script publishes is what the gateway reads: the AppliedNotice model and its
+    committed JSON Schema (schemas/applied-notice.v1.json) both accept it."""
+    leader, player = new_player(), new_player()
+    await board.apply_changes([leader.gain(500, T0)])
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(board.keys.applied)
+    try:
+        change = player.gain(70, T0 + timedelta(seconds=1))
+        await board.apply_changes([change])
+        msg = None
+        async with asyncio.timeout(5):
+            while msg is None:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    raw: bytes = msg["data"]
+
+    schema = json.loads((SCHEMAS / "applied-notice.v1.json").read_text())
+    jsonschema.validate(json.loads(raw), schema, format_checker=jsonschema.FormatChecker())
+    assert AppliedNotice.model_validate_json(raw) == AppliedNotice(
+        action_id=change.action_id,
+        user_id=player.user_id,
+        username=player.username,
+        score=70,
+        version=1,
+        rank=2,
+    )
 
 
 async def test_board_without_marker_refuses_changes(board: RedisBoard) -> None:
