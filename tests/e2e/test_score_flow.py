@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from common.actions import done_key, ticket_key
+from common.keyspace import DONE_APPLIED, done_key, ticket_key
 from testkit.env import TestEnv
 from tests.e2e.harness import System, complete_action, register_and_login
 
@@ -76,14 +76,14 @@ async def test_an_applied_action_is_confirmed_to_the_gateway(
     system: System, http: aiohttp.ClientSession, e2e_env: TestEnv, redis_client: aioredis.Redis
 ) -> None:
     """Once applied, the action's claim turns into "applied" and its ticket is gone, so a
-    retry is a 409 for good (see common.actions)."""
+    retry is a 409 for good (see common.keyspace)."""
     player = await register_and_login(http, system.gateway, _name())
     status, body = await complete_action(http, system.gateway, player, "tap", wait_s=10)
     assert status == 200, body
     action_id = str(body["action_id"])
     done = done_key(e2e_env.redis_prefix, action_id)
     async with asyncio.timeout(10):
-        while await redis_client.get(done) != b"1":  # noqa: ASYNC110 - set by the broadcaster
+        while await redis_client.get(done) != DONE_APPLIED.encode():  # noqa: ASYNC110 - broadcaster
             await asyncio.sleep(0.05)
     assert await redis_client.exists(ticket_key(e2e_env.redis_prefix, action_id)) == 0
 
