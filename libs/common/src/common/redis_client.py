@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.settings import CommonSettings
 
@@ -23,5 +26,10 @@ def create_redis(settings: CommonSettings) -> aioredis.Redis:
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         health_check_interval=15,
+        # A pooled connection that died with the server (a Redis restart) fails on its next
+        # command; that command never reached the new server, so it is safe to send it once
+        # more on a fresh connection. Timeouts are not retried: the command may have run.
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis.from_pool(pool)
