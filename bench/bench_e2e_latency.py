@@ -46,7 +46,8 @@ from common.runner import tune_gc
 from testkit.env import LOCAL_INFRA, create_test_env, drop_test_env
 from tests.e2e.harness import Player, register_and_login, start_system
 
-CATALOG = {"tap": {"points": 1, "min_duration_ms": 0}}
+# Tickets are issued ahead (the update path is what is measured): many open per player.
+CATALOG = {"tap": {"points": 1, "min_duration_ms": 0, "max_open": 10_000}}
 UNLIMITED = "1000000"
 HOST = "127.0.0.1"
 UPDATE_PATH = "/api/scoreboard/update"

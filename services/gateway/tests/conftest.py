@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
+from gateway.catalog import DEFAULT_CATALOG
 from gateway.components import components_key
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, SigningKey, TokenMint, Upstream
@@ -68,6 +69,13 @@ def gateway_settings(
             "broadcaster_url": upstream.url,
             "static_dir": static_dir,
             "action_hmac_keys": "t1:test-hmac-secret-0123456789",
+            # The earning rules are off unless a test is about them (test_earning.py): the
+            # default catalog's types, instant, with tickets in parallel and no budget to speak of.
+            "action_catalog": {
+                name: {"points": spec.points, "min_duration_ms": 0, "max_open": 100}
+                for name, spec in DEFAULT_CATALOG.items()
+            },
+            "points_budget_per_minute": 1_000_000_000,
         }
         return Settings.load(**{**base, **overrides})
 

@@ -48,7 +48,7 @@ async def test_catalog_is_public(gateway: Client) -> None:
     resp = await gateway.get("/api/actions/types")
     assert resp.status == 200
     assert await resp.json() == [
-        {"action_type": name, **spec} for name, spec in sorted(CATALOG.items())
+        {"action_type": name, "max_open": 1, **spec} for name, spec in sorted(CATALOG.items())
     ]
 
 
@@ -218,10 +218,10 @@ async def test_releasing_a_claim_never_undoes_a_confirmation(
     assert not await claims.claim(action_id, claimed_at)  # once
     done = claims.key(action_id)
     await redis_client.set(done, "1")  # the broadcaster confirmed it meanwhile
-    await claims.release(action_id, claimed_at)
+    await claims.release(action_id, claimed_at, player.user_id, "tap")
     assert await redis_client.get(done) == b"1"
     await redis_client.set(done, claims.value(claimed_at))
-    await claims.release(action_id, claimed_at)
+    await claims.release(action_id, claimed_at, player.user_id, "tap")
     assert await redis_client.exists(done) == 0
 
 

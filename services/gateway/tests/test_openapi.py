@@ -34,7 +34,7 @@ from services.gateway.tests.support import (
 from testkit.env import TestEnv as SliceEnv
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
-CATALOG = {"tap": {"points": 1, "min_duration_ms": 0}}
+CATALOG = {"tap": {"points": 1, "min_duration_ms": 0, "max_open": 10}}
 
 
 def _json_loads(value: bytes | str, **_params: str) -> Any:

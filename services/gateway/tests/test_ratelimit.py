@@ -17,7 +17,7 @@ from gateway.ratelimit import Limit, Rate, RateLimiter
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 
-TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0}}
+TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0, "max_open": 10}}
 
 
 @pytest.fixture
@@ -87,7 +87,10 @@ async def test_200_concurrent_ticket_requests_against_a_limit_of_25(
     make_gateway: MakeGateway, mint: TokenMint
 ) -> None:
     client = await make_gateway(
-        wait_kafka=False, actions_rate_per_address=0.001, actions_burst_per_address=25
+        wait_kafka=False,
+        action_catalog=TAP_NOW,
+        actions_rate_per_address=0.001,
+        actions_burst_per_address=25,
     )
     tokens = [mint.mint() for _ in range(20)]
     responses = await asyncio.gather(

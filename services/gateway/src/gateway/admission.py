@@ -31,6 +31,7 @@ from common.rejections import Rejection
 from gateway.accounts import raise_for_account
 from gateway.catalog import ActionSpec, Catalog
 from gateway.claims import MARKER_LUA_FUNCTIONS, Claims
+from gateway.earning import EARNING_LUA_FUNCTIONS, EarningRules
 from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
 from gateway.redis_pipeline import PipelinedRedis
 from gateway.signing import TicketSigner
@@ -38,31 +39,40 @@ from gateway.tickets import Ticket
 from gateway.timestamps import epoch_ms
 from gateway.tokens import Principal
 
-# KEYS: revoked session, user status, done marker, ticket, then one key per rate limit.
+# KEYS: revoked session, user status, done marker, ticket, the earning rules' open tickets, hour
+# and day counters and points budget (gateway.earning), then one key per rate limit.
 # ARGV: the rate limits' (interval, tolerance) pairs, then now (ms), the claim's stale age (ms),
 # user id, action type, the type the hash was issued for ('' when none), minimum duration (ms,
 # -1 for a type the catalog does not have), points ok (1/0), the done marker's TTL (s), this
-# gateway's id (for its claim).
+# gateway's id (for its claim), then the earning rules' per hour, per day, budget interval (us
+# per point), burst (points), this action's cost (points) and the counters' TTLs (ms).
 _ADMIT_LUA: Final = (
     GCRA_LUA_FUNCTION
     + MARKER_LUA_FUNCTIONS
+    + EARNING_LUA_FUNCTIONS
     + lua(
         """
 local status = redis.call('GET', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 or status == @USER_DELETED or status == @USER_BANNED then
   return {'account', redis.call('EXISTS', KEYS[1]), status or ''}
 end
-local limits, n = {}, (#KEYS - 4) * 2
+local limits, n = {}, (#KEYS - 8) * 2
 local now, stale_ms = tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2])
 local marker = redis.call('GET', KEYS[3])
 local state = marker_state(marker, now, stale_ms)
 if state == 'done' then return {'done'} end
 if state == 'pending' then return {'pending', marker} end
-for i = 5, #KEYS do limits[#limits + 1] = KEYS[i] end
+for i = 9, #KEYS do limits[#limits + 1] = KEYS[i] end
 local denied, wait = gcra(limits, ARGV)
 if denied > 0 then
   return {'limited', denied, wait}
 end
+local per_hour, per_day = tonumber(ARGV[n + 10]), tonumber(ARGV[n + 11])
+local rule = capped(KEYS[6], KEYS[7], per_hour, per_day)
+if rule then return {'earning', rule, 0} end
+local budget_wait, charge = budget(KEYS[8], tonumber(ARGV[n + 12]), tonumber(ARGV[n + 13]),
+  tonumber(ARGV[n + 14]))
+if budget_wait > 0 then return {'earning', 'points_budget', string.format('%.0f', budget_wait)} end
 local ticket = redis.call('GET', KEYS[4])
 if not ticket then return {'rejected', 'ticket_unknown'} end
 local t = cjson.decode(ticket)
@@ -77,6 +87,9 @@ if min_ms > 0 and elapsed < min_ms then
 end
 if ARGV[n + 7] ~= '1' then return {'rejected', 'points_mismatch'} end
 claim(KEYS[3], ARGV[n + 1], ARGV[n + 9], ARGV[n + 8])
+count_caps(KEYS[6], KEYS[7], per_hour, per_day, ARGV[n + 15], ARGV[n + 16])
+charge_budget(KEYS[8], charge)
+redis.call('ZREM', KEYS[5], KEYS[4])
 return {'claimed', ticket}
 """
     )
@@ -130,6 +143,7 @@ class Admission:
         signer: TicketSigner,
         claims: Claims,
         limiter: RateLimiter,
+        earning: EarningRules,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -137,6 +151,7 @@ class Admission:
         self._signer = signer
         self._claims = claims
         self._limiter = limiter
+        self._earning = earning
 
     async def redeem(
         self,
@@ -151,7 +166,8 @@ class Admission:
 
         Raises, in this order: 401 revoked session or deleted user, 403 banned user, 409 action
         already recorded (published or applied), 429 rate limited (charging the limits only when
-        all allow it), then the 400s in the order of the module docstring. An action claimed by
+        all allow it), 429 an earning rule (period cap, points budget; charged only with the
+        claim), then the 400s in the order of the module docstring. An action claimed by
         another request and not yet published is waited for: once recorded it is a 409; once
         its claim is stale (its gateway died before Kafka acknowledged) this request takes it
         over (:mod:`gateway.claims`).
@@ -161,12 +177,11 @@ class Admission:
             action_hash, action_id, principal.user_id, action_type, self._catalog.types
         )
         limit_keys, limit_args = self._limiter.script_input(limits)
-        keys = [
+        account_keys = [
             revoked_session_key(self._prefix, principal.session_id),
             user_status_key(self._prefix, principal.user_id),
             self._claims.key(action_id),
             ticket_key(self._prefix, action_id),
-            *limit_keys,
         ]
         ticket_args: list[str | int] = [
             str(principal.user_id),
@@ -179,7 +194,17 @@ class Admission:
         ]
         for _ in range(_MAX_WAITS + 1):
             now = datetime.now(UTC)
-            args = [*limit_args, epoch_ms(now), self._claims.stale_after_ms, *ticket_args]
+            earning_keys, earning_args = self._earning.redeem_input(
+                principal.user_id, action_type, spec, now
+            )
+            keys = [*account_keys, *earning_keys, *limit_keys]
+            args = [
+                *limit_args,
+                epoch_ms(now),
+                self._claims.stale_after_ms,
+                *ticket_args,
+                *earning_args,
+            ]
             result: list[Any] = await self._redis.eval_script(_ADMIT_LUA, keys, args)
             code = result[0]
             if code == b"claimed" and spec is not None:
@@ -193,6 +218,9 @@ class Admission:
             raise AlreadyCompleted("this action was already completed")
         if code == b"limited":
             raise RateLimited(self._limiter.decision(limits, result[1], result[2]))
+        if code == b"earning":
+            wait_ms = int(result[2]) / 1000
+            raise self._earning.refused(result[1].decode(), action_type, now, wait_ms)
         if code == b"rejected":
             raise self._rejection(result[1].decode(), action_type, spec, result[2:])
         raise RuntimeError(f"unexpected admission result {result!r}")

@@ -27,6 +27,7 @@ from gateway.admission import Admission
 from gateway.catalog import Catalog
 from gateway.claims import Claims
 from gateway.components import Components, components_key
+from gateway.earning import Budget, EarningRules
 from gateway.edge import edge_middlewares
 from gateway.jwks import JwksCache
 from gateway.metrics import GatewayMetrics
@@ -116,12 +117,22 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
             cache_size=settings.token_cache_size,
         )
         catalog = Catalog(settings.action_catalog)
+        earning = EarningRules(
+            prefix,
+            catalog,
+            Budget.for_catalog(
+                settings.action_catalog,
+                updates_per_s=settings.update_rate_per_user,
+                per_minute=settings.points_budget_per_minute,
+            ),
+        )
         signer = TicketSigner(settings.action_hmac_keys)
         limiter = RateLimiter(redis, prefix)
         claims = Claims(
             redis,
             pipelined,
             prefix,
+            earning,
             done_ttl_s=settings.done_ttl_s,
             stale_after_s=settings.claim_stale_after_s,
         )
@@ -134,11 +145,17 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
             rate_policy=RatePolicy.from_settings(settings),
             limiter=limiter,
             signer=signer,
-            tickets=TicketStore(redis, prefix, ttl_s=settings.ticket_ttl_s),
+            tickets=TicketStore(redis, prefix, earning, ttl_s=settings.ticket_ttl_s),
             claims=claims,
             authenticator=Authenticator(verifier, redis, prefix),
             admission=Admission(
-                pipelined, prefix, catalog=catalog, signer=signer, claims=claims, limiter=limiter
+                pipelined,
+                prefix,
+                catalog=catalog,
+                signer=signer,
+                claims=claims,
+                limiter=limiter,
+                earning=earning,
             ),
             publisher=publisher,
             waiters=AppliedWaiters(linger_s=settings.applied_linger_s),

@@ -15,19 +15,26 @@ ACTION_TYPE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class ActionSpec(BaseModel):
-    """One catalog entry: the points it is worth and the least time it can take."""
+    """One catalog entry: the points it is worth, the least time it takes, its earning rules.
+
+    ``max_open`` tickets of the type may be open per user (one more replaces the oldest);
+    ``per_hour`` / ``per_day`` cap its completions per user and UTC period (gateway.earning).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The same bound as ScoreCommand.points, so a catalog entry always yields a valid command.
     points: int = Field(gt=0, le=1_000_000)
     min_duration_ms: int = Field(default=0, ge=0, le=24 * 3600 * 1000)
+    max_open: int = Field(default=1, ge=1, le=10_000)
+    per_hour: int | None = Field(default=None, ge=1)
+    per_day: int | None = Field(default=None, ge=1)
 
 
 DEFAULT_CATALOG: Final[Mapping[str, ActionSpec]] = {
     "quest": ActionSpec(points=50, min_duration_ms=2000),
     "puzzle": ActionSpec(points=20, min_duration_ms=1000),
-    "daily_login": ActionSpec(points=10, min_duration_ms=0),
+    "daily_login": ActionSpec(points=10, min_duration_ms=0, per_day=1),
     "tap": ActionSpec(points=1, min_duration_ms=100),
 }
 
@@ -66,8 +73,12 @@ class Catalog:
         return UnknownActionType(f"unknown action_type {action_type!r}; known: {known}")
 
     def listing(self) -> list[dict[str, object]]:
-        """The public list: ``[{action_type, points, min_duration_ms}]`` sorted by name."""
+        """The public list, sorted by name: ``action_type``, ``points``, ``min_duration_ms``,
+        ``max_open`` and the period caps that are set (``per_hour``, ``per_day``)."""
         return [
-            {"action_type": name, "points": spec.points, "min_duration_ms": spec.min_duration_ms}
+            {
+                "action_type": name,
+                **spec.model_dump(exclude_none=True),
+            }
             for name, spec in sorted(self._entries.items())
         ]

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from common.keyspace import DONE_CLAIMED, done_key, lua
+from gateway.earning import REFUND_LUA_FUNCTION, EarningRules
 from gateway.redis_pipeline import PipelinedRedis
 from gateway.timestamps import epoch_ms
 
@@ -74,14 +75,20 @@ return 0
 """
 )
 
-# KEYS: done marker. ARGV: the claim's value. Deletes the marker only if it is still that claim.
-_RELEASE_LUA: Final = """
+# KEYS: done marker, then the earning rules' hour and day counters and budget. ARGV: the claim's
+# value, then per hour, per day and the budget to give back (gateway.earning). Deletes the marker
+# and undoes what the claim counted, only if it is still that claim.
+_RELEASE_LUA: Final = (
+    REFUND_LUA_FUNCTION
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  refund(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
   return 1
 end
 return 0
 """
+)
 
 
 def gateway_id() -> str:
@@ -97,6 +104,7 @@ class Claims:
         redis: aioredis.Redis,
         pipelined: PipelinedRedis,
         prefix: str,
+        earning: EarningRules,
         *,
         done_ttl_s: int,
         stale_after_s: float,
@@ -106,6 +114,7 @@ class Claims:
         self._redis = redis
         self._pipelined = pipelined
         self._prefix = prefix
+        self._earning = earning
         self.done_ttl_s = done_ttl_s
         self.stale_after_ms = round(stale_after_s * 1000)
         self.gateway = gateway or gateway_id()
@@ -137,10 +146,16 @@ class Claims:
             _PUBLISHED_LUA, [self.key(action_id)], [self.value(claimed_at), epoch_ms(now)]
         )
 
-    async def release(self, action_id: uuid.UUID, claimed_at: datetime) -> None:
-        """Undo a claim made at ``claimed_at`` (the command was not published), unless the
-        action was meanwhile confirmed applied: a retry of the same request then succeeds."""
-        await self._release(keys=[self.key(action_id)], args=[self.value(claimed_at)])
+    async def release(
+        self, action_id: uuid.UUID, claimed_at: datetime, user_id: uuid.UUID, action_type: str
+    ) -> None:
+        """Undo a claim made at ``claimed_at`` (the command was not published), and what it
+        counted against the earning rules, unless the action was meanwhile confirmed applied:
+        a retry of the same request then succeeds."""
+        refund_keys, refund_args = self._earning.refund_input(user_id, action_type, claimed_at)
+        await self._release(
+            keys=[self.key(action_id), *refund_keys], args=[self.value(claimed_at), *refund_args]
+        )
 
     async def wait_settled(self, action_id: uuid.UUID, marker: bytes) -> None:
         """Wait while the action stays claimed by ``marker``, at most until it may be taken over.

@@ -54,7 +54,7 @@ async def issue_ticket(request: web.Request) -> web.Response:
     )
     body = await read_json(request, TicketRequest)
     spec = parts.catalog.get(body.action_type)
-    ticket = await parts.tickets.issue(principal.user_id, body.action_type)
+    ticket = await parts.tickets.issue(principal.user_id, body.action_type, spec)
     parts.metrics.tickets_issued.labels(ticket.action_type).inc()
     return json_response(
         {

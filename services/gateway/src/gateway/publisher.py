@@ -133,7 +133,10 @@ class CommandPublisher:
         except BaseException as exc:
             try:
                 # Shielded: even a cancelled request must not leave the action claimed, unsent.
-                await asyncio.shield(self._claims.release(command.action_id, command.accepted_at))
+                release = self._claims.release(
+                    command.action_id, command.accepted_at, command.user_id, command.action_type
+                )
+                await asyncio.shield(release)
             except Exception:
                 log.exception("release_failed", action_id=str(command.action_id))
             if isinstance(exc, PublishFailed):

@@ -85,6 +85,9 @@ class Settings(CommonSettings):
         default_factory=lambda: [_parse_key(DEV_HMAC_KEY)]
     )
     ticket_ttl_s: int = Field(default=600, gt=0)
+    # Points per minute one player may earn from the types without a period cap, all together
+    # (gateway.earning); unset: the catalog's best type done back to back.
+    points_budget_per_minute: int | None = Field(default=None, gt=0)
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)

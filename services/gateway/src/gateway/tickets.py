@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 import redis.asyncio as aioredis
 
 from common.keyspace import ticket_key
+from gateway.catalog import ActionSpec
+from gateway.earning import ISSUE_LUA, EarningRules
 from gateway.timestamps import epoch_ms, isoformat, now_ms
 
 
@@ -56,15 +58,21 @@ class Ticket:
 
 
 class TicketStore:
-    """Issues tickets into Redis."""
+    """Issues tickets into Redis, under the earning rules (:mod:`gateway.earning`)."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, *, ttl_s: int) -> None:
-        self._redis = redis
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, earning: EarningRules, *, ttl_s: int
+    ) -> None:
+        self._issue = redis.register_script(ISSUE_LUA)
         self._prefix = prefix
+        self._earning = earning
         self._ttl = ttl_s
 
-    async def issue(self, user_id: uuid.UUID, action_type: str) -> Ticket:
-        """Store a new ticket for ``user_id``."""
+    async def issue(self, user_id: uuid.UUID, action_type: str, spec: ActionSpec) -> Ticket:
+        """Store a new ticket for ``user_id``; 429 when an earning rule refuses it.
+
+        At most ``spec.max_open`` tickets of the type stay open: the oldest is replaced.
+        """
         issued = now_ms()
         ticket = Ticket(
             action_id=uuid.uuid4(),
@@ -73,7 +81,16 @@ class TicketStore:
             issued_at=issued,
             expires_at=issued + timedelta(seconds=self._ttl),
         )
-        await self._redis.set(
-            ticket_key(self._prefix, ticket.action_id), ticket.to_json(), ex=self._ttl
+        keys, rule_args = self._earning.issue_input(
+            ticket_key(self._prefix, ticket.action_id), user_id, action_type, spec, issued
         )
+        args: list[str | int] = [
+            ticket.to_json(),
+            self._ttl,
+            epoch_ms(issued),
+            epoch_ms(ticket.expires_at),
+        ]
+        result = await self._issue(keys=keys, args=[*args, *rule_args])
+        if result[0] == b"limited":
+            raise self._earning.refused(result[1].decode(), action_type, issued, int(result[2]))
         return ticket
