@@ -16,6 +16,7 @@ from common.problems import Conflict
 from common.runner import GC_GEN0_THRESHOLD, tune_gc
 from common.web import create_base_app
 
+JSON = {"Content-Type": "application/json"}
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -63,6 +64,12 @@ async def test_valid_body(client: TestClient[web.Request, web.Application]) -> N
         ({"json": [1, 2]}, 400),
         ({"json": {"name": "x" * 20_000}}, 413),
         ({"json": {"name": "taken"}}, 409),
+        # Hostile bodies: a client error each, never a 500.
+        ({"data": b"[" * 15_000, "headers": {"Content-Type": "application/json"}}, 400),
+        ({"data": b'{"name": ' + b"[" * 40 + b"]" * 40 + b"}", "headers": JSON}, 400),
+        ({"data": b'{"name": "a", "name": "b"}', "headers": JSON}, 400),
+        ({"data": b'{"name": 1' + b"0" * 5000 + b"}", "headers": JSON}, 400),
+        ({"data": b'{"name": "' + bytes([0xFF, 0xFE]) + b'"}', "headers": JSON}, 400),
     ],
 )
 async def test_errors_are_problem_json(
@@ -74,6 +81,16 @@ async def test_errors_are_problem_json(
     doc = await resp.json(content_type=None)
     assert doc["status"] == status
     assert {"type", "title", "detail"} <= doc.keys()
+
+
+async def test_405_names_the_allowed_methods_and_no_versions_are_served(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    resp = await client.delete("/echo")
+    assert resp.status == 405
+    assert resp.content_type == "application/problem+json"
+    assert set(resp.headers["Allow"].split(",")) == {"POST"}
+    assert resp.headers["Server"] == "scoreboard"
 
 
 async def test_unexpected_error_hides_internals(

@@ -66,7 +66,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else title
         if exc.status == 413:
             detail = f"request body exceeds {MAX_BODY} bytes"
-        return problem_response(Problem(detail, status=exc.status, title=title), rid)
+        # 405 says which methods the route has (RFC 9110); other headers stay aiohttp's own.
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(
+            Problem(detail, status=exc.status, title=title, headers=headers), rid
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -80,7 +84,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def metrics_middleware(service: str, registry: CollectorRegistry) -> Any:
-    """Count requests and time them by route and status (the seed's monitoring flow)."""
+    """Count requests and time them by route and status (the monitoring flow of the diagrams)."""
     requests, latency = http_metrics(registry)
 
     @web.middleware

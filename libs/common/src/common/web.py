@@ -29,4 +29,10 @@ def create_base_app(service: str, registry: CollectorRegistry | None = None) -> 
     app[registry_key] = registry
     app[readiness_key] = {}
     add_health_routes(app)
+    app.on_response_prepare.append(_plain_server_header)
     return app
+
+
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: scoreboard``: no library or interpreter versions for a scanner to match."""
+    response.headers["Server"] = "scoreboard"
