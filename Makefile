@@ -75,3 +75,7 @@ schemas: deps ## regenerate the JSON Schemas in schemas/ from the event models
 .PHONY: bench
 bench: deps infra ## the benchmarks; JSON and PNG results in bench/results/
 	$(UV) run --frozen python bench/run_all.py
+
+.PHONY: chaos
+chaos: deps ## crashes under load on a private stack: lost/doubled updates and events (CHAOS_ARGS=--help)
+	$(UV) run --frozen python bench/chaos.py $(CHAOS_ARGS)

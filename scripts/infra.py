@@ -9,6 +9,13 @@
 Idempotent: a server already answering is left alone. Standard library only, so it runs before
 the Python environment exists. State lives under .local/ (ignored by git); the Kafka jars are
 cached under ~/.cache/scoreboard so a second start needs no network.
+
+Ports: SCOREBOARD_PG_PORT, SCOREBOARD_REDIS_PORT, SCOREBOARD_KAFKA_PORT (5432, 6379, 9092).
+SCOREBOARD_LOCAL_DIR moves the state directory (relative to the repository root; default
+.local). With it set, PostgreSQL too runs as a private cluster in <dir>/postgres instead of the
+system's cluster, so a second, separate set of servers can run beside the usual one (on other
+ports). :func:`launch_postgres`, :func:`launch_redis` and :func:`launch_kafka` start one server
+with its state in a given directory, for programs that stop and restart their own servers.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / ".local"
+PRIVATE = bool(os.environ.get("SCOREBOARD_LOCAL_DIR"))  # a state directory of its own
+LOCAL = (ROOT / os.environ.get("SCOREBOARD_LOCAL_DIR", ".local")).resolve()
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scoreboard"
 
 PG_PORT = int(os.environ.get("SCOREBOARD_PG_PORT", "5432"))
@@ -81,16 +89,69 @@ def apt_install(*packages: str) -> None:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _psql(sql: str, db: str = "postgres") -> str:
-    out = run(
-        ["runuser", "-u", "postgres", "--", "psql", "-p", str(PG_PORT), "-d", db, "-tAc", sql],
-        capture_output=True,
-        cwd="/",
-    )
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """``cmd`` run as the postgres user when we are root (PostgreSQL refuses to run as root)."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _psql(sql: str, db: str = "postgres", port: int = PG_PORT, host: Path | None = None) -> str:
+    where = ["-h", str(host)] if host is not None else []
+    cmd = ["psql", *where, "-p", str(port), "-U", "postgres", "-d", db, "-tAc", sql]
+    out = run(_as_postgres(cmd), capture_output=True, cwd="/")
     return out.stdout.strip()
 
 
+def _create_role_and_database(port: int = PG_PORT, host: Path | None = None) -> None:
+    if _psql(f"SELECT 1 FROM pg_roles WHERE rolname='{DB_USER}'", port=port, host=host) != "1":
+        _psql(
+            f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{DB_PASSWORD}'", port=port, host=host
+        )
+    if _psql(f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'", port=port, host=host) != "1":
+        _psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}", port=port, host=host)
+
+
+def postgres_bin() -> Path:
+    """The directory of PostgreSQL's programs (initdb, pg_ctl), version 15 if installed."""
+    if not Path("/usr/lib/postgresql").exists():
+        apt_install("postgresql")
+    versions = sorted(p.name for p in Path("/usr/lib/postgresql").iterdir())
+    return Path("/usr/lib/postgresql") / ("15" if "15" in versions else versions[-1]) / "bin"
+
+
+def pg_ctl(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pg_ctl`` on the private cluster in ``state`` (see :func:`launch_postgres`)."""
+    cmd = [str(postgres_bin() / "pg_ctl"), "-D", str(state / "data"), *args]
+    return run(_as_postgres(cmd), cwd="/", stdout=subprocess.DEVNULL)
+
+
+def launch_postgres(state: Path, port: int) -> None:
+    """Create (once) and start a private PostgreSQL cluster with its data under ``state``,
+    listening on 127.0.0.1:``port`` (its socket in ``state`` too), with the scoreboard role and
+    database; return once it accepts connections. Stop it with ``pg_ctl(state, "stop", ...)``."""
+    data = state / "data"
+    state.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(state, "postgres", "postgres")
+    if not (data / "PG_VERSION").exists():
+        cmd = [str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        run(_as_postgres([*cmd, "-E", "UTF8", "--no-sync"]), cwd="/", stdout=subprocess.DEVNULL)
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{state}'\nmax_connections = 200\n"
+            )
+    pg_ctl(state, "start", "-w", "-t", "120", "-l", str(state / "postgres.log"))
+    _create_role_and_database(port, state)
+
+
 def postgres_up() -> None:
+    if PRIVATE:
+        state = LOCAL / "postgres"
+        if not port_open(PG_PORT):
+            say(f"starting a private PostgreSQL cluster in {state}")
+            launch_postgres(state, PG_PORT)
+        say(f"PostgreSQL ready: postgresql://{DB_USER}:***@127.0.0.1:{PG_PORT}/{DB_NAME}")
+        return
     if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").exists():
         apt_install("postgresql")
     if not port_open(PG_PORT):
@@ -99,14 +160,16 @@ def postgres_up() -> None:
         say(f"starting PostgreSQL {version}")
         run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"])
         wait_for("PostgreSQL", lambda: port_open(PG_PORT), 60)
-    if _psql(f"SELECT 1 FROM pg_roles WHERE rolname='{DB_USER}'") != "1":
-        _psql(f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{DB_PASSWORD}'")
-    if _psql(f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'") != "1":
-        _psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+    _create_role_and_database()
     say(f"PostgreSQL ready: postgresql://{DB_USER}:***@127.0.0.1:{PG_PORT}/{DB_NAME}")
 
 
 def postgres_down() -> None:
+    if PRIVATE:
+        if (LOCAL / "postgres" / "data" / "postmaster.pid").exists():
+            pg_ctl(LOCAL / "postgres", "stop", "-m", "fast", "-w")
+            say("PostgreSQL stopped")
+        return
     if port_open(PG_PORT) and shutil.which("pg_ctlcluster"):
         for version in sorted(p.name for p in Path("/etc/postgresql").iterdir()):
             subprocess.run(
@@ -117,6 +180,8 @@ def postgres_down() -> None:
 
 
 def postgres_clean() -> None:
+    if PRIVATE:  # its data directory goes with the state directory
+        return
     if port_open(PG_PORT):
         _psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         for name in _psql("SELECT datname FROM pg_database WHERE datname LIKE 'sbtest_%'").split():
@@ -131,15 +196,23 @@ def redis_up() -> None:
     if port_open(REDIS_PORT):
         say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0 (already running)")
         return
+    say("starting Redis")
+    launch_redis(LOCAL / "redis", REDIS_PORT)
+    say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0")
+
+
+def launch_redis(state: Path, port: int) -> int:
+    """Start a daemonised Redis with its data (append-only file) under ``state``; return its pid
+    (also in ``state``/redis.pid) once it accepts connections."""
     if not shutil.which("redis-server"):
         apt_install("redis-server")
-    state = LOCAL / "redis"
     state.mkdir(parents=True, exist_ok=True)
-    say("starting Redis")
+    pidfile = state / "redis.pid"
+    pidfile.unlink(missing_ok=True)
     run(
         [
             "redis-server",
-            "--port", str(REDIS_PORT),
+            "--port", str(port),
             "--bind", "127.0.0.1",
             "--dir", str(state),
             "--daemonize", "yes",
@@ -151,8 +224,8 @@ def redis_up() -> None:
             "--maxclients", "20000",
         ]
     )  # fmt: skip
-    wait_for("Redis", lambda: port_open(REDIS_PORT), 30)
-    say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0")
+    wait_for("Redis", lambda: port_open(port) and pidfile.exists(), 30)
+    return int(pidfile.read_text().strip())
 
 
 def redis_down() -> None:
