@@ -12,7 +12,9 @@ each one), and auth, score, broadcaster and ``--gateways`` gateway processes sha
 
 ``--players`` players register and log in through the gateway, then complete actions through the
 real HTTP API at ``--rate`` updates a second for ``--seconds``: ``POST /api/actions`` for a ticket,
-wait the action type's ``min_duration_ms``, ``POST /api/scoreboard/update``. A client retries the
+wait the action type's ``min_duration_ms``, ``POST /api/scoreboard/update``. Each player does one
+action at a time and comes from an address of its own (``X-Forwarded-For``, trusted from
+127.0.0.1 by this run's gateway), so per-address limits see one player each. A client retries the
 SAME request on 503, 429 and connection errors (cut off, refused, timed out), as the contract
 allows, and stops at 202/200 or at 409, which it takes as "already done". Meanwhile a controller
 injects one fault at a time, spread over the run, each recovered before the next:
@@ -112,19 +114,22 @@ DEFAULT_FAULTS: Final = (
 )
 SERVERS: Final = ("kafka", "postgres", "redis")
 PARTITIONS: Final = 12  # of the commands and changes topics, as in production
-UNLIMITED: Final = "1000000"
-# Every client shares 127.0.0.1: the per-address limits would throttle the whole load as one.
-ADDRESS_LIMITS: Final = {
-    f"SCOREBOARD_{k}": UNLIMITED
-    for k in (
-        "UPDATE_RATE_PER_ADDRESS",
-        "UPDATE_BURST_PER_ADDRESS",
-        "ACTIONS_RATE_PER_ADDRESS",
-        "ACTIONS_BURST_PER_ADDRESS",
-        "AUTH_RATE_PER_ADDRESS",
-        "AUTH_BURST_PER_ADDRESS",
-    )
-}
+# Every player and watcher comes from an address of its own (198.18.0.0/15, the range for
+# benchmarks), which the gateway believes from X-Forwarded-For as it would behind an ingress:
+# the per-address limits and throttles then see one player each, not the whole load as one.
+GATEWAY_ENV: Final = {"SCOREBOARD_TRUSTED_PROXIES": "127.0.0.1/32"}
+
+
+def player_address(i: int) -> str:
+    """The address player ``i`` connects from."""
+    return f"198.18.{i // 250}.{i % 250 + 1}"
+
+
+def watcher_address(i: int) -> str:
+    """The address watcher ``i`` connects from."""
+    return f"198.19.{i // 250}.{i % 250 + 1}"
+
+
 ANSWERED: Final = frozenset({"200", "202", "409"})  # what a client takes as "done"
 RETRIED_STATUSES: Final = frozenset({429, 503})
 ATTEMPT_TIMEOUT_S: Final = 15.0  # longer than the gateway's publish timeout (5 s)
@@ -628,7 +633,10 @@ class Load:
         # Quick actions more often than long ones, as players do: weight 1 / (duration + 0.25 s).
         self._types = sorted(catalog)
         self._weights = [1 / (catalog[t]["min_duration_ms"] + 250) for t in self._types]
-        self._auth = [f"Bearer {p.access_token}" for p in players]
+        self._headers = [
+            {"Authorization": f"Bearer {p.access_token}", "X-Forwarded-For": player_address(i)}
+            for i, p in enumerate(players)
+        ]
         self.started_at = 0.0
         self.stopped_at = 0.0
 
@@ -682,7 +690,7 @@ class Load:
             self.busy.discard(update.player)
 
     async def _complete(self, update: Update) -> None:
-        auth = {"Authorization": self._auth[update.player]}
+        auth = self._headers[update.player]
         authority = self.gateways.authority
 
         def encode(path: str, doc: dict[str, str]) -> bytes:
@@ -756,14 +764,21 @@ class Watch:
             self.version = version
 
 
-async def watch(w: Watch, port: int, stop: asyncio.Event) -> None:
+async def watch(w: Watch, port: int, address: str, stop: asyncio.Event) -> None:
     """Stay connected to /ws/scoreboard, reconnecting with jittered backoff when cut."""
     backoff = Backoff(base_s=0.1, cap_s=2.0)
     stopping = asyncio.create_task(stop.wait())
     try:
         while not stop.is_set():
             try:
-                ws = await WsWatcher.connect(HOST, port, "/ws/scoreboard", w.on_text, want=b'"top"')
+                ws = await WsWatcher.connect(
+                    HOST,
+                    port,
+                    "/ws/scoreboard",
+                    w.on_text,
+                    headers={"X-Forwarded-For": address},
+                    want=b'"top"',
+                )
             except Exception:
                 await backoff.sleep()
                 continue
@@ -1255,23 +1270,25 @@ def code_version() -> dict[str, Any]:
 
 
 async def sign_up(gateway: str, count: int) -> list[Player]:
-    """Register and log in ``count`` players through the gateway (a few at a time: auth's
-    password hashing is the slow part); a failed sign-up is tried again under a new name."""
+    """Register and log in ``count`` players through the gateway, each from its own address, a
+    few at a time (auth's password hashing is the slow part); a failed sign-up (auth sheds load
+    with 503 and 429) is tried again, under a new name in case the registration went through."""
     tag = uuid.uuid4().hex[:6]
     gate = asyncio.Semaphore(8)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
 
-        async def one(i: int) -> Player:
-            async with gate:
-                for attempt in range(5):
-                    try:
-                        return await register_and_login(http, gateway, f"chaos{tag}{i}x{attempt}")
-                    except (AssertionError, aiohttp.ClientError, TimeoutError):
-                        await asyncio.sleep(0.5 * (attempt + 1))
-                raise RuntimeError(f"could not sign up player {i}")
+    async def one(i: int) -> Player:
+        headers = {"X-Forwarded-For": player_address(i)}
+        async with gate, aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+            backoff = Backoff(base_s=0.5, cap_s=5.0)
+            for attempt in range(12):
+                try:
+                    return await register_and_login(http, gateway, f"chaos{tag}{i}x{attempt}")
+                except (AssertionError, aiohttp.ClientError, TimeoutError):
+                    await backoff.sleep()
+            raise RuntimeError(f"could not sign up player {i}")
 
-        return await asyncio.gather(*(one(i) for i in range(count)))
+    return await asyncio.gather(*(one(i) for i in range(count)))
 
 
 async def action_catalog(gateway: str) -> dict[str, dict[str, int]]:
@@ -1344,7 +1361,7 @@ class Run:
         await asyncio.to_thread(self.stack.start)
         env = await create_test_env(self.stack.infra, partitions=PARTITIONS)
         self.system = await asyncio.to_thread(
-            harness.start_system, env, dict(ADDRESS_LIMITS), gateways=opts.gateways
+            harness.start_system, env, dict(GATEWAY_ENV), gateways=opts.gateways
         )
         catalog = await action_catalog(self.system.gateway)
         players = await sign_up(self.system.gateway, opts.players)
@@ -1364,7 +1381,10 @@ class Run:
         controller = Controller(clock, self.stack, self.system, self.dir, faults)
         controller.record_pids()
         watches = [Watch() for _ in range(opts.watchers)]
-        self.background += [asyncio.create_task(watch(w, port, self.watch_stop)) for w in watches]
+        self.background += [
+            asyncio.create_task(watch(w, port, watcher_address(i), self.watch_stop))
+            for i, w in enumerate(watches)
+        ]
         for _ in range(100):  # let the watchers connect before the clock starts
             if all(w.connected for w in watches):
                 break
@@ -1383,6 +1403,7 @@ class Run:
         await asyncio.sleep(max(opts.seconds, last_ready + tail) - clock.now())
         load.stop.set()
         await driver
+        load_stopped = clock.now()
         say(f"{clock.stamp()} load stops; {len(load.tasks)} updates still in flight")
         await load.finish(within_s=GIVE_UP_S + 2 * ATTEMPT_TIMEOUT_S)
         quiet_from = clock.now()
@@ -1424,7 +1445,8 @@ class Run:
             "postgres_version": pg_version,
             "redis_version": final.get("redis_version"),
             "last_fault_ready_s": round(last_ready, 1),
-            "quiet_from_s": round(quiet_from, 1),
+            "load_stopped_s": round(load_stopped, 1),
+            "last_answer_s": round(quiet_from, 1),
         }
         findings = await evaluate(clock, env, load, faults, board, convergence, watchers)
         summary = {
@@ -1559,7 +1581,8 @@ def report(summary: dict[str, Any]) -> str:
         "",
         f"== chaos summary: commit {s['commit']}{' + local changes' if s['dirty'] else ''}, "
         f"{s['load']['seconds']:.0f} s at {s['load']['achieved_rate']:.0f} updates/s "
-        f"(asked {settings['rate']:g}), {settings['players']} players, "
+        f"(asked {settings['rate']:g}; {s['load']['skipped_ticks']} not started while every "
+        f"player was busy), {settings['players']} players, "
         f"{len(s['faults'])} faults",
     ]
     for f in s["faults"]:
@@ -1592,7 +1615,11 @@ def report(summary: dict[str, Any]) -> str:
     )
     lines += [f"    {n:>5}  {cause}" for cause, n in ev["doubled_by_cause"].items()]
     if b["converged"]:
-        conv = f"yes, {b['converge_s']:.1f} s after the last fault and the load were over"
+        conv = (
+            f"yes, {b['converge_s']:.1f} s after the last client's answer (last fault back at "
+            f"{b['last_fault_ready_s']} s, load stopped at {b['load_stopped_s']} s, last answer "
+            f"at {b['last_answer_s']} s)"
+        )
     else:
         conv = f"NO (Redis version {b['redis_version']}, PostgreSQL {b['postgres_version']})"
     lines.append(f"board converged   {conv}")
