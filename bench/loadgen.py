@@ -12,25 +12,43 @@ what the benchmark needs:
   loudly (the gateway always sends ``Content-Length``).
 - :class:`WsWatcher`: an RFC 6455 client (handshake with ``Sec-WebSocket-Accept`` check and
   subprotocols, unmasked server frames with 7/16/64-bit lengths, fragmented messages, masked pong
-  and close replies). Text messages go to a callback with the time their last bytes arrived
-  (:func:`time.perf_counter` taken first thing in ``data_received``); a ``want`` substring skips
-  uninteresting messages without copying or decoding them.
+  and close replies; the framing itself is :mod:`common.wsframes`). Text messages go to a
+  callback with the time their last bytes arrived (:func:`time.perf_counter` taken first thing
+  in ``data_received``); a ``want`` substring skips uninteresting messages without copying or
+  decoding them.
 
-Standard library only.
+Standard library and :mod:`common.wsframes` only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import os
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, cast
+
+from common.wsframes import (
+    CLOSE_PROTOCOL_ERROR,
+    FIN,
+    MAX_CONTROL_PAYLOAD,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    TooLarge,
+    accept_key,
+    decode_close,
+    encode_close,
+    encode_frame,
+    handshake_key,
+    iter_frames,
+    upgrade_request,
+)
 
 __all__ = [
     "HttpClient",
@@ -404,10 +422,7 @@ class HttpClient:
 
 # -- WebSocket -------------------------------------------------------------------------------
 
-_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_CLOSE_PROTOCOL_ERROR: Final = 1002
-_CLOSE_TOO_BIG: Final = 1009
+_FIN_TEXT: Final = FIN | OP_TEXT
 
 
 class WsHandshakeError(ConnectionError):
@@ -420,30 +435,6 @@ class WsProtocolError(Exception):
 
 class WsClosed(ConnectionError):
     """The connection ended without a close handshake."""
-
-
-def _accept_for(key: bytes) -> bytes:
-    return base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # noqa: S324 - RFC 6455
-
-
-def _client_frame(opcode: int, payload: bytes) -> bytes:
-    """One final client frame: masked, as RFC 6455 section 5.3 requires of clients."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    key = os.urandom(4)
-    if n:
-        repeated = (key * (n // 4 + 1))[:n]
-        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
-            n, "big"
-        )
-    else:
-        masked = b""
-    return b"".join((header, key, masked))
 
 
 class WsWatcher(asyncio.Protocol):
@@ -482,22 +473,15 @@ class WsWatcher(asyncio.Protocol):
         self._max = max_message
         self._close_timeout = close_timeout
         self._protocols = tuple(protocols)
-        self._key = base64.b64encode(os.urandom(16))
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        offered = (
-            f"Sec-WebSocket-Protocol: {', '.join(self._protocols)}\r\n" if self._protocols else ""
-        )
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{offered}{extra}\r\n"
-        ).encode("latin-1")
+        self._key = handshake_key()
+        self._request = upgrade_request(host, path, self._key, headers, self._protocols)
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._fragments: list[bytes] | None = None  # a fragmented message in progress
         self._fragment_opcode = 0
         self._fragment_size = 0
         self._closing = False  # we sent a close frame
+        self._open = False  # upgraded and not closed: one attribute for the hot path to test
         self._close_timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -558,30 +542,39 @@ class WsWatcher(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
-        if self.closed.done():
-            return  # after a close frame or a protocol error nothing more is read
+        buf = self._buf
         try:
-            if not self.upgraded.done():
-                self._buf += data
-                if not self._handshake():
-                    return
-                if not self._buf:
-                    return
-                data = bytes(self._buf)
-                self._buf.clear()
-            buf = self._buf
-            if buf:
+            if not self._open:
+                if self.closed.done():
+                    return  # after a close frame or a protocol error nothing more is read
                 buf += data
-                used = self._frames(buf, now)
-                del buf[:used]
-            else:
-                used = self._frames(data, now)
-                if used < len(data):
-                    buf += data[used:]
+                if not self._handshake() or not buf:
+                    return
+                data = bytes(buf)
+                buf.clear()
+            elif buf:  # a frame came in pieces: parse bytes, whose slices are payloads as they are
+                data = b"".join((buf, data))
+                buf.clear()
+            used = 0
+            # The frames, handled here rather than in a method: this runs for every read.
+            for first, start, end in iter_frames(data, max_size=self._max):
+                used = end
+                self.frames += 1
+                if first == _FIN_TEXT and self._fragments is None:  # common: a whole text message
+                    self.messages += 1
+                    want = self._want
+                    if want is None or data.find(want, start, end) >= 0:
+                        self._on_text(now, data[start:end])
+                else:
+                    self._frame(first & FIN, first & 0x0F, data[start:end], now)
+                    if not self._open:  # a close frame or a protocol error: read no further
+                        break
+            if used < len(data):
+                buf += data[used:]
         except WsProtocolError as exc:
-            self._fail(exc, _CLOSE_PROTOCOL_ERROR)
-        except _TooBig as exc:
-            self._fail(WsProtocolError(str(exc)), _CLOSE_TOO_BIG)
+            self._fail(exc, CLOSE_PROTOCOL_ERROR)
+        except FrameError as exc:  # bad framing (1002) or too big (1009)
+            self._fail(WsProtocolError(str(exc)), exc.close_code)
         except WsHandshakeError as exc:
             if not self.upgraded.done():
                 self.upgraded.set_exception(exc)
@@ -625,7 +618,7 @@ class WsWatcher(asyncio.Protocol):
         connection = [t.strip() for t in fields.get(b"connection", b"").lower().split(b",")]
         if b"upgrade" not in connection:
             raise WsHandshakeError("101 without 'Connection: Upgrade'")
-        if fields.get(b"sec-websocket-accept") != _accept_for(self._key):
+        if fields.get(b"sec-websocket-accept") != accept_key(self._key):
             raise WsHandshakeError(
                 f"wrong Sec-WebSocket-Accept {fields.get(b'sec-websocket-accept')!r}"
             )
@@ -639,70 +632,34 @@ class WsWatcher(asyncio.Protocol):
                 raise WsHandshakeError(f"server picked subprotocol {picked!r}, not one offered")
             self.protocol = picked
         self.upgraded.set_result(None)
+        self._open = True
         return True
 
-    def _frames(self, b: bytes | bytearray, now: float) -> int:
-        """Handle every complete frame in ``b``; returns how many bytes they took."""
-        pos, size = 0, len(b)
-        while size - pos >= 2:
-            b0, b1 = b[pos], b[pos + 1]
-            if b1 & 0x80:
-                raise WsProtocolError("the server sent a masked frame")
-            if b0 & 0x70:
-                raise WsProtocolError("reserved bits set (no extension was negotiated)")
-            n = b1 & 0x7F
-            start = pos + 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, start = (b[pos + 2] << 8) | b[pos + 3], pos + 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, start = int.from_bytes(b[pos + 2 : pos + 10], "big"), pos + 10
-            if n > self._max:
-                raise _TooBig(f"frame of {n} bytes, over the {self._max} limit")
-            end = start + n
-            if end > size:
-                break
-            pos = end
-            self.frames += 1
-            if b0 == 0x81 and self._fragments is None:  # the common case: a whole text message
-                self.messages += 1
-                want = self._want
-                if want is None or b.find(want, start, end) >= 0:
-                    self._on_text(now, bytes(memoryview(b)[start:end]))
-            else:
-                self._frame(b0 & 0x80, b0 & 0x0F, bytes(memoryview(b)[start:end]), now)
-            if self.closed.done():
-                break
-        return pos
-
     def _frame(self, fin: int, opcode: int, payload: bytes, now: float) -> None:
-        if opcode >= 0x8:  # control frames: never fragmented, at most 125 bytes
-            if not fin or len(payload) > 125:
+        if opcode >= OP_CLOSE:  # control frames: never fragmented, at most 125 bytes
+            if not fin or len(payload) > MAX_CONTROL_PAYLOAD:
                 raise WsProtocolError(f"control frame {opcode:#x} fragmented or over 125 bytes")
-            if opcode == _OP_PING:
+            if opcode == OP_PING:
                 if not self._closing and self._transport is not None:
-                    self._transport.write(_client_frame(_OP_PONG, payload))
-            elif opcode == _OP_CLOSE:
+                    self._transport.write(encode_frame(OP_PONG, payload, mask=True))
+            elif opcode == OP_CLOSE:
                 self._close_received(payload)
-            elif opcode != _OP_PONG:
+            elif opcode != OP_PONG:
                 raise WsProtocolError(f"unknown control opcode {opcode:#x}")
             return
-        if opcode == _OP_CONT:
+        if opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise WsProtocolError("continuation frame without a message to continue")
             self._fragments.append(payload)
             self._fragment_size += len(payload)
             if self._fragment_size > self._max:
-                raise _TooBig(f"message over the {self._max} byte limit")
+                raise TooLarge(f"message over the {self._max} byte limit")
             if fin:
                 message = b"".join(self._fragments)
                 self._fragments = None
                 self._message(self._fragment_opcode, message, now)
             return
-        if opcode not in (_OP_TEXT, _OP_BINARY):
+        if opcode not in (OP_TEXT, OP_BINARY):
             raise WsProtocolError(f"unknown data opcode {opcode:#x}")
         if self._fragments is not None:
             raise WsProtocolError("new data frame while a fragmented message is unfinished")
@@ -713,7 +670,7 @@ class WsWatcher(asyncio.Protocol):
             self._fragment_size = len(payload)
 
     def _message(self, opcode: int, payload: bytes, now: float) -> None:
-        if opcode != _OP_TEXT:
+        if opcode != OP_TEXT:
             return
         self.messages += 1
         if self._want is None or self._want in payload:
@@ -722,12 +679,11 @@ class WsWatcher(asyncio.Protocol):
     def _close_received(self, payload: bytes) -> None:
         if len(payload) == 1:
             raise WsProtocolError("close frame with a 1-byte payload")
-        code = int.from_bytes(payload[:2], "big") if payload else None
-        reason = payload[2:].decode(errors="replace")
+        code, reason = decode_close(payload)
         if not self._closing and self._transport is not None:
             # Echo the code (RFC 6455 5.5.1); an empty close is answered with an empty one.
             self._closing = True
-            self._transport.write(_client_frame(_OP_CLOSE, payload[:2]))
+            self._transport.write(encode_frame(OP_CLOSE, payload[:2], mask=True))
         self._settle((code, reason))
         self._end_soon()
 
@@ -735,8 +691,7 @@ class WsWatcher(asyncio.Protocol):
         if self._transport is None or self._closing:
             return
         self._closing = True
-        payload = code.to_bytes(2, "big") + reason.encode()[:123]
-        self._transport.write(_client_frame(_OP_CLOSE, payload))
+        self._transport.write(encode_frame(OP_CLOSE, encode_close(code, reason), mask=True))
         # Wait for the server's close frame and its closing the TCP connection; not forever.
         self._close_timer = self._loop.call_later(self._close_timeout, self.abort)
 
@@ -752,6 +707,7 @@ class WsWatcher(asyncio.Protocol):
         self._end_soon()
 
     def _settle(self, result: tuple[int | None, str] | BaseException) -> None:
+        self._open = False
         if self.closed.done():
             return
         if isinstance(result, BaseException):
@@ -759,7 +715,3 @@ class WsWatcher(asyncio.Protocol):
             self.closed.exception()  # retrieved: no "never retrieved" warning if nobody waits
         else:
             self.closed.set_result(result)
-
-
-class _TooBig(Exception):
-    pass

@@ -14,13 +14,13 @@ from aiohttp import ClientWebSocketResponse
 from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_TOO_SLOW
 from common.health import registry_key
+from common.wsframes import decode_close
 from testkit.broadcaster import (
     Client,
     Player,
     RawWebSocket,
     Send,
     SettingsFactory,
-    close_code,
     eventually,
     high_score,
     next_frame,
@@ -115,7 +115,7 @@ async def test_stuck_client_neither_delays_others_nor_stays(
 
     await eventually(lambda: len(client.app[components_key].fanout) == 0, wait_s=5)
     assert frames[-1][0] == 0x8  # a close frame
-    assert close_code(frames[-1][1]) == (CLOSE_TOO_SLOW, "too slow")
+    assert decode_close(frames[-1][1]) == (CLOSE_TOO_SLOW, "too slow")
     # It received the first frames only: the server skipped it rather than queueing for it.
     assert sum(1 for op, _ in frames if op == 0x1) < 50
     # The normal client did not notice.

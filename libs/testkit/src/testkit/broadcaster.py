@@ -7,13 +7,11 @@ write them, reading frames, and a bare-socket WebSocket client that can stop rea
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -36,6 +34,17 @@ from broadcaster.components import components_key
 from broadcaster.settings import Settings
 from broadcaster.standings import ScoreRow
 from common.events import ScoreChanged
+from common.wsframes import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    decode_close,
+    encode_frame,
+    handshake_key,
+    iter_frames,
+    upgrade_request,
+)
 from testkit.env import TestEnv
 
 Client = TestClient[web.Request, web.Application]
@@ -161,12 +170,8 @@ class RawWebSocket:
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            "GET /ws/scoreboard HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(sock, request.encode())
+        request = upgrade_request("127.0.0.1", "/ws/scoreboard", handshake_key())
+        await loop.sock_sendall(sock, request)
         head = b""
         while b"\r\n\r\n" not in head:
             head += await loop.sock_recv(sock, 1)  # byte by byte: leave the frames unread
@@ -190,22 +195,10 @@ class RawWebSocket:
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
     """(opcode, payload) of each complete unmasked frame in ``data``."""
-    frames = []
-    i = 0
-    while i + 2 <= len(data):
-        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
-        i += 2
-        if n == 126:
-            (n,) = struct.unpack_from("!H", data, i)
-            i += 2
-        elif n == 127:
-            (n,) = struct.unpack_from("!Q", data, i)
-            i += 8
-        if i + n > len(data):
-            break
-        frames.append((opcode, data[i : i + n]))
-        i += n
-    return frames
+    return [
+        (first & 0x0F, data[start:end])
+        for first, start, end in iter_frames(data, reserved_bits=True)
+    ]
 
 
 class AppliedInbox:
@@ -251,14 +244,8 @@ async def high_score(pg: asyncpg.Connection) -> int:
     return top + 1_000_000
 
 
-def close_code(payload: bytes) -> tuple[int, str]:
-    """(code, reason) of a close frame's payload."""
-    (code,) = struct.unpack_from("!H", payload)
-    return code, payload[2:].decode()
-
-
 _VERSION_KEY = b'"version":'
-_PONG = b"\x8a\x80\x00\x00\x00\x00"  # an empty pong, masked with a zero key (clients must mask)
+_PONG = encode_frame(OP_PONG, mask=True)  # empty: nothing to mask, so one frame answers every ping
 
 
 class LeanWatcher(asyncio.Protocol):
@@ -292,15 +279,7 @@ class LeanWatcher(asyncio.Protocol):
         """Send the upgrade request."""
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        extra = "".join(f"{k}: {v}\r\n" for k, v in self._headers.items())
-        transport.write(
-            (
-                f"GET {self._path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request("127.0.0.1", self._path, handshake_key(), self._headers))
 
     def data_received(self, data: bytes) -> None:
         """Parse whatever complete frames arrived."""
@@ -317,26 +296,14 @@ class LeanWatcher(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self.upgraded.set_result(None)
-        i, size = 0, len(buf)
-        while size - i >= 2:
-            opcode, n, start = buf[i] & 0x0F, buf[i + 1] & 0x7F, i + 2
-            if n == 126:
-                if size - i < 4:
-                    break
-                n, start = (buf[i + 2] << 8) | buf[i + 3], i + 4
-            elif n == 127:
-                if size - i < 10:
-                    break
-                n, start = int.from_bytes(buf[i + 2 : i + 10], "big"), i + 10
-            if size - start < n:
-                break
-            i = start + n
-            self._frame(opcode, buf, start, i)
-        del buf[:i]
+        used = 0  # the loop's ``end``: the last complete frame's end
+        for first, start, used in iter_frames(buf, reserved_bits=True):
+            self._frame(first & 0x0F, buf, start, used)
+        del buf[:used]
 
     def _frame(self, opcode: int, buf: bytearray, start: int, end: int) -> None:
         self.frames += 1
-        if opcode == 0x1:
+        if opcode == OP_TEXT:
             at = buf.find(_VERSION_KEY, start, end)
             if at < 0 or buf[start + 9 : start + 12] != b"top":
                 return
@@ -347,11 +314,10 @@ class LeanWatcher(asyncio.Protocol):
                 self.first_top.set_result(version)
             if self._on_top is not None:
                 self._on_top(version)
-        elif opcode == 0x9 and self._transport is not None:
+        elif opcode == OP_PING and self._transport is not None:
             self._transport.write(_PONG)
-        elif opcode == 0x8 and not self.closed.done():
-            code = (buf[start] << 8 | buf[start + 1]) if end - start >= 2 else None
-            self.closed.set_result(code)
+        elif opcode == OP_CLOSE and not self.closed.done():
+            self.closed.set_result(decode_close(buf[start:end])[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Remember that the server went away."""

@@ -3,8 +3,10 @@
 The broadcaster encodes each board frame once and writes the same bytes to every connection; a
 frame-by-frame proxy would decode and re-encode every one of them again, per watcher, in Python
 (it was ~20% of the gateway's CPU at 600 updates/s with 200 watchers). Server-to-client frames
-look the same on both hops (unmasked), so :class:`UpstreamSocket` only finds frame boundaries and
-writes complete data frames straight to the client's transport, one write per read. Control
+look the same on both hops (unmasked), so :class:`UpstreamSocket` only finds frame boundaries
+(:func:`common.wsframes.iter_frames`, which copies nothing) and writes the complete data frames
+of each read straight to the client's transport, in one write: the bytes as read when they are
+all data frames, else the runs of data frames between control frames. Control
 frames are the hop's own: pings are answered here, a close ends the pipe. The client side stays
 an aiohttp ``WebSocketResponse`` (handshake, heartbeats, limits on what clients send), whose
 frames interleave with ours safely because both sides only ever write whole frames.
@@ -18,18 +20,28 @@ the client is stuck: the pipe ends with ``stuck`` (the proxy closes it with 4008
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, cast
 
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from common.wsframes import (
+    CLOSE_PROTOCOL_ERROR,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    MaskingError,
+    TooLarge,
+    accept_key,
+    decode_close,
+    encode_close,
+    encode_frame,
+    handshake_key,
+    iter_frames,
+    upgrade_request,
+)
+
 _MAX_HEAD: Final = 16 * 1024
 _MAX_FRAME: Final = 1024 * 1024
-_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
 _CLOSE_WAIT_S: Final = 2.0
 
 
@@ -46,21 +58,6 @@ class Ended:
     stuck: bool = False
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
-    """One masked, final client frame (RFC 6455 5.2: a client masks everything it sends)."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    # Client messages are small (the gateway caps them), so a plain loop is fast enough.
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
 class UpstreamSocket(asyncio.Protocol):
     """One WebSocket connection to the broadcaster, piped into a client's transport."""
 
@@ -70,7 +67,7 @@ class UpstreamSocket(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client: asyncio.WriteTransport | None = None
         self._buf = bytearray()
-        self._early: list[bytes] = []
+        self._early: list[bytes | bytearray] = []
         self._upgraded = False
         self._paused_at: float | None = None
         self._closing = False
@@ -91,35 +88,32 @@ class UpstreamSocket(asyncio.Protocol):
         self._end(Ended())
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
+        buf = self._buf
+        if self._upgraded and not buf:  # the common case: the read starts with a frame
+            used = self._frames(data)
+            if used < len(data):
+                buf += data[used:] if used else data
+            return
+        buf += data
         if not self._upgraded:
-            end = self._buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buf) > _MAX_HEAD:
+                if len(buf) > _MAX_HEAD:
                     self._fail("handshake response too large")
                 return
-            head = bytes(self._buf[: end + 4])
-            del self._buf[: end + 4]
+            head = bytes(buf[: end + 4])
+            del buf[: end + 4]
             self._upgraded = True
             self.head.set_result(head)
-        self._frames()
+        del buf[: self._frames(buf)]
 
     # -- what the proxy calls -----------------------------------------------------------------
 
     async def handshake(self, host: str, path: str, headers: Mapping[str, str]) -> None:
         """Send the upgrade request and check the 101 answer (raises on anything else)."""
         assert self._transport is not None
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]
-        self._transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        key = handshake_key()
+        self._transport.write(upgrade_request(host, path, key, headers))
         head = await self.head
         status_line, _, rest = head.decode("latin-1").partition("\r\n")
         parts = status_line.split(" ", 2)
@@ -130,8 +124,7 @@ class UpstreamSocket(asyncio.Protocol):
             name, sep, value = line.partition(":")
             if sep:
                 fields[name.strip().lower()] = value.strip()
-        expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()  # noqa: S324 - RFC 6455
-        if fields.get("sec-websocket-accept") != expected:
+        if fields.get("sec-websocket-accept") != accept_key(key).decode():
             raise UpstreamHandshakeError("bad Sec-WebSocket-Accept")
         if fields.get("sec-websocket-extensions"):
             raise UpstreamHandshakeError("unexpected WebSocket extension")
@@ -147,7 +140,7 @@ class UpstreamSocket(asyncio.Protocol):
     def send(self, opcode: int, payload: bytes) -> None:
         """Send one (masked) frame to the broadcaster."""
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_frame(opcode, payload))
+            self._transport.write(encode_frame(opcode, payload, mask=True))
 
     def close(self, code: int, reason: bytes = b"") -> None:
         """Start the closing handshake: send a close frame, discard what still comes, and drop
@@ -155,7 +148,7 @@ class UpstreamSocket(asyncio.Protocol):
         if self._closing or self._transport is None:
             return
         self._closing = True
-        self.send(_OP_CLOSE, struct.pack("!H", code) + reason[:120])
+        self.send(OP_CLOSE, encode_close(code, reason[:120]))
         if self._paused_at is not None:
             self._paused_at = None
             self._transport.resume_reading()
@@ -171,51 +164,41 @@ class UpstreamSocket(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _frames(self) -> None:
-        buf = self._buf
-        pos, size = 0, len(buf)
-        out: list[bytes] = []
-        while size - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            if b1 & 0x80:
-                self._fail("masked frame from the broadcaster")
-                return
-            length, head = b1 & 0x7F, 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if length > _MAX_FRAME:
-                self._fail("frame too large")
-                return
-            end = pos + head + length
-            if size < end:
-                break
-            opcode = b0 & 0x0F
-            if opcode < _OP_CLOSE:  # text, binary, continuation: the client's as they are
-                if not self._closing:
-                    out.append(bytes(buf[pos:end]))
-            elif opcode == _OP_PING:
-                self.send(_OP_PONG, bytes(buf[pos + head : end]))
-            elif opcode == _OP_CLOSE:
-                payload = bytes(buf[pos + head : end])
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                self._peer_closed = True
-                self._flush(out)
-                self._end(Ended(code=code, reason=payload[2:].decode("utf-8", "replace")))
-                del buf[:]
-                if self._closing and self._transport is not None:
-                    self._transport.close()
-                return
-            pos = end
-        del buf[:pos]
+    def _frames(self, data: bytes | bytearray) -> int:
+        """Pass on the complete data frames in ``data``; returns how many bytes were used."""
+        out: list[bytes | bytearray] = []
+        run = at = 0  # data[run:at]: data frames not passed on yet; ``at``: the next frame's start
+        try:
+            for first, start, end in iter_frames(data, max_size=_MAX_FRAME, reserved_bits=True):
+                opcode = first & 0x0F
+                if opcode < OP_CLOSE:  # text, binary, continuation: the client's as they are
+                    at = end
+                    continue
+                if at > run:
+                    out.append(data[run:at])
+                run = at = end
+                if opcode == OP_PING:
+                    self.send(OP_PONG, bytes(data[start:end]))
+                elif opcode == OP_CLOSE:
+                    code, reason = decode_close(data[start:end])
+                    self._peer_closed = True
+                    self._flush(out)
+                    self._end(Ended(code=code, reason=reason))
+                    if self._closing and self._transport is not None:
+                        self._transport.close()
+                    return len(data)  # nothing after a close frame is read
+        except MaskingError:
+            self._fail("masked frame from the broadcaster")
+            return len(data)
+        except TooLarge:
+            self._fail("frame too large")
+            return len(data)
+        if at > run:  # bytes sliced whole are themselves: a read of data frames is not copied
+            out.append(data[run:at])
         self._flush(out)
+        return at
 
-    def _flush(self, out: list[bytes]) -> None:
+    def _flush(self, out: list[bytes | bytearray]) -> None:
         if not out or self._closing:
             return
         if self._client is None:
@@ -250,7 +233,7 @@ class UpstreamSocket(asyncio.Protocol):
     def _fail(self, why: str) -> None:
         if not self.head.done():
             self.head.set_exception(UpstreamHandshakeError(why))
-        self._end(Ended(code=1002, reason=why))
+        self._end(Ended(code=CLOSE_PROTOCOL_ERROR, reason=why))
         self.abort()
 
     def _end(self, ended: Ended) -> None:
