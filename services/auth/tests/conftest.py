@@ -20,8 +20,16 @@ from common.settings import CommonSettings
 
 Client = TestClient[web.Request, web.Application]
 
-# What the root fixtures isolate per run; everything else keeps the service's defaults.
+# What the root fixtures isolate per run.
 _SLICE = {"postgres_dsn", "redis_url", "redis_prefix", "kafka_bootstrap", "topic_prefix"}
+# Every test registers from 127.0.0.1, so registration limits are lifted unless a test sets its
+# own (test_signup_throttle.py does); every other setting keeps the service's default.
+_NO_SIGNUP_LIMITS = {
+    "register_rate_per_address": 1e6,
+    "register_burst_per_address": 1_000_000,
+    "register_rate_global": 1e6,
+    "register_burst_global": 1_000_000,
+}
 
 
 @pytest.fixture
@@ -29,7 +37,8 @@ def auth_settings(common_settings: CommonSettings) -> Callable[..., Settings]:
     """Settings for this run's slice of the servers, with ``overrides``."""
 
     def make(**overrides: Any) -> Settings:
-        return Settings.load(**{**common_settings.model_dump(include=_SLICE), **overrides})
+        slice_ = common_settings.model_dump(include=_SLICE)
+        return Settings.load(**{**slice_, **_NO_SIGNUP_LIMITS, **overrides})
 
     return make
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
+from auth.login_throttle import LoginThrottle
 from auth.passwords import Passwords
 from auth.security import SecurityRejection
-from auth.throttle import LoginThrottle
+from auth.signup_throttle import SignupThrottle
 from common.problems import Conflict, Forbidden, Unauthorized
 
 log = structlog.get_logger(__name__)
@@ -63,19 +65,32 @@ class Account:
 class Accounts:
     """Registers users and checks their passwords."""
 
-    def __init__(self, pool: asyncpg.Pool, passwords: Passwords, throttle: LoginThrottle) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        passwords: Passwords,
+        login_throttle: LoginThrottle,
+        signup_throttle: SignupThrottle,
+    ) -> None:
         self._pool = pool
         self._passwords = passwords
-        self._throttle = throttle
+        self._login_throttle = login_throttle
+        self._signup_throttle = signup_throttle
 
-    async def register(self, username: str, password: str) -> Account:
-        """Create an account; :class:`UsernameTaken` if the name exists in any case."""
+    async def register(self, username: str, password: str, address: str) -> Account:
+        """Create an account; :class:`UsernameTaken` if the name exists in any case.
+
+        Raises :class:`RegistrationThrottled` (429) before anything else is spent, and
+        :class:`HasherBusy` (503) when registrations' share of the hashing workers is full.
+        """
+        # Every attempt is charged, a taken name too: probing names costs the same allowance.
+        await self._signup_throttle.admit(username, address)
         # Cheap check first so a taken name costs no hash; the insert below still decides races.
         if await self._pool.fetchval(
             "SELECT 1 FROM users WHERE lower(username) = lower($1)", username
         ):
             raise UsernameTaken(username)
-        password_hash = await self._passwords.hash(password)
+        password_hash = await self._passwords.hash_new(password)
         row = await self._pool.fetchrow(
             """INSERT INTO users (user_id, username, password_hash) VALUES ($1, $2, $3)
                ON CONFLICT ((lower(username))) DO NOTHING
@@ -95,7 +110,10 @@ class Accounts:
         Raises :class:`LoginThrottled` (429), :class:`InvalidCredentials` (401) or
         :class:`AccountBanned` (403, only once the password was right).
         """
-        attempt = await self._throttle.admit(username, address)
+        attempt = await self._login_throttle.admit(username, address)
+        # The slow-down comes before the check: a client that gives up early learns nothing.
+        if attempt.delay_s:
+            await asyncio.sleep(attempt.delay_s)
         row = await self._pool.fetchrow(
             """SELECT user_id, username, password_hash, roles, banned
                FROM users WHERE lower(username) = lower($1)""",
@@ -110,7 +128,7 @@ class Accounts:
         account = Account.from_row(row)
         if account.banned:
             raise AccountBanned(account.username)
-        await self._throttle.forgive(attempt)
+        await self._login_throttle.succeeded(attempt)
         if self._passwords.needs_rehash(row["password_hash"]):
             await self._rehash(account.user_id, row["password_hash"], password)
         return account

@@ -18,13 +18,14 @@ from auth.accounts import Accounts
 from auth.components import Components, components_key
 from auth.handlers import add_routes
 from auth.keys import KeyStore
+from auth.login_throttle import LoginThrottle, SlowDown
 from auth.metrics import AuthMetrics
 from auth.passwords import Passwords
 from auth.revocations import Revocations
 from auth.security import security_middleware
 from auth.sessions import Sessions
 from auth.settings import Settings
-from auth.throttle import LoginThrottle
+from auth.signup_throttle import Rate, SignupThrottle
 from auth.tokens import Tokens
 from common.health import readiness_key, registry_key
 from common.outages import outage_middleware
@@ -61,18 +62,28 @@ async def _components(settings: Settings, app: web.Application) -> AsyncIterator
         await passwords.start()
         keystore = KeyStore(pool, settings)
         await keystore.start()
-        throttle = LoginThrottle(
+        login_throttle = LoginThrottle(
             redis,
             settings.redis_prefix,
+            per_name_and_address=settings.login_fail_per_name_and_address,
             per_name=settings.login_fail_per_name,
             per_address=settings.login_fail_per_address,
             window_s=settings.login_fail_window_s,
+            slow_down=SlowDown(settings.login_delay_base_s, settings.login_delay_max_s),
+        )
+        signup_throttle = SignupThrottle(
+            redis,
+            settings.redis_prefix,
+            per_address=Rate(
+                settings.register_rate_per_address, settings.register_burst_per_address
+            ),
+            global_=Rate(settings.register_rate_global, settings.register_burst_global),
         )
         revocations = Revocations(redis, settings.redis_prefix, settings.access_ttl_s)
         sessions = Sessions(pool, revocations, settings.refresh_ttl_s)
         app[components_key] = Components(
             settings=settings,
-            accounts=Accounts(pool, passwords, throttle),
+            accounts=Accounts(pool, passwords, login_throttle, signup_throttle),
             sessions=sessions,
             tokens=Tokens(keystore, settings),
             keystore=keystore,

@@ -23,11 +23,13 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 async def register(request: web.Request) -> web.Response:
-    """``POST /api/auth/register`` → 201 ``{user_id, username}``."""
+    """``POST /api/auth/register`` → 201 ``{user_id, username}``; 409 taken, 429 throttled."""
     parts = request.app[components_key]
     with count_outcome(parts.metrics.registrations):
         body = await read_json(request, RegisterRequest)
-        account = await parts.accounts.register(body.username, body.password)
+        account = await parts.accounts.register(
+            body.username, body.password, request[client_address_key]
+        )
     reply = RegisterResponse(user_id=account.user_id, username=account.username)
     return json_response(reply.model_dump(mode="json"), status=201)
 

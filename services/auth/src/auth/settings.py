@@ -50,17 +50,47 @@ class Settings(CommonSettings):
     )
     jwks_max_age_s: int = Field(60, ge=0, description="Cache-Control max-age of the JWKS.")
 
-    # Login throttling (see throttle.py for the design).
+    # Login throttling (see login_throttle.py for the design).
     trust_forwarded_for: bool = Field(
         True, description="Take the client address from X-Forwarded-For's last hop (the gateway)."
     )
     login_fail_window_s: float = Field(
         900.0, gt=0, description="Failed logins are counted in windows of this length."
     )
-    login_fail_per_name: int = Field(10, ge=1, description="Failures per username per window.")
-    login_fail_per_address: int = Field(
-        50, ge=1, description="Failures per client address (IPv6: per /64) per window."
+    login_fail_per_name_and_address: int = Field(
+        5,
+        ge=1,
+        description="Failures per username from one address bucket (IPv4 address, IPv6 /64).",
     )
+    login_fail_per_name: int = Field(
+        100,
+        ge=1,
+        description="Failures per username from all addresses together (a botnet's backstop).",
+    )
+    login_fail_per_address: int = Field(
+        50, ge=1, description="Failures per address bucket, over all usernames, per window."
+    )
+    login_delay_base_s: float = Field(
+        0.25, ge=0, description="Delay before answering an attempt after the first failure."
+    )
+    login_delay_max_s: float = Field(
+        4.0,
+        ge=0,
+        description="The slow-down's cap (it doubles per failure); below the gateway's "
+        "upstream timeout.",
+    )
+
+    # Registration throttling (GCRA in Redis, checked before any hashing; see signup_throttle.py).
+    register_rate_per_address: float = Field(
+        0.1, gt=0, description="Registrations per second per address bucket, sustained."
+    )
+    register_burst_per_address: int = Field(
+        20, ge=1, description="Registrations one address bucket may make at once."
+    )
+    register_rate_global: float = Field(
+        20.0, gt=0, description="Registrations per second over all addresses and replicas."
+    )
+    register_burst_global: int = Field(100, ge=1, description="The global registration burst.")
 
     # Password hashing: argon2id, OWASP's recommended minimum (~30 ms per hash on a 2-core VM).
     argon2_time_cost: int = Field(2, ge=1)
@@ -70,7 +100,18 @@ class Settings(CommonSettings):
         2, ge=1, description="Threads hashing passwords (each holds argon2_memory_kib)."
     )
     password_hash_max_pending: int = Field(
-        64, ge=1, description="Hashes queued beyond this get 503 instead of growing latency."
+        64,
+        ge=1,
+        description="Login hashes queued beyond this get 503 instead of growing latency.",
+    )
+    password_hash_register_workers: int = Field(
+        1,
+        ge=1,
+        description="Registrations hash on at most this many workers at once; the others are "
+        "logins' own (must be below password_hash_workers).",
+    )
+    password_hash_register_max_pending: int = Field(
+        8, ge=1, description="Registrations waiting for a hashing worker beyond this get 503."
     )
 
     @model_validator(mode="after")
@@ -80,4 +121,11 @@ class Settings(CommonSettings):
         # and the old one could be retired while this replica still signs with it.
         if self.key_publish_ahead_s <= self.key_reload_s:
             raise ValueError("key_publish_ahead_s must be longer than key_reload_s")
+        return self
+
+    @model_validator(mode="after")
+    def _logins_keep_a_hashing_worker(self) -> Self:
+        # Registration must never starve login: at least one worker only ever verifies logins.
+        if self.password_hash_register_workers >= self.password_hash_workers:
+            raise ValueError("password_hash_register_workers must be below password_hash_workers")
         return self
