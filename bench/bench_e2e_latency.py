@@ -90,6 +90,13 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
             "ACTIONS_BURST_PER_ADDRESS",
             "AUTH_RATE_PER_ADDRESS",
             "AUTH_BURST_PER_ADDRESS",
+            "REGISTER_RATE_PER_ADDRESS",
+            "REGISTER_BURST_PER_ADDRESS",
+            "REGISTER_RATE_GLOBAL",
+            "REGISTER_BURST_GLOBAL",
+            "WS_CONNECT_RATE_PER_ADDRESS",
+            "WS_CONNECT_BURST_PER_ADDRESS",
+            "WS_MAX_PER_ADDRESS",
         )
     }
     system = start_system(

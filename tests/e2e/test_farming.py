@@ -39,7 +39,7 @@ CAPS = sum(s.points * (getattr(s, "per_day", None) or 0) for s in DEFAULT_CATALO
 # A farmer has many addresses: only the per-user limits and the earning rules may hold them back.
 UNLIMITED_ADDRESSES = {
     f"SCOREBOARD_{kind}_{what}_PER_ADDRESS": "1000000"
-    for kind in ("UPDATE", "ACTIONS", "AUTH")
+    for kind in ("UPDATE", "ACTIONS", "AUTH", "REGISTER")
     for what in ("RATE", "BURST")
 }
 

@@ -97,8 +97,14 @@ async def test_unreachable_upstreams_are_503(
 ) -> None:
     down = f"http://127.0.0.1:{unused_tcp_port}"
     client = await make_gateway(wait_kafka=False, broadcaster_url=down)
-    for path in ("/api/scoreboard/top", "/ws/scoreboard"):
-        resp = await client.get(path)
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    for path, headers in (("/api/scoreboard/top", {}), ("/ws/scoreboard", upgrade)):
+        resp = await client.get(path, headers=headers)
         assert resp.status == 503, path
         assert resp.content_type == "application/problem+json"
         assert resp.headers["Retry-After"] == "1"
@@ -230,9 +236,13 @@ async def test_a_client_that_stops_reading_is_dropped(
         writer.close()
 
 
-async def test_more_watchers_than_a_connection_pool_holds(gateway: Client) -> None:
+async def test_more_watchers_than_a_connection_pool_holds(make_gateway: MakeGateway) -> None:
     # Each proxied WebSocket keeps its upstream connection open; 150 live watchers must not
     # queue behind the per-host limit (100) of the pool used for ordinary proxied requests.
+    # (All from one address here, so the per-address WebSocket limits are lifted.)
+    gateway = await make_gateway(
+        wait_kafka=False, ws_max_per_address=1000, ws_connect_burst_per_address=1000
+    )
     watchers = 150
     url = gateway.make_url("/ws/scoreboard")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:

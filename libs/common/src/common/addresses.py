@@ -72,6 +72,18 @@ def resolve_client_address(
     return peer or "unknown"
 
 
+def address_bucket(address: str) -> str:
+    """The unit a per-address limit counts: an IPv4 address, or an IPv6 /64 (what one host or
+    subscriber usually holds); anything unparsable counts as itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def request_client_address(request: web.Request, trusted: TrustedProxies) -> str:
     """:func:`resolve_client_address` for ``request`` (computed anew on each call)."""
     forwarded_for = request.headers.getall(FORWARDED_FOR, [])

@@ -41,6 +41,7 @@ from gateway.tickets import TicketStore
 from gateway.tokens import TokenVerifier
 from gateway.waiters import AppliedWaiters
 from gateway.webpage import setup_webpage
+from gateway.ws_admission import WebSocketSlots
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +162,9 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
             waiters=AppliedWaiters(linger_s=settings.applied_linger_s),
             jwks=jwks,
             proxy=Proxy(session, settings, metrics),
+            ws_slots=WebSocketSlots(
+                per_bucket=settings.ws_max_per_address, total=settings.ws_max_connections
+            ),
         )
         app[components_key] = parts
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the parts import the edge, which reaches them through this 
     from gateway.signing import TicketSigner
     from gateway.tickets import TicketStore
     from gateway.waiters import AppliedWaiters
+    from gateway.ws_admission import WebSocketSlots
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Components:
     waiters: AppliedWaiters
     jwks: JwksCache
     proxy: Proxy
+    ws_slots: WebSocketSlots
 
 
 components_key = web.AppKey("gateway_components", Components)

@@ -13,9 +13,10 @@ import asyncio
 
 from aiohttp import web
 
+from common.addresses import address_bucket
 from common.bodies import json_response, read_json
 from common.events import AppliedNotice, ScoreCommand
-from common.problems import Forbidden, Problem
+from common.problems import BadRequest, Forbidden, Problem
 from common.rejections import Rejection
 from gateway.components import components_key
 from gateway.edge import (
@@ -29,6 +30,12 @@ from gateway.ratelimit import Limit
 from gateway.timestamps import isoformat
 
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+class NotAnUpgrade(BadRequest, Rejection):
+    """400: a plain request to the WebSocket route."""
+
+    reason = "ws_not_an_upgrade"
 
 
 class NotYourScore(Forbidden, Rejection):
@@ -163,11 +170,23 @@ async def me_route(request: web.Request) -> web.Response:
 
 
 async def ws_route(request: web.Request) -> web.WebSocketResponse:
-    """``GET /ws/scoreboard``: anyone may watch; a presented token must verify (401 otherwise)."""
-    token, bearer_subprotocol = websocket_token(request)
-    principal = None
-    if token is not None:
-        principal = await authenticate(request, token)
-    return await request.app[components_key].proxy.websocket(
-        request, principal, bearer_subprotocol=bearer_subprotocol
-    )
+    """``GET /ws/scoreboard``: anyone may watch; a presented token must verify (401 otherwise).
+
+    Before anything else: a valid upgrade (400), then a free slot for the address and the
+    process and the address's connect rate (429/503, gateway.ws_admission).
+    """
+    parts = request.app[components_key]
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise NotAnUpgrade("GET /ws/scoreboard must be a WebSocket upgrade (RFC 6455)")
+    bucket = address_bucket(client_address(request))
+    with parts.ws_slots.hold(bucket):
+        await parts.limiter.enforce(
+            Limit("ws_address", bucket, parts.rate_policy.ws_connect_address)
+        )
+        token, bearer_subprotocol = websocket_token(request)
+        principal = None
+        if token is not None:
+            principal = await authenticate(request, token)
+        return await parts.proxy.websocket(
+            request, principal, bearer_subprotocol=bearer_subprotocol
+        )

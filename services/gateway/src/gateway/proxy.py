@@ -34,6 +34,7 @@ from gateway.edge import client_address
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.tokens import Principal
+from gateway.ws_admission import check_upgrade_headers
 from gateway.wsupstream import Ended, UpstreamHandshakeError, UpstreamSocket
 
 log = structlog.get_logger(__name__)
@@ -201,6 +202,7 @@ class Proxy:
             for k, v in headers.items()
             if not k.lower().startswith("sec-websocket") and k.lower() not in _UPGRADE_OWN
         }
+        check_upgrade_headers(forwarded)  # 400 before any upstream socket exists
         loop = asyncio.get_running_loop()
         host, port = url.host or "127.0.0.1", url.port or 80
         upstream: UpstreamSocket | None = None
@@ -223,6 +225,10 @@ class Proxy:
             self._metrics.upstream_errors.labels("broadcaster").inc()
             log.warning("upstream_unavailable", upstream="broadcaster", error=_describe(exc))
             raise UpstreamUnavailable("broadcaster") from None
+        except BaseException:
+            if upstream is not None:  # never leave a socket to the broadcaster behind
+                upstream.abort()
+            raise
 
         client = web.WebSocketResponse(
             protocols=("bearer",) if bearer_subprotocol else (),

@@ -154,6 +154,7 @@ class RatePolicy:
     update_address: Rate
     actions_address: Rate
     auth_address: Rate
+    ws_connect_address: Rate
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RatePolicy:
@@ -167,4 +168,7 @@ class RatePolicy:
                 settings.actions_rate_per_address, settings.actions_burst_per_address
             ),
             auth_address=Rate(settings.auth_rate_per_address, settings.auth_burst_per_address),
+            ws_connect_address=Rate(
+                settings.ws_connect_rate_per_address, settings.ws_connect_burst_per_address
+            ),
         )

@@ -105,6 +105,13 @@ class Settings(CommonSettings):
     ws_heartbeat_s: float = Field(default=20.0, gt=0)
     ws_send_timeout_s: float = Field(default=10.0, gt=0)
     ws_max_client_message: int = Field(default=1024, gt=0)
+    # WebSocket admission, before the upgrade (gateway.ws_admission): connections open at once
+    # per address bucket (IPv4 address, IPv6 /64) and per gateway process, and new connections
+    # per second per bucket (GCRA, shared by every replica).
+    ws_max_per_address: int = Field(default=50, ge=1)
+    ws_max_connections: int = Field(default=20_000, ge=1)
+    ws_connect_rate_per_address: float = Field(default=5.0, gt=0)
+    ws_connect_burst_per_address: int = Field(default=20, ge=1)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
