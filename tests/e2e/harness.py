@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from testkit.env import TestEnv
+from testkit.stack import free_port
 
 LOGS = Path(__file__).resolve().parents[2] / "test-artifacts" / "logs"
 
@@ -23,14 +23,6 @@ E2E_CATALOG = {
     "quest": {"points": 50, "min_duration_ms": 300},
     "tap": {"points": 1, "min_duration_ms": 0},
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
-from tests.e2e.harness import E2E_CATALOG, Service, free_port, register_and_login, start_system
+from testkit.stack import free_port
+from tests.e2e.harness import E2E_CATALOG, Service, register_and_login, start_system
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
-from tests.e2e.harness import E2E_CATALOG, System, free_port, register_and_login, start_system
+from testkit.stack import free_port
+from tests.e2e.harness import E2E_CATALOG, System, register_and_login, start_system
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
