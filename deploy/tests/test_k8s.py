@@ -299,7 +299,12 @@ def test_deployment_settings_come_from_config_and_secrets(overlay: str, service:
         assert not SECRET_SETTINGS.search(key), f"{key} is a credential in a ConfigMap"
     env = {e["name"]: e for e in container["env"]}
     assert env["SCOREBOARD_PORT"]["value"] == str(SERVICES[service])
-    assert [p["containerPort"] for p in container["ports"]] == [SERVICES[service]]
+    admin = SERVICES[service] + 1000  # the operator endpoints' port (common.health)
+    assert env["SCOREBOARD_ADMIN_PORT"]["value"] == str(admin)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": SERVICES[service], "admin": admin}
+    annotations = find(objects, "Deployment", service)["spec"]["template"]["metadata"]
+    assert annotations["annotations"]["prometheus.io/port"] == str(admin)
     for name, entry in env.items():
         if SECRET_SETTINGS.search(name):
             assert "value" not in entry, f"{name} is a plaintext value"
@@ -519,19 +524,24 @@ def test_namespace_denies_by_default_and_every_pod_has_a_policy(overlay: str) ->
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_who_may_reach_each_service(overlay: str) -> None:
-    """gateway: anyone; auth, broadcaster: the gateway (and Prometheus); score: Prometheus only."""
+    """gateway: anyone; auth, broadcaster: the gateway; score: nobody; the operator port of
+    each: Prometheus only."""
     policies, pods = _network(overlay)
     gw, auth, score, bc = (pods[n] for n in ("gateway", "auth", "score", "broadcaster"))
     for client in (INGRESS_CONTROLLER, STRANGER, PROMETHEUS):
         assert allowed(policies, client, gw, "http"), client.name
+    for pod in (gw, auth, score, bc):
+        assert allowed(policies, PROMETHEUS, pod, "admin"), pod.name
+        for intruder in (INGRESS_CONTROLLER, STRANGER):
+            assert not allowed(policies, intruder, pod, "admin"), (intruder.name, pod.name)
 
     assert allowed(policies, gw, auth, "http")
     assert allowed(policies, gw, bc, "http")
     for internal in (auth, bc, score):
-        assert allowed(policies, PROMETHEUS, internal, "http"), internal.name
         for intruder in (INGRESS_CONTROLLER, STRANGER):
             assert not allowed(policies, intruder, internal, "http"), (intruder.name, internal.name)
     assert not allowed(policies, gw, score, "http"), "nothing but scraping reaches score"
+    assert not allowed(policies, PROMETHEUS, score, "http")
     assert not allowed(policies, bc, auth, "http")
     assert not allowed(policies, score, bc, "http")
     assert not allowed(policies, auth, bc, "http")

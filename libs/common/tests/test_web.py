@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -15,6 +16,7 @@ from common.health import readiness_key
 from common.problems import Conflict
 from common.runner import GC_GEN0_THRESHOLD, tune_gc
 from common.web import create_base_app
+from testkit.stack import free_port
 
 JSON = {"Content-Type": "application/json"}
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -122,3 +124,33 @@ def test_tune_gc_freezes_the_startup_heap_and_widens_the_young_generation() -> N
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+async def test_operator_endpoints_answer_in_full_only_on_the_admin_port() -> None:
+    public_port, admin_port = free_port(), free_port()
+    app = create_base_app("test", admin_port=admin_port)
+
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    app[readiness_key]["thing"] = failing
+    runner = web.AppRunner(app)
+    await runner.setup()
+    for port in (public_port, admin_port):
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            public, admin = f"http://127.0.0.1:{public_port}", f"http://127.0.0.1:{admin_port}"
+            async with http.get(f"{public}/metrics") as resp:
+                assert resp.status == 404
+            async with http.get(f"{public}/readyz") as resp:
+                assert (resp.status, await resp.json()) == (503, {"status": "unavailable"})
+            async with http.get(f"{public}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{admin}/metrics") as resp:
+                assert resp.status == 200
+                assert "scoreboard_http_requests_total" in await resp.text()
+            async with http.get(f"{admin}/readyz") as resp:
+                assert (await resp.json())["checks"]["thing"].startswith("failed")
+    finally:
+        await runner.cleanup()

@@ -21,7 +21,14 @@ from common.settings import CommonSettings
 Client = TestClient[web.Request, web.Application]
 
 # What the root fixtures isolate per run.
-_SLICE = {"postgres_dsn", "redis_url", "redis_prefix", "kafka_bootstrap", "topic_prefix"}
+_SLICE = {
+    "postgres_dsn",
+    "redis_url",
+    "redis_prefix",
+    "kafka_bootstrap",
+    "topic_prefix",
+    "admin_port",
+}
 # Every test registers from 127.0.0.1, so registration limits are lifted unless a test sets its
 # own (test_signup_throttle.py does); every other setting keeps the service's default.
 _NO_SIGNUP_LIMITS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -37,7 +38,13 @@ def serve(
     settings = settings_type.load()
     configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
     configure_tracing(settings.service_name, settings.otel_exporter_endpoint)
-    run(create_app(settings), settings.host, settings.port, reuse_port=settings.reuse_port)
+    run(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        reuse_port=settings.reuse_port,
+        admin_port=settings.admin_port,
+    )
 
 
 def tune_gc() -> None:
@@ -61,6 +68,7 @@ def run(
     port: int,
     *,
     reuse_port: bool = False,
+    admin_port: int = 0,
     shutdown_timeout: float = 10.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain gracefully (cleanup contexts close resources).
@@ -68,8 +76,18 @@ def run(
     The event loop is uvloop's (libuv): the services spend most of their CPU in event-loop
     machinery (transports, timers, task switches), which uvloop runs in C, so the same process
     serves more requests per core (see bench/bench_e2e_latency.py).
+
+    With ``admin_port`` the same app also listens there: the operator endpoints answer in full
+    only on that socket (:func:`common.health.add_health_routes`).
     """
-    log.info("listening", host=host, port=port, loop="uvloop", reuse_port=reuse_port)
+    log.info(
+        "listening",
+        host=host,
+        port=port,
+        admin_port=admin_port or None,
+        loop="uvloop",
+        reuse_port=reuse_port,
+    )
     tune_gc()
     web.run_app(
         app,
@@ -81,4 +99,18 @@ def run(
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         handle_signals=True,
+        sock=[admin_socket(host, admin_port, reuse_port=reuse_port)] if admin_port else None,
     )
+
+
+def admin_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening socket for the operator endpoints (shared by replicas with SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

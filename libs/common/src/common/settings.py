@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,10 @@ class CommonSettings(BaseSettings):
     # SO_REUSEPORT: several processes of a stateless service (the gateway) listen on one port
     # and the kernel spreads connections across them, like replicas on one host.
     reuse_port: bool = False
+    # Operator endpoints (/metrics, /readyz with each check's state) listen here, on the same
+    # host; the service port then answers /readyz with the status alone and /metrics not at all.
+    # 0 serves everything on the service port (the tests' in-process apps).
+    admin_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -15,10 +15,13 @@ from common.health import add_health_routes, readiness_key, registry_key
 from common.middlewares import metrics_middleware, problem_middleware
 
 
-def create_base_app(service: str, registry: CollectorRegistry | None = None) -> web.Application:
+def create_base_app(
+    service: str, registry: CollectorRegistry | None = None, *, admin_port: int = 0
+) -> web.Application:
     """An app with the shared middlewares and /healthz, /readyz, /metrics.
 
-    Register readiness checks with ``app[readiness_key]["postgres"] = check``.
+    Register readiness checks with ``app[readiness_key]["postgres"] = check``. With an
+    ``admin_port``, the operator endpoints answer in full only there (common.health).
     """
     registry = registry or CollectorRegistry()
     app = web.Application(
@@ -28,7 +31,7 @@ def create_base_app(service: str, registry: CollectorRegistry | None = None) -> 
     )
     app[registry_key] = registry
     app[readiness_key] = {}
-    add_health_routes(app)
+    add_health_routes(app, admin_port)
     app.on_response_prepare.append(_plain_server_header)
     return app
 

@@ -45,6 +45,9 @@ class TestEnv:
             "redis_prefix": self.redis_prefix,
             "kafka_bootstrap": self.kafka_bootstrap,
             "topic_prefix": self.topic_prefix,
+            # Operator endpoints on the service port: in-process apps have only that one, and
+            # subprocesses need no second port of their own.
+            "admin_port": "0",
         }
 
     def environ(self) -> dict[str, str]:

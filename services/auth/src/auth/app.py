@@ -42,7 +42,7 @@ _PRUNE_INTERVAL_S = 3600.0
 
 def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in a cleanup context."""
-    app = create_base_app(settings.service_name)
+    app = create_base_app(settings.service_name, admin_port=settings.admin_port)
     app.middlewares.append(security_middleware(trust_forwarded_for=settings.trust_forwarded_for))
     app.middlewares.append(outage_middleware())
     app.cleanup_ctx.append(functools.partial(_components, settings))

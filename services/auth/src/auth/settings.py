@@ -14,6 +14,7 @@ class Settings(CommonSettings):
 
     service_name: str = "auth"
     port: int = 8081
+    admin_port: int = 9081  # /metrics and detailed /readyz (common.health)
 
     # Tokens and sessions.
     access_ttl_s: int = Field(

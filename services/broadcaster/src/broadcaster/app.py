@@ -40,7 +40,7 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in its cleanup context."""
-    app = create_base_app(settings.service_name)
+    app = create_base_app(settings.service_name, admin_port=settings.admin_port)
     metrics = BroadcasterMetrics.create(app[registry_key])
     app.cleanup_ctx.append(_lifetime(settings, metrics))
     app[readiness_key]["board"] = lambda: _board_ready(app)

@@ -15,6 +15,7 @@ class Settings(CommonSettings):
 
     service_name: str = "broadcaster"
     port: int = 8083
+    admin_port: int = 9083  # /metrics and detailed /readyz (common.health)
     # Connecting lazily (min 0) lets the replica start and serve from Redis while PostgreSQL is
     # down; PostgreSQL serves rebuilds and fallback reads only.
     postgres_pool_min: int = 0

@@ -55,7 +55,7 @@ class JwksNotFetched(Exception):
 
 def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in its cleanup context."""
-    app = create_base_app(settings.service_name)
+    app = create_base_app(settings.service_name, admin_port=settings.admin_port)
     # Innermost: renders problems before the shared metrics middleware records the status.
     app.middlewares.extend(edge_middlewares(settings))
     if settings.uses_dev_hmac_key:

@@ -47,6 +47,7 @@ class Settings(CommonSettings):
 
     service_name: str = "gateway"
     port: int = 8080
+    admin_port: int = 9080  # /metrics and detailed /readyz (common.health)
 
     # Internal upstreams (the gateway is the only public origin).
     auth_url: str = "http://127.0.0.1:8081"
