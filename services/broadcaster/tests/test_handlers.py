@@ -99,6 +99,16 @@ async def test_unknown_and_malformed_user_ids(client: Client) -> None:
     assert malformed.content_type == "application/problem+json"
 
 
+async def test_guessed_ids_cost_one_lookup_each(client: Client) -> None:
+    """ "No such player" is remembered: asking again for an unknown id is answered from memory."""
+    registry = client.app[registry_key]
+    guessed = uuid.uuid4()
+    for _ in range(5):
+        resp = await client.get(f"/api/scoreboard/users/{guessed}")
+        assert resp.status == 404
+    assert _sample(registry, "scoreboard_cache_hits_total", query="unknown_user") == 4
+
+
 async def test_me_needs_the_gateways_user_header(client: Client, players: list[Player]) -> None:
     anonymous = await client.get("/api/scoreboard/me")
     assert anonymous.status == 401

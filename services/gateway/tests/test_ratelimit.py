@@ -193,3 +193,14 @@ async def test_updates_rejected_before_the_rate_limit_charge_nothing(
     unknown = {**body, "action_id": str(uuid.uuid4())}
     resp = await client.post(update, json=unknown, headers=bearer(token))
     assert resp.status == 429
+
+
+async def test_board_reads_are_limited_per_address(make_gateway: MakeGateway) -> None:
+    client = await make_gateway(
+        wait_kafka=False, reads_rate_per_address=0.001, reads_burst_per_address=3
+    )
+    statuses = [(await client.get("/api/scoreboard/top")).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    resp = await client.get(f"/api/scoreboard/users/{uuid.uuid4()}")
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) >= 1

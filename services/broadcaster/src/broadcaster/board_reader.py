@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 
 import asyncpg
 import structlog
@@ -66,6 +67,7 @@ class BoardReader:
         self._metrics = metrics
         self._skip_redis_until = 0.0
         self._fallback_top: tuple[float, TopSnapshot] | None = None
+        self._unknown: OrderedDict[uuid.UUID, float] = OrderedDict()  # id -> forgotten at
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -106,8 +108,28 @@ class BoardReader:
         snapshot = cached[1]
         return TopSnapshot(version=snapshot.version, entries=snapshot.entries[:limit])
 
+    def _known_unknown(self, user_id: uuid.UUID) -> bool:
+        until = self._unknown.get(user_id)
+        if until is None:
+            return False
+        if until > self._now():
+            return True
+        del self._unknown[user_id]
+        return False
+
+    def _remember_unknown(self, user_id: uuid.UUID) -> None:
+        if self._settings.unknown_cache_size <= 0:
+            return
+        self._unknown[user_id] = self._now() + self._settings.unknown_cache_s
+        self._unknown.move_to_end(user_id)
+        while len(self._unknown) > self._settings.unknown_cache_size:
+            self._unknown.popitem(last=False)
+
     async def standing(self, user_id: uuid.UUID) -> Standing:
         """A player's score and rank; :class:`UnknownPlayer` when there is no such user."""
+        if self._known_unknown(user_id):
+            self._metrics.cache_hits.labels("unknown_user").inc()
+            raise UnknownPlayer(f"no player with id {user_id}")
         key = str(user_id)
         reason = "redis_unavailable"
         if self._now() >= self._skip_redis_until:
@@ -131,6 +153,7 @@ class BoardReader:
             log.error("postgres_unavailable", query="user", error=repr(exc))
             raise BoardUnavailable() from exc
         if standing is None:
+            self._remember_unknown(user_id)
             raise UnknownPlayer(f"no player with id {user_id}")
         return standing
 

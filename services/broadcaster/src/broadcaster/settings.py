@@ -44,6 +44,10 @@ class Settings(CommonSettings):
     rebuild_wait_s: float = Field(default=120.0, gt=0)
     # How long a PostgreSQL answer serves reads while Redis is unavailable (protects PostgreSQL).
     fallback_cache_s: float = Field(default=1.0, ge=0)
+    # "No such player" answers are remembered this long (up to unknown_cache_size ids), so
+    # guessing ids costs one PostgreSQL query per id, not one per request.
+    unknown_cache_s: float = Field(default=10.0, ge=0)
+    unknown_cache_size: int = Field(default=10_000, ge=0)
     # Deleted users leave the board on PostgreSQL's notification, or at the latest this often.
     removals_poll_s: float = Field(default=5.0, gt=0)
     # After a Redis failure, reads go straight to PostgreSQL for this long (no 2 s connect waits).

@@ -156,8 +156,16 @@ async def jwks_route(request: web.Request) -> web.Response:
     return await request.app[components_key].proxy.forward(request, "auth")
 
 
+async def _limit_reads(request: web.Request) -> None:
+    parts = request.app[components_key]
+    bucket = address_bucket(client_address(request))
+    await parts.limiter.enforce(Limit("reads_address", bucket, parts.rate_policy.reads_address))
+
+
 async def board_route(request: web.Request) -> web.Response:
-    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster."""
+    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster,
+    limited per address bucket."""
+    await _limit_reads(request)
     return await request.app[components_key].proxy.forward(request, "broadcaster")
 
 

@@ -155,6 +155,7 @@ class RatePolicy:
     actions_address: Rate
     auth_address: Rate
     ws_connect_address: Rate
+    reads_address: Rate
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RatePolicy:
@@ -171,4 +172,5 @@ class RatePolicy:
             ws_connect_address=Rate(
                 settings.ws_connect_rate_per_address, settings.ws_connect_burst_per_address
             ),
+            reads_address=Rate(settings.reads_rate_per_address, settings.reads_burst_per_address),
         )

@@ -109,6 +109,9 @@ class Settings(CommonSettings):
     # WebSocket admission, before the upgrade (gateway.ws_admission): connections open at once
     # per address bucket (IPv4 address, IPv6 /64) and per gateway process, and new connections
     # per second per bucket (GCRA, shared by every replica).
+    # Board reads (top, a player, me) per address bucket, across replicas.
+    reads_rate_per_address: float = Field(default=50.0, gt=0)
+    reads_burst_per_address: int = Field(default=200, ge=1)
     ws_max_per_address: int = Field(default=50, ge=1)
     ws_max_connections: int = Field(default=20_000, ge=1)
     ws_connect_rate_per_address: float = Field(default=5.0, gt=0)
