@@ -79,7 +79,7 @@ async def _components(settings: Settings, app: web.Application) -> AsyncIterator
             ),
             global_=Rate(settings.register_rate_global, settings.register_burst_global),
         )
-        revocations = Revocations(redis, settings.redis_prefix, settings.access_ttl_s)
+        revocations = Revocations(redis, settings.redis_prefix, settings.revocation_ttl_s)
         sessions = Sessions(pool, revocations, settings.refresh_ttl_s)
         app[components_key] = Components(
             settings=settings,

@@ -20,6 +20,13 @@ class Settings(CommonSettings):
     access_ttl_s: int = Field(
         900, ge=1, le=900, description="Access token lifetime (the contract caps it at 15 min)."
     )
+    revocation_margin_s: int = Field(
+        60,
+        ge=0,
+        description="How much longer than a token's lifetime its session's revocation is kept: "
+        "more than any gateway's clock-skew leeway (jwt_leeway_s, 30 s), so a revoked token "
+        "never verifies again inside the leeway.",
+    )
     refresh_ttl_s: int = Field(
         14 * 24 * 3600, ge=60, description="A refresh token's lifetime; each rotation renews it."
     )
@@ -130,3 +137,8 @@ class Settings(CommonSettings):
         if self.password_hash_register_workers >= self.password_hash_workers:
             raise ValueError("password_hash_register_workers must be below password_hash_workers")
         return self
+
+    @property
+    def revocation_ttl_s(self) -> int:
+        """How long a session's revocation is kept: the token lifetime plus the margin."""
+        return self.access_ttl_s + self.revocation_margin_s
