@@ -58,7 +58,7 @@ async def _admin(
     pool = await create_pool(settings)
     redis = create_redis(settings)
     try:
-        revocations = Revocations(redis, settings.redis_prefix, settings.access_ttl_s)
+        revocations = Revocations(redis, settings.redis_prefix, settings.revocation_ttl_s)
         result = await action(Admin(pool, revocations))
         return {
             "user_id": str(result.user_id),
