@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from auth.login_throttle import SlowDown, address_bucket, throttle_keys
+from auth.login_throttle import SlowDown, throttle_keys
 from auth.security import client_address
 from auth.settings import Settings
+from common.addresses import address_bucket
 from common.health import registry_key
 
 Client = TestClient[web.Request, web.Application]

@@ -11,9 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.addresses import TrustedProxies, resolve_client_address
+from common.gcra import Rate
 from common.redis_client import create_redis
 from gateway.components import components_key
-from gateway.ratelimit import Limit, Rate, RateLimiter
+from gateway.ratelimit import Limit, RateLimiter
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 

@@ -73,14 +73,16 @@ def resolve_client_address(
 
 
 def address_bucket(address: str) -> str:
-    """The unit a per-address limit counts: an IPv4 address, or an IPv6 /64 (what one host or
-    subscriber usually holds); anything unparsable counts as itself."""
+    """The unit a per-address limit counts: an IPv4 address (also when IPv4-mapped), or an IPv6
+    /64 (what one host or subscriber usually holds); anything unparsable counts as itself."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return address
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
 

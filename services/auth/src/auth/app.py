@@ -25,8 +25,9 @@ from auth.revocations import Revocations
 from auth.security import security_middleware
 from auth.sessions import Sessions
 from auth.settings import Settings
-from auth.signup_throttle import Rate, SignupThrottle
+from auth.signup_throttle import SignupThrottle
 from auth.tokens import Tokens
+from common.gcra import Rate
 from common.health import readiness_key, registry_key
 from common.outages import outage_middleware
 from common.postgres import create_pool

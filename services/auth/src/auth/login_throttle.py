@@ -35,12 +35,12 @@ one window, each slowed down as below.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from auth.security import SecurityRejection
+from common.addresses import address_bucket
 from common.problems import TooManyRequests
 
 # Scopes in KEYS order; the script's answer names the blocking one by its 1-based index.
@@ -101,19 +101,6 @@ class LoginThrottled(SecurityRejection, TooManyRequests):
         )
         self.reason = f"throttled_{scope}"
         self.username = username
-
-
-def address_bucket(address: str) -> str:
-    """The unit an address is counted in: the IPv4 address, or the IPv6 /64 network."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 def throttle_keys(prefix: str, username: str, address: str) -> tuple[str, str, str]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from common.gcra import GCRA_LUA_FUNCTION
 from common.keyspace import lua, revoked_session_key, ticket_key, user_status_key
 from common.problems import BadRequest, Conflict
 from common.rejections import Rejection
@@ -32,7 +33,7 @@ from gateway.accounts import raise_for_account
 from gateway.catalog import ActionSpec, Catalog
 from gateway.claims import MARKER_LUA_FUNCTIONS, Claims
 from gateway.earning import EARNING_LUA_FUNCTIONS, EarningRules
-from gateway.ratelimit import GCRA_LUA_FUNCTION, Limit, RateLimited, RateLimiter
+from gateway.ratelimit import Limit, RateLimited, RateLimiter
 from gateway.redis_pipeline import PipelinedRedis
 from gateway.signing import TicketSigner
 from gateway.tickets import Ticket

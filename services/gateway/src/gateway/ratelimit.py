@@ -13,65 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 import redis.asyncio as aioredis
 
+from common.gcra import GCRA_LUA, Rate
 from common.problems import TooManyRequests
 from common.rejections import Rejection
 from gateway.settings import Settings
-
-# Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with
-# %.0f, because Lua's default number format would round a 16-digit value. A Lua function, so the
-# update path's admission script (gateway.admission) charges limits with the very same code.
-GCRA_LUA_FUNCTION: Final = """
-local function gcra(keys, args)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tats = {}
-  for i, key in ipairs(keys) do
-    local interval = tonumber(args[2 * i - 1])
-    local tolerance = tonumber(args[2 * i])
-    local tat = tonumber(redis.call('GET', key) or now)
-    if tat < now then tat = now end
-    local wait = tat - tolerance - now
-    if wait > 0 then
-      return i, string.format('%.0f', wait)
-    end
-    tats[i] = tat + interval
-  end
-  for i, key in ipairs(keys) do
-    local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
-    redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl_ms)
-  end
-  return 0, '0'
-end
-"""
-
-_GCRA_LUA: Final = (
-    GCRA_LUA_FUNCTION
-    + """
-local denied, wait = gcra(KEYS, ARGV)
-return {denied, wait}
-"""
-)
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A sustained rate (requests per second) with a burst allowance."""
-
-    per_second: float
-    burst: int
-
-    def __post_init__(self) -> None:
-        if self.per_second <= 0 or self.burst < 1:
-            raise ValueError("a rate needs per_second > 0 and burst >= 1")
-
-    @property
-    def interval_us(self) -> int:
-        """Microseconds between requests at the sustained rate."""
-        return max(1, round(1_000_000 / self.per_second))
 
 
 @dataclass(frozen=True)
@@ -108,7 +56,7 @@ class RateLimiter:
     """Checks and charges GCRA limits atomically in Redis."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self._script = redis.register_script(_GCRA_LUA)
+        self._script = redis.register_script(GCRA_LUA)
         self._prefix = f"{prefix}rl:"
 
     def script_input(self, limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
@@ -116,8 +64,7 @@ class RateLimiter:
         keys = [f"{self._prefix}{limit.name}:{limit.key}" for limit in limits]
         args: list[int] = []
         for limit in limits:
-            interval = limit.rate.interval_us
-            args += [interval, interval * (limit.rate.burst - 1)]
+            args += limit.rate.script_args
         return keys, args
 
     @staticmethod
