@@ -5,7 +5,6 @@ lost or counted twice."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import signal
 import subprocess
@@ -13,27 +12,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import aiohttp
 import asyncpg
 import pytest
 
 from testkit.env import Infra, TestEnv, create_test_env, drop_test_env
-from testkit.stack import free_port
+from testkit.stack import free_port, infra
 from tests.e2e.harness import E2E_CATALOG, System, register_and_login, start_system
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def _infra_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scoreboard_infra", ROOT / "scripts" / "infra.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -47,9 +35,7 @@ class Broker:
 
     def start(self) -> None:
         """Start it (same data directory: a restart, not a new cluster)."""
-        self.proc = _infra_script().launch_kafka(
-            self.state, self.port, self.controller_port, "256m"
-        )
+        self.proc = infra.launch_kafka(self.state, self.port, self.controller_port, "256m")
 
     def stop(self) -> None:
         """SIGTERM, as an orchestrator would, and wait for it to exit."""
