@@ -66,3 +66,30 @@ def test_key_partitioner_places_keys_as_kafkas_default(partitions: int) -> None:
         assert key_partitioner(key, all_partitions, all_partitions) == expected
         assert key_partitioner(key, all_partitions, all_partitions) == expected  # cached
     assert key_partitioner(None, all_partitions, [0]) == 0  # no key: an available partition
+
+
+async def test_a_transactional_producer_shows_read_committed_consumers_only_commits(
+    common_settings: CommonSettings,
+) -> None:
+    topic = Topics(common_settings.topic_prefix).changed
+    key = str(uuid.uuid4()).encode()
+    producer = make_producer(
+        common_settings, client_id="test-txn", transactional_id=f"test-{uuid.uuid4()}"
+    )
+    consumer = make_consumer(common_settings, topic, group_id=None, client_id="test")
+    async with started(producer), started(consumer):
+        async with producer.transaction():
+            await producer.send(topic, b"committed-1", key=key)
+        await producer.begin_transaction()
+        await (await producer.send(topic, b"aborted", key=key))
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send(topic, b"committed-2", key=key)
+        seen: list[bytes] = []
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                if record.key == key:
+                    seen.append(record.value)
+                    if len(seen) == 2:
+                        break
+    assert seen == [b"committed-1", b"committed-2"]

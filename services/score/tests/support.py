@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from common.events import ScoreChangedEvent, ScoreCommand, ScoreCommandEvent, Topics, encode
 from score.app import create_app
+from score.outbox import OUTBOX_ID_HEADER
 from score.settings import Settings
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -97,16 +98,43 @@ async def read_topic(
     return records
 
 
-async def topic_size(settings: Settings, topic: str) -> int:
-    """How many records the topic holds (sum of its partitions' end offsets)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+async def read_to_end(
+    settings: Settings,
+    topic: str,
+    *,
+    isolation_level: str = "read_committed",
+    timeout_s: float = 30,
+) -> list[Any]:
+    """Everything on ``topic`` now, read from the beginning to the end offsets (for
+    read_committed: the last stable offset, so no transaction may be left open)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level=isolation_level,
+    )
+    records: list[Any] = []
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(partitions)
+        async with asyncio.timeout(timeout_s):
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends = await consumer.end_offsets(tps)
+            left = {tp for tp in tps if ends[tp] > 0}
+            while left:
+                for tp, recs in (await consumer.getmany(*left, timeout_ms=200)).items():
+                    records.extend(r for r in recs if r.offset < ends[tp])
+                for tp in list(left):
+                    if await consumer.position(tp) >= ends[tp]:
+                        left.discard(tp)
     finally:
         await consumer.stop()
-    return int(sum(ends.values()))
+    return records
+
+
+def outbox_ids(records: list[Any]) -> list[int]:
+    """The outbox id each record carries (header ``x-outbox-id``), in the order read."""
+    return [int(dict(r.headers)[OUTBOX_ID_HEADER]) for r in records]
 
 
 def changes(records: list[Any]) -> list[ScoreChangedEvent]:
@@ -119,7 +147,7 @@ def distinct_changes(
 ) -> Callable[[list[Any]], bool]:
     """A ``read_topic`` condition: ``n`` distinct (user, version) events (of ``users``) arrived.
 
-    Publishing is at least once, so the same event may arrive twice; it counts once.
+    An event seen twice (possible only for a read_uncommitted reader) counts once.
     """
     wanted = None if users is None else {str(u).encode() for u in users}
 
@@ -150,7 +178,7 @@ async def applied_count(conn: Conn, users: list[uuid.UUID]) -> int:
 def assert_versions_consecutive(events: list[ScoreChangedEvent]) -> dict[uuid.UUID, int]:
     """Per user, versions 1..n with no gap and no conflicting duplicate; returns n per user.
 
-    Duplicates are allowed (at-least-once publishing) only if they are the same event.
+    A repeated event (which a read_uncommitted reader may see) must be the same event.
     """
     by_key: dict[tuple[uuid.UUID, int], ScoreChangedEvent] = {}
     for e in events:

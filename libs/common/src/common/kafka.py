@@ -39,9 +39,21 @@ def key_partitioner(key: bytes | None, all_partitions: list[int], available: lis
 
 
 def make_producer(
-    settings: CommonSettings, *, client_id: str, linger_ms: int = 5
+    settings: CommonSettings,
+    *,
+    client_id: str,
+    linger_ms: int = 5,
+    max_batch_bytes: int = 16_384,
+    transactional_id: str | None = None,
+    transaction_timeout_ms: int = 60_000,
 ) -> AIOKafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    """An idempotent producer that waits for every in-sync replica (acks=all).
+
+    With ``transactional_id`` it is transactional: ``start()`` registers the id with the
+    transaction coordinator (InitProducerId), which fences any older producer of the same id
+    and aborts its open transaction; sends then need ``begin_transaction()``. A transaction
+    left open longer than ``transaction_timeout_ms`` is aborted by the broker.
+    """
     return AIOKafkaProducer(
         partitioner=key_partitioner,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -49,9 +61,12 @@ def make_producer(
         enable_idempotence=True,
         acks="all",
         linger_ms=linger_ms,
+        max_batch_size=max_batch_bytes,
         request_timeout_ms=10_000,
         retry_backoff_ms=200,
         compression_type=None,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=transaction_timeout_ms,
     )
 
 

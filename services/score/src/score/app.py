@@ -71,7 +71,8 @@ async def _service(
             metrics=metrics,
             pool=pool,
             consumer=consumer,
-            relay=OutboxRelay(producer, settings, metrics),
+            # The relay makes its own transactional producer each time it takes the lead.
+            relay=OutboxRelay(settings, metrics),
         )
         # On the way out (SIGTERM) the stop event is set first: the batch in progress finishes
         # and commits, the relay ends its round; whatever still runs after the grace is cancelled.

@@ -21,6 +21,8 @@ class ScoreMetrics:
     consumer_lag: Gauge
     outbox_backlog: Gauge
     relay_published: Counter
+    relay_recovered: Counter
+    relay_fenced: Counter
     relay_leader: Gauge
 
     @classmethod
@@ -82,6 +84,18 @@ class ScoreMetrics:
             relay_published=Counter(
                 "scoreboard_score_relay_published",
                 "ScoreChanged events published by the outbox relay",
+                registry=registry,
+            ),
+            relay_recovered=Counter(
+                "scoreboard_score_relay_recovered",
+                "Outbox rows a new relay leader found already committed on the topic (published by "
+                "an earlier leader that stopped before marking them) and marked sent, not resent",
+                registry=registry,
+            ),
+            relay_fenced=Counter(
+                "scoreboard_score_relay_fenced",
+                "Times this relay found its transactional producer fenced (a newer leader started, "
+                "or its transaction timed out) and stepped down",
                 registry=registry,
             ),
             relay_leader=Gauge(

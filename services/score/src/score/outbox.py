@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import asyncpg
@@ -9,6 +10,10 @@ import msgspec
 
 # pg_try_advisory_lock key: whoever holds it is the one relay that publishes (any replica).
 RELAY_LOCK_ID = 0x5C0_2E1A7
+
+# Every published record carries its row's id (decimal ASCII), so a new leader can tell from the
+# topic itself which rows its predecessor committed to Kafka but had not marked sent.
+OUTBOX_ID_HEADER = "x-outbox-id"
 
 _UNSENT = """
 SELECT id, event_key, payload, headers::text
@@ -20,7 +25,7 @@ _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One ScoreChanged event waiting to be published."""
+    """One ScoreChanged event waiting to be published (``headers`` include its outbox id)."""
 
     id: int
     key: bytes
@@ -45,15 +50,25 @@ class Outbox:
                 r[0],
                 bytes(r[1]),
                 bytes(r[2]),
-                [(k, v.encode()) for k, v in _decode_headers(r[3]).items()],
+                [
+                    *((k, v.encode()) for k, v in _decode_headers(r[3]).items()),
+                    (OUTBOX_ID_HEADER, str(r[0]).encode()),
+                ],
             )
             for r in await self._conn.fetch(_UNSENT, limit)
         ]
 
-    async def mark_sent(self, ids: list[int]) -> None:
+    async def unsent_among(self, ids: Collection[int]) -> set[int]:
+        """Which of ``ids`` are rows still waiting to be marked sent."""
+        rows = await self._conn.fetch(
+            "SELECT id FROM outbox WHERE id = ANY($1::bigint[]) AND sent_at IS NULL", list(ids)
+        )
+        return {r[0] for r in rows}
+
+    async def mark_sent(self, ids: Collection[int]) -> None:
         """Record that these rows reached Kafka."""
         await self._conn.execute(
-            "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids
+            "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", list(ids)
         )
 
     async def purge(self, older_than_s: float) -> int:

@@ -10,6 +10,7 @@ class Settings(CommonSettings):
 
     service_name: str = "score"
     port: int = 8082
+    admin_port: int = 9082  # /metrics and detailed /readyz (common.health)
     # The pool serves one apply transaction at a time plus health checks; the relay has its own
     # connection. Connecting lazily (min 0) keeps idle replicas from holding connections.
     postgres_pool_min: int = 0
@@ -43,3 +44,6 @@ class Settings(CommonSettings):
     outbox_retention_s: float = 3600.0
     outbox_purge_interval_s: float = 60.0
     relay_standby_poll_s: float = 2.0
+    # How long the relay waits for an abort, or for a new leader's read of the topic's committed
+    # tail, before it gives up and steps down (the next leader's init_transactions aborts then).
+    relay_kafka_timeout_s: float = 15.0
