@@ -11,7 +11,15 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from common.events import ScoreChanged, ScoreChangedEvent, ScoreCommand, ScoreCommandEvent, encode
+from common.events import (
+    PlayerFlagged,
+    PlayerFlaggedEvent,
+    ScoreChanged,
+    ScoreChangedEvent,
+    ScoreCommand,
+    ScoreCommandEvent,
+    encode,
+)
 from common.schemas import render
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
@@ -58,6 +66,27 @@ def test_changed_event_validates_against_schema() -> None:
     doc = json.loads(encode(ScoreChangedEvent.wrap(changed, source="/score")))
     jsonschema.validate(doc, json.loads((SCHEMAS / "score-changed.v1.json").read_text()))
     assert doc["id"] == f"{cmd.user_id}:3"
+
+
+def test_flagged_event_validates_against_schema() -> None:
+    flag = PlayerFlagged(
+        flag_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        username="mallory",
+        rate=98.5,
+        z=11.2,
+        median=12.0,
+        mad=4.5,
+        active_players=51,
+        tau_s=5.0,
+        flagged_at=datetime.now(UTC),
+    )
+    doc = json.loads(encode(PlayerFlaggedEvent.wrap(flag, source="/score")))
+    jsonschema.validate(doc, json.loads((SCHEMAS / "player-flagged.v1.json").read_text()))
+    assert doc["id"] == doc["data"]["flag_id"]
+    assert doc["subject"] == doc["data"]["user_id"]
+    assert doc["type"] == "scoreboard.player.flagged.v1"
+    assert doc["data"]["reason"] == "earning_rate"
 
 
 def test_unknown_fields_and_bad_values_are_rejected() -> None:

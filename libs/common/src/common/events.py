@@ -17,6 +17,7 @@ CONTENT_TYPE: Final = "application/json"
 
 COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
+FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
 
 ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
@@ -28,11 +29,13 @@ class Topics:
     COMMANDS = "scoreboard.score-commands.v1"
     CHANGED = "scoreboard.score-changed.v1"
     DLQ = "scoreboard.score-commands.dlq.v1"
+    FLAGGED = "scoreboard.player-flagged.v1"
 
     def __init__(self, prefix: str = "") -> None:
         self.commands = prefix + self.COMMANDS
         self.changed = prefix + self.CHANGED
         self.dlq = prefix + self.DLQ
+        self.flagged = prefix + self.FLAGGED
 
 
 class _Strict(BaseModel):
@@ -112,6 +115,48 @@ class ScoreChangedEvent(_Envelope):
         return f"{user_id}:{version}"
 
 
+class PlayerFlagged(_Strict):
+    """``user_id`` earns far faster than the players active beside them (score/anomaly.py).
+
+    A flag is a suspicion for an operator to review, not a verdict: nothing is taken from the
+    player until the flag is confirmed (``auth confirm-flag``, which bans). The figures are those
+    of the evaluation that raised it: ``rate`` is the player's exponentially weighted points per
+    second (time constant ``tau_s``), ``median`` and ``mad`` (median absolute deviation) are the
+    population's over ``active_players``, and ``z`` = (rate - median) / (1.4826 * max(mad, floor)).
+    """
+
+    flag_id: uuid.UUID
+    user_id: uuid.UUID
+    username: Username
+    reason: Literal["earning_rate"] = "earning_rate"
+    rate: float = Field(ge=0)
+    z: float
+    median: float = Field(ge=0)
+    mad: float = Field(ge=0)
+    active_players: int = Field(ge=1)
+    tau_s: float = Field(gt=0)
+    flagged_at: AwareDatetime
+
+
+class PlayerFlaggedEvent(_Envelope):
+    """CloudEvent on ``scoreboard.player-flagged.v1``; ``id`` is the flag id (a resend of the same
+    flag, possible after a publisher failure, has the same id)."""
+
+    type: Literal["scoreboard.player.flagged.v1"] = FLAGGED_TYPE
+    data: PlayerFlagged
+
+    @classmethod
+    def wrap(cls, data: PlayerFlagged, source: str) -> Self:
+        """Envelope a flag; the event id is the flag id."""
+        return cls(
+            id=str(data.flag_id),
+            source=source,
+            time=data.flagged_at,
+            subject=str(data.user_id),
+            data=data,
+        )
+
+
 class AppliedNotice(BaseModel):
     """Redis channel ``P applied`` (:func:`common.keyspace.applied_channel`): ``action_id`` is on
     the board. Published by the broadcaster for each applied change; the gateway answers a
@@ -146,4 +191,5 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "score-command.v1": ScoreCommandEvent,
     "score-changed.v1": ScoreChangedEvent,
     "applied-notice.v1": AppliedNotice,
+    "player-flagged.v1": PlayerFlaggedEvent,
 }

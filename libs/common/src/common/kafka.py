@@ -117,6 +117,12 @@ def topic_specs(
         TopicSpec(
             topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": isr}
         ),
+        # Anomaly flags: rare, read by operators' tools; kept as long as the dead letters.
+        TopicSpec(
+            topics.flagged,
+            3,
+            {"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": isr},
+        ),
     ]
 
 
