@@ -114,15 +114,17 @@ class OutboxRelay:
             except ProducerFenced as exc:
                 self._metrics.relay_fenced.inc()
                 log.warning("relay_fenced", transactional_id=self.transactional_id, error=repr(exc))
-                await wait_or_stop(stop, backoff.next_delay())
             except Exception as exc:
                 self._failed(exc, backoff)
-                await wait_or_stop(stop, backoff.next_delay())
+            else:
+                continue  # stopped
             finally:
+                # Step down before any backoff: the lock goes (closing the connection releases
+                # it for a standby) and ``leading`` says so at once.
                 self._step_down()
-                # Closing the connection releases the advisory lock for a standby.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
+            await wait_or_stop(stop, backoff.next_delay())
 
     async def _serve(
         self, outbox: Outbox, conn: asyncpg.Connection, stop: asyncio.Event, backoff: Backoff
