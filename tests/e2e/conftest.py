@@ -54,3 +54,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(Path(__file__).parent) in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+# The open edge: every per-address and global limit lifted (one test client is every "user"),
+# failed logins answered without the slow-down, and short edge timeouts so the slow-client
+# tests finish in seconds (production: 75 s and 10 s).
+EDGE_KEEPALIVE_S = 3.0
+EDGE_BODY_TIMEOUT_S = 1.0
+EDGE_ENV = {
+    **{
+        f"SCOREBOARD_{kind}_{what}_PER_ADDRESS": "1000000"
+        for kind in ("UPDATE", "ACTIONS", "AUTH", "REGISTER", "READS", "WS_CONNECT")
+        for what in ("RATE", "BURST")
+    },
+    "SCOREBOARD_REGISTER_RATE_GLOBAL": "1000000",
+    "SCOREBOARD_REGISTER_BURST_GLOBAL": "1000000",
+    "SCOREBOARD_LOGIN_DELAY_BASE_S": "0",
+    "SCOREBOARD_HTTP_KEEPALIVE_S": str(EDGE_KEEPALIVE_S),
+    "SCOREBOARD_HTTP_BODY_TIMEOUT_S": str(EDGE_BODY_TIMEOUT_S),
+}
+
+
+@pytest.fixture(scope="session")
+async def edge_env(infra: Infra) -> AsyncIterator[TestEnv]:
+    """The open edge's slice: its board and limits meet no other suite's."""
+    env = await create_test_env(infra)
+    yield env
+    await drop_test_env(infra, env)
+
+
+@pytest.fixture(scope="session")
+def edge_system(edge_env: TestEnv) -> Iterator[System]:
+    """The whole system with the default catalog, the operator endpoints on ports of their own
+    (the public port as in production) and the limits of :data:`EDGE_ENV`: for the tests that
+    throw everything at the public surface."""
+    system = start_system(edge_env, EDGE_ENV, admin_ports=True)
+    try:
+        yield system
+    finally:
+        system.stop()

@@ -107,14 +107,21 @@ class System:
 
 
 def start_system(
-    env: TestEnv, extra_env: dict[str, str] | None = None, *, gateways: int = 1
+    env: TestEnv,
+    extra_env: dict[str, str] | None = None,
+    *,
+    gateways: int = 1,
+    admin_ports: bool = False,
 ) -> System:
     """Start auth, score, broadcaster and gateway on free ports, wait until all are ready.
 
     ``gateways`` > 1 starts that many gateway processes sharing the gateway's port
     (SO_REUSEPORT), as replicas on one host: ``gateway``, ``gateway-2``, ...
+    With ``admin_ports`` each service serves its operator endpoints on a port of its own, as in
+    production (``SCOREBOARD_ADMIN_PORT``): the public port then answers /metrics with 404.
     """
     ports = {name: free_port() for name in ("auth", "score", "broadcaster", "gateway")}
+    admin = {name: free_port() if admin_ports else 0 for name in ports}
     base = env.environ()
     base.update(
         {
@@ -135,7 +142,11 @@ def start_system(
         replicas += [(f"gateway-{n}", "gateway") for n in range(2, gateways + 1)]
         for name, module in replicas:
             port = ports[module]
-            environ = {**base, "SCOREBOARD_PORT": str(port)}
+            environ = {
+                **base,
+                "SCOREBOARD_PORT": str(port),
+                "SCOREBOARD_ADMIN_PORT": str(admin[module]),
+            }
             if module == "gateway" and gateways > 1:
                 environ["SCOREBOARD_REUSE_PORT"] = "true"
             service = Service(name, port, environ, module=module)

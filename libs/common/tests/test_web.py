@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -11,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, ConfigDict
 
-from common.bodies import json_response, read_json
+from common.bodies import body_timeout_key, json_response, read_json
 from common.health import readiness_key
 from common.problems import Conflict
 from common.runner import GC_GEN0_THRESHOLD, tune_gc
@@ -72,6 +74,7 @@ async def test_valid_body(client: TestClient[web.Request, web.Application]) -> N
         ({"data": b'{"name": "a", "name": "b"}', "headers": JSON}, 400),
         ({"data": b'{"name": 1' + b"0" * 5000 + b"}", "headers": JSON}, 400),
         ({"data": b'{"name": "' + bytes([0xFF, 0xFE]) + b'"}', "headers": JSON}, 400),
+        ({"data": b"{}", "headers": {**JSON, "Content-Encoding": "gzip"}}, 400),
     ],
 )
 async def test_errors_are_problem_json(
@@ -83,6 +86,38 @@ async def test_errors_are_problem_json(
     doc = await resp.json(content_type=None)
     assert doc["status"] == status
     assert {"type", "title", "detail"} <= doc.keys()
+
+
+async def test_a_body_trickling_in_gets_408_and_the_connection_closes(
+    aiohttp_client: ClientFactory,
+) -> None:
+    app = create_base_app("test")
+    app.router.add_post("/echo", _echo)
+    app[body_timeout_key] = 0.5
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    start = time.monotonic()
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+
+    async def trickle() -> None:
+        for _ in range(40):  # a byte every 0.1 s: 4 s, far beyond the timeout
+            await asyncio.sleep(0.1)
+            writer.write(b" ")
+            await writer.drain()
+
+    sending = asyncio.create_task(trickle())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        answered = time.monotonic() - start
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert b"Connection: close" in head
+        assert 0.4 < answered < 2.0
+    finally:
+        sending.cancel()
+        writer.close()
 
 
 async def test_405_names_the_allowed_methods_and_no_versions_are_served(

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 
 from gateway.components import components_key
+from gateway.tokens import InvalidToken
 from services.gateway.tests.support import (
     Client,
     MakeGateway,
@@ -109,6 +110,16 @@ async def test_missing_or_non_bearer_credentials_are_401(
     resp = await gateway.post(PROTECTED, json=BODY, headers=headers)
     assert resp.status == 401
     assert 'realm="scoreboard"' in resp.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("token", ["\udce9\udcff", "eyJ\udcc3(.x.y", "ab\x01cd", "é.é.é"])
+async def test_tokens_that_are_not_ascii_are_401_not_500(gateway: Client, token: str) -> None:
+    # Header bytes that are not UTF-8 reach handlers as surrogates (aiohttp's surrogateescape);
+    # a raw socket sending them got a 500 from tests/e2e/test_hostile_http.py before.
+    verifier = gateway.app[components_key].authenticator.verifier
+    with pytest.raises(InvalidToken) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "token_malformed"
 
 
 @pytest.mark.parametrize(

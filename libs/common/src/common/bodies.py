@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -13,7 +14,19 @@ from common.problems import BadRequest, Problem
 MAX_BODY = 16 * 1024
 MAX_DEPTH = 32
 """How deeply a JSON body may nest (no request of ours needs more than two levels)."""
+BODY_TIMEOUT_S = 10.0
+"""How long a request body may take to arrive (``SCOREBOARD_HTTP_BODY_TIMEOUT_S``)."""
 M = TypeVar("M", bound=BaseModel)
+
+body_timeout_key = web.AppKey("body_timeout_s", float)
+"""The app's body read timeout (set from the settings by :func:`common.runner.serve`)."""
+
+
+class BodyTimeout(Problem):
+    """408: the body did not arrive in time (a client trickling it in holds no handler for long)."""
+
+    status = 408
+    title = "Request Timeout"
 
 
 class _DuplicateKey(ValueError):
@@ -59,6 +72,31 @@ def parse_json(raw: bytes) -> Any:
     return payload
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body (at most ``client_max_size``: 413), within the app's body timeout: 408;
+    one that cannot be decoded (``Content-Encoding: gzip`` that is not): 400.
+
+    aiohttp bounds the wait for a request's headers (the keep-alive timeout, which runs from
+    the connection's start) but not for its body: without this, a client sending one byte a
+    second would hold a handler, and its socket, for as long as it likes.
+    """
+    timeout = request.app.get(body_timeout_key, BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout:g} s",
+            headers={"Connection": "close"},
+        ) from None
+    except web.RequestPayloadError as exc:
+        # A body aiohttp cannot decode (a Content-Encoding it is not, broken chunks).
+        raise BadRequest(
+            f"the request body cannot be read: {str(exc).strip()[:200]}",
+            headers={"Connection": "close"},
+        ) from None
+
+
 async def read_json(request: web.Request, model: type[M]) -> M:
     """Parse the body as JSON into ``model``: 415 not JSON, 400 malformed or invalid fields."""
     ctype = request.content_type
@@ -68,7 +106,7 @@ async def read_json(request: web.Request, model: type[M]) -> M:
             status=415,
             title="Unsupported Media Type",
         )
-    payload = parse_json(await request.read())
+    payload = parse_json(await read_body(request))
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
     try:

@@ -39,9 +39,12 @@ def problem_response(problem: Problem, request_id: str | None = None) -> web.Res
     headers = dict(problem.headers)
     if request_id:
         headers[REQUEST_ID] = request_id
-    return web.Response(
+    response = web.Response(
         status=problem.status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers
     )
+    if headers.get("Connection", "").lower() == "close":
+        response.force_close()  # the connection cannot carry another request (a cut-off body)
+    return response
 
 
 _HTTP_TITLES = {413: "Payload Too Large", 404: "Not Found", 405: "Method Not Allowed"}

@@ -12,6 +12,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from common.bodies import body_timeout_key
 from common.logs import configure_logging
 from common.settings import CommonSettings
 from common.tracing import configure_tracing
@@ -38,12 +39,15 @@ def serve(
     settings = settings_type.load()
     configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
     configure_tracing(settings.service_name, settings.otel_exporter_endpoint)
+    app = create_app(settings)
+    app[body_timeout_key] = settings.http_body_timeout_s
     run(
-        create_app(settings),
+        app,
         settings.host,
         settings.port,
         reuse_port=settings.reuse_port,
         admin_port=settings.admin_port,
+        keepalive_s=settings.http_keepalive_s,
     )
 
 
@@ -70,6 +74,7 @@ def run(
     reuse_port: bool = False,
     admin_port: int = 0,
     shutdown_timeout: float = 10.0,
+    keepalive_s: float = 75.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain gracefully (cleanup contexts close resources).
 
@@ -79,6 +84,11 @@ def run(
 
     With ``admin_port`` the same app also listens there: the operator endpoints answer in full
     only on that socket (:func:`common.health.add_health_routes`).
+
+    ``keepalive_s`` closes an idle connection, and one whose request headers are still arriving
+    (aiohttp starts the timer when the connection opens and does not restart it per byte), so
+    a client trickling its headers holds a socket for that long at most. aiohttp also caps a
+    request line and each header at 8,190 bytes and a request at 128 headers (400 beyond).
     """
     log.info(
         "listening",
@@ -97,6 +107,7 @@ def run(
         loop=uvloop.new_event_loop(),
         print=None,
         access_log=None,
+        keepalive_timeout=keepalive_s,
         shutdown_timeout=shutdown_timeout,
         handle_signals=True,
         sock=[admin_socket(host, admin_port, reuse_port=reuse_port)] if admin_port else None,

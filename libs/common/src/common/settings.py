@@ -27,6 +27,12 @@ class CommonSettings(BaseSettings):
     # host; the service port then answers /readyz with the status alone and /metrics not at all.
     # 0 serves everything on the service port (the tests' in-process apps).
     admin_port: int = Field(default=0, ge=0, le=65535)
+    # The HTTP edge's bounds against slow clients (slowloris): a connection idle, or still
+    # sending its request's headers, this long after it opened or after its last response is
+    # closed (aiohttp's keep-alive timeout, which also runs while headers arrive); a request
+    # body that has not fully arrived this long after its headers gets 408 (common.bodies).
+    http_keepalive_s: float = Field(default=75.0, gt=0)
+    http_body_timeout_s: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
 

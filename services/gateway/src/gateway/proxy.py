@@ -28,6 +28,7 @@ from aiohttp import (
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
+from common.bodies import read_body
 from common.middlewares import REQUEST_ID, request_id_key
 from common.problems import ServiceUnavailable
 from gateway.edge import client_address
@@ -158,7 +159,7 @@ class Proxy:
         keep_authorization: bool = False,
     ) -> web.Response:
         """Send ``request`` to ``upstream`` (same path and query) and relay its answer."""
-        body = await request.read()
+        body = await read_body(request)
         try:
             async with self._session.request(
                 request.method,

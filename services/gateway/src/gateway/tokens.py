@@ -90,6 +90,10 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token, else :class:`InvalidToken`."""
+        # A JWT is base64url and dots. Header bytes beyond ASCII reach us as surrogates
+        # (aiohttp decodes with surrogateescape), which no encoder accepts: refuse them here.
+        if not token.isascii() or not token.isprintable():
+            raise InvalidToken("the token is not a JWT", reason="token_malformed")
         digest = hashlib.blake2b(token.encode(), digest_size=32).digest()
         now = time.time()
         hit = self._cache.get(digest)
