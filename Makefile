@@ -9,6 +9,10 @@ DOCKER_ENGINE := $(shell docker info >/dev/null 2>&1 && echo yes)
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n",$$1,$$2}'
 
+.PHONY: tools
+tools: ## install what the tests need and is missing (Debian packages, uv, promtool, kustomize)
+	scripts/install-tools.sh
+
 .PHONY: deps
 deps: ## install uv (if missing) and the locked Python environment
 	@command -v $(UV) >/dev/null || $(PY) -m pip install -q uv
@@ -62,7 +66,7 @@ lint: deps ## ruff and mypy --strict
 	$(UV) run --frozen mypy libs services conftest.py bench scripts tests deploy
 
 .PHONY: test
-test: deps lint ## lint, then the whole suite against real PostgreSQL, Redis and Kafka
+test: tools deps lint ## lint, then the whole suite against real PostgreSQL, Redis and Kafka
 ifneq ($(DOCKER_ENGINE),yes)
 	$(PY) scripts/infra.py up
 endif

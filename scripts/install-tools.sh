@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# What `make test` needs besides the Python environment, installed if missing: Debian's PostgreSQL,
+# Redis, a JRE and Maven (for Apache Kafka's jars), Chromium (the browser test), promtool (the
+# alert-rule test), uv, and kustomize (the k8s overlays). `make test` and `.ci/run` both run it,
+# so a fresh machine skips no test. Safe to run again: it installs only what is missing.
+# Debian packages need root (or sudo); everything else installs as the current user.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo -E "$@"
+  else echo "install-tools: '$*' needs root; run it as root or install the packages yourself" >&2; return 1
+  fi
+}
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+command -v make >/dev/null || need+=(make)
+[ -x /usr/bin/chromium ] || need+=(chromium)   # the browser test drives Debian's Chromium
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "install-tools: installing ${need[*]}"
+  as_root apt-get update -q
+  as_root apt-get install -y -q "${need[@]}"
+fi
+
+command -v uv >/dev/null || python3 -m pip install -q uv
+
+# kustomize renders the k8s overlays in deploy/tests (Go module proxy; ~1 min to build, cached).
+if ! command -v kustomize >/dev/null && [ ! -x "$HOME/go/bin/kustomize" ] && command -v go >/dev/null; then
+  echo "install-tools: building kustomize"
+  go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 \
+    || echo "install-tools: kustomize unavailable; deploy tests use their Python renderer" >&2
+fi
+
+# promtool checks the alert rules in deploy/tests: taken from Debian's prometheus package without
+# installing the server (no daemon, no postinst).
+if ! command -v promtool >/dev/null; then
+  echo "install-tools: extracting promtool from Debian's prometheus package"
+  tmp=$(mktemp -d)
+  fetch() { (cd "$tmp" && apt-get download -q prometheus && dpkg -x prometheus_*.deb x); }
+  fetch || { as_root apt-get update -q && fetch; }
+  as_root install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
