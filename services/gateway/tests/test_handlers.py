@@ -15,10 +15,12 @@ import jsonschema
 import pytest
 import redis.asyncio as aioredis
 
+from common.command_signing import CommandVerifier
 from common.events import ScoreCommandEvent
 from common.health import registry_key
 from common.tracing import configure_tracing
 from gateway.components import components_key
+from gateway.settings import Settings
 from services.gateway.tests.support import (
     CATALOG,
     UPDATE,
@@ -95,6 +97,9 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     assert event.data.points == 50
     assert event.data.accepted_at >= event.data.issued_at
     assert any(k == "traceparent" for k, _ in record.headers)
+    # Signed over the exact key and value with the run's key, as the score service requires.
+    verifier = CommandVerifier(Settings.load(**test_env.overrides()).command_keys)
+    assert verifier.check(record.key, record.value, record.headers) == "test"
 
     prefix = player.client.app[components_key].settings.redis_prefix
     # Published (the broadcaster turns it into "applied" and drops the ticket; see

@@ -11,11 +11,12 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from common.command_signing import CommandSigner
 from common.events import Topics
 from common.kafka import ensure_topics, make_producer, started, topic_specs
 from common.postgres import create_pool
 from score.settings import Settings
-from services.score.tests.support import Sender
+from services.score.tests.support import TEST_CATALOG, Sender
 from testkit.env import TestEnv
 
 PARTITIONS = 4
@@ -51,6 +52,7 @@ def score_settings(test_env: TestEnv, topic_prefix: str, **overrides: object) ->
         "relay_poll_ms": 200,
         "relay_standby_poll_s": 0.2,
         "shutdown_grace_s": 5.0,
+        "action_catalog": TEST_CATALOG,
     }
     values.update(overrides)
     return Settings.load(**values)
@@ -70,10 +72,10 @@ def topics(settings: Settings) -> Topics:
 
 @pytest.fixture
 async def sender(settings: Settings, topics: Topics) -> AsyncIterator[Sender]:
-    """Produces commands to this test's topic."""
+    """Produces commands to this test's topic, signed with the run's key."""
     producer = make_producer(settings, client_id="score-test")
     async with started(producer):
-        yield Sender(producer, topics)
+        yield Sender(producer, topics, CommandSigner(settings.command_keys[0]))
 
 
 @pytest.fixture

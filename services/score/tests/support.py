@@ -1,5 +1,5 @@
-"""Test helpers for the score service: players in the users table, commands on a real topic,
-and a reader for what reached a topic."""
+"""Test helpers for the score service: players in the users table, commands on a real topic
+(signed as the gateway signs them), and a reader for what reached a topic."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from common.command_signing import CommandSigner
 from common.events import ScoreChangedEvent, ScoreCommand, ScoreCommandEvent, Topics, encode
 from score.app import create_app
 from score.outbox import OUTBOX_ID_HEADER
@@ -34,15 +35,22 @@ async def add_users(conn: Conn, n: int) -> list[uuid.UUID]:
     return ids
 
 
+# The score service applies only the catalog's points, and the tests want commands of any
+# worth: their catalog has a type per worth, and command() picks the type of its points.
+MAX_POINTS = 1000
+TEST_CATALOG = {f"worth_{p}": {"points": p} for p in range(1, MAX_POINTS + 1)}
+
+
 def command(
     user_id: uuid.UUID, points: int = 5, action_id: uuid.UUID | None = None
 ) -> ScoreCommand:
-    """A command as the gateway would accept it."""
+    """A command as the gateway would accept it (its type is worth ``points`` in TEST_CATALOG)."""
+    assert 1 <= points <= MAX_POINTS, f"no action type of TEST_CATALOG is worth {points}"
     now = datetime.now(UTC)
     return ScoreCommand(
         action_id=action_id or uuid.uuid4(),
         user_id=user_id,
-        action_type="quest",
+        action_type=f"worth_{points}",
         points=points,
         issued_at=now - timedelta(seconds=2),
         accepted_at=now,
@@ -51,27 +59,37 @@ def command(
 
 @dataclass
 class Sender:
-    """Produces to this test's commands topic, as the gateway does (key = user id)."""
+    """Produces to this test's commands topic, as the gateway does (key = user id, signed)."""
 
     producer: AIOKafkaProducer
     topics: Topics
+    signer: CommandSigner
 
     async def send(self, cmds: Iterable[ScoreCommand]) -> None:
         """Send commands (in order) and wait until Kafka has all of them."""
-        acks = [
-            await self.producer.send(
-                self.topics.commands,
-                encode(ScoreCommandEvent.wrap(c, source="/gateway")),
-                key=str(c.user_id).encode(),
-                headers=[("traceparent", TRACEPARENT.encode())],
+        acks = []
+        for c in cmds:
+            value = encode(ScoreCommandEvent.wrap(c, source="/gateway"))
+            key = str(c.user_id).encode()
+            headers = [("traceparent", TRACEPARENT.encode()), self.signer.header(key, value)]
+            acks.append(
+                await self.producer.send(self.topics.commands, value, key=key, headers=headers)
             )
-            for c in cmds
-        ]
         await asyncio.gather(*acks)
 
-    async def send_raw(self, value: bytes | None, key: bytes | None) -> None:
-        """Send arbitrary bytes (poison)."""
-        await self.producer.send_and_wait(self.topics.commands, value, key=key)
+    async def send_raw(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        *,
+        sign: bool = True,
+        headers: Iterable[tuple[str, bytes | None]] = (),
+    ) -> None:
+        """Send arbitrary bytes (poison), signed unless ``sign`` is false, with extra headers."""
+        extra = [self.signer.header(key, value)] if sign else []
+        await self.producer.send_and_wait(
+            self.topics.commands, value, key=key, headers=[*headers, *extra]
+        )
 
 
 async def read_topic(

@@ -7,6 +7,7 @@ read_committed consumer sees the topic), with consecutive versions per user.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import socket
@@ -24,6 +25,7 @@ import pytest
 from common.events import ScoreCommand, Topics
 from score.settings import Settings
 from services.score.tests.support import (
+    TEST_CATALOG,
     Sender,
     add_users,
     applied_count,
@@ -130,6 +132,7 @@ def replicas(test_env: testing.TestEnv, settings: Settings, tmp_path: Path) -> I
         "SCOREBOARD_POSTGRES_POOL_MAX": "2",
         "SCOREBOARD_RETRY_CAP_S": "1",
         "SCOREBOARD_RELAY_STANDBY_POLL_S": "0.5",
+        "SCOREBOARD_ACTION_CATALOG": json.dumps(TEST_CATALOG),
         "PYTHONUNBUFFERED": "1",
     }
     group = Replicas(env, tmp_path)

@@ -25,6 +25,11 @@ class Infra:
     kafka_bootstrap: str
 
 
+# The command-signing key of test runs (common.command_signing): every service of a run, and
+# every test that produces commands itself, signs or verifies with it.
+TEST_COMMAND_KEYS = "test:c2NvcmVib2FyZC10ZXN0LWNvbW1hbmQta2V5LTAwMDE="
+
+
 @dataclass(frozen=True)
 class TestEnv:
     """This run's isolated slice of the servers, as ``SCOREBOARD_*`` settings."""
@@ -36,6 +41,7 @@ class TestEnv:
     redis_prefix: str
     kafka_bootstrap: str
     topic_prefix: str
+    command_keys: str = TEST_COMMAND_KEYS
 
     def overrides(self) -> dict[str, str]:
         """Settings keyword arguments (for ``Settings.load(**overrides)``)."""
@@ -45,6 +51,7 @@ class TestEnv:
             "redis_prefix": self.redis_prefix,
             "kafka_bootstrap": self.kafka_bootstrap,
             "topic_prefix": self.topic_prefix,
+            "command_keys": self.command_keys,
             # Operator endpoints on the service port: in-process apps have only that one, and
             # subprocesses need no second port of their own.
             "admin_port": "0",

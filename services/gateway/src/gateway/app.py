@@ -60,6 +60,8 @@ def create_app(settings: Settings) -> web.Application:
     app.middlewares.extend(edge_middlewares(settings))
     if settings.uses_dev_hmac_key:
         log.warning("dev_hmac_key_in_use", hint="set SCOREBOARD_ACTION_HMAC_KEYS in production")
+    if settings.uses_dev_command_key:
+        log.warning("dev_command_key_in_use", hint="set SCOREBOARD_COMMAND_KEYS in production")
     app.cleanup_ctx.append(lambda app: _components(app, settings))
     app.on_shutdown.append(_close_websockets)
 

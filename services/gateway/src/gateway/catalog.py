@@ -1,42 +1,16 @@
-"""The action catalog: which actions exist and what each is worth. Points come from here only."""
+"""The gateway's view of the action catalog (common.catalog): lookups, the 400 for unknown types."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from common.catalog import ACTION_TYPE, DEFAULT_CATALOG, ActionSpec
 from common.problems import BadRequest
 from common.rejections import Rejection
 
-ACTION_TYPE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-class ActionSpec(BaseModel):
-    """One catalog entry: the points it is worth, the least time it takes, its earning rules.
-
-    ``max_open`` tickets of the type may be open per user (one more replaces the oldest);
-    ``per_hour`` / ``per_day`` cap its completions per user and UTC period (gateway.earning).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # The same bound as ScoreCommand.points, so a catalog entry always yields a valid command.
-    points: int = Field(gt=0, le=1_000_000)
-    min_duration_ms: int = Field(default=0, ge=0, le=24 * 3600 * 1000)
-    max_open: int = Field(default=1, ge=1, le=10_000)
-    per_hour: int | None = Field(default=None, ge=1)
-    per_day: int | None = Field(default=None, ge=1)
-
-
-DEFAULT_CATALOG: Final[Mapping[str, ActionSpec]] = {
-    "quest": ActionSpec(points=50, min_duration_ms=2000),
-    "puzzle": ActionSpec(points=20, min_duration_ms=1000),
-    "daily_login": ActionSpec(points=10, min_duration_ms=0, per_day=1),
-    "tap": ActionSpec(points=1, min_duration_ms=100),
-}
+# The definition lives in common.catalog (the score service checks points against it too);
+# the gateway's modules import it from here, next to the view they use.
+__all__ = ["ACTION_TYPE", "DEFAULT_CATALOG", "ActionSpec", "Catalog", "UnknownActionType"]
 
 
 class UnknownActionType(BadRequest, Rejection):

@@ -7,6 +7,9 @@ releases the action's claim and answers 503 (nothing was recorded; the client ma
 
 A timed-out send may still reach Kafka later. That is safe: the retry publishes the same action id
 again and the score service applies an action id at most once (primary key on ``actions``).
+
+Every command carries an ``x-signature`` header (common.command_signing) over its exact key and
+value bytes, made with the current signing key: the score service applies nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
 from common.backoff import Backoff
+from common.command_signing import CommandSigner
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode, utcnow
 from common.kafka import make_producer
 from common.problems import ServiceUnavailable
@@ -68,6 +72,7 @@ class CommandPublisher:
         self._metrics = metrics
         self._claims = claims
         self._topic = Topics(settings.topic_prefix).commands
+        self._signer = CommandSigner(settings.command_signing_key)
         self._timeout = settings.publish_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
@@ -156,6 +161,7 @@ class CommandPublisher:
             self._metrics.publish_failures.labels("not_connected").inc()
             raise PublishFailed("not_connected")
         value = encode(ScoreCommandEvent.wrap(command, source=EVENT_SOURCE))
+        key = str(command.user_id).encode()
         started = time.perf_counter()
         with tracer.start_as_current_span(
             f"{self._topic} publish", kind=trace.SpanKind.PRODUCER
@@ -168,8 +174,8 @@ class CommandPublisher:
                     await producer.send_and_wait(
                         self._topic,
                         value,
-                        key=str(command.user_id).encode(),
-                        headers=inject_headers(),
+                        key=key,
+                        headers=inject_headers([self._signer.header(key, value)]),
                     )
             except TimeoutError:
                 self._metrics.publish_failures.labels("timeout").inc()

@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from common.catalog import CatalogSettings
+from common.command_signing import CommandKey, CommandKeySettings
 from common.settings import CommonSettings
-from gateway.catalog import ACTION_TYPE, DEFAULT_CATALOG, ActionSpec
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -42,7 +43,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class Settings(CommonSettings):
+class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     """Frozen, read once at start."""
 
     service_name: str = "gateway"
@@ -80,8 +81,8 @@ class Settings(CommonSettings):
     # Peers whose X-Forwarded-For last hop is believed (an ingress, a load balancer).
     trusted_proxies: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
 
-    # Actions: the catalog (JSON object) and the ticket keys ("kid:secret", first one signs).
-    action_catalog: dict[str, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_CATALOG))
+    # Actions: the catalog (action_catalog, JSON object, common.catalog) and the ticket keys
+    # ("kid:secret", first one signs).
     action_hmac_keys: Annotated[list[HmacKey], NoDecode] = Field(
         default_factory=lambda: [_parse_key(DEV_HMAC_KEY)]
     )
@@ -92,6 +93,9 @@ class Settings(CommonSettings):
     # How long a completed action id is remembered (duplicates within it get 409).
     done_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    # Commands are signed with this key of command_keys (common.command_signing); empty: the
+    # first one. Rotation: operations.md, "Rotate the command signing key".
+    command_signing_kid: str = ""
     # A retry that finds its action claimed and not yet published waits this long after the
     # claim, then takes it over and publishes itself (the claiming gateway died before Kafka
     # acknowledged). Must exceed publish_timeout_s: until then the claim may still succeed.
@@ -139,16 +143,6 @@ class Settings(CommonSettings):
             return keys
         return items
 
-    @field_validator("action_catalog")
-    @classmethod
-    def _check_catalog(cls, value: dict[str, ActionSpec]) -> dict[str, ActionSpec]:
-        if not value:
-            raise ValueError("the catalog needs at least one action type")
-        for name in value:
-            if not ACTION_TYPE.fullmatch(name):
-                raise ValueError(f"action type {name!r} must match {ACTION_TYPE.pattern}")
-        return value
-
     @model_validator(mode="after")
     def _check_claim_timing(self) -> Settings:
         if self.claim_stale_after_s <= self.publish_timeout_s:
@@ -157,6 +151,22 @@ class Settings(CommonSettings):
                 "published must not be taken over"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_signing_kid(self) -> Settings:
+        if self.command_signing_kid and self.command_signing_kid not in {
+            k.key_id for k in self.command_keys
+        }:
+            raise ValueError(
+                f"command_signing_kid {self.command_signing_kid!r} is not in command_keys"
+            )
+        return self
+
+    @property
+    def command_signing_key(self) -> CommandKey:
+        """The key commands are signed with."""
+        wanted = self.command_signing_kid or self.command_keys[0].key_id
+        return next(k for k in self.command_keys if k.key_id == wanted)
 
     @property
     def uses_dev_hmac_key(self) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 
 from common.health import readiness_key, registry_key
@@ -26,6 +27,8 @@ from score.metrics import ScoreMetrics
 from score.relay import OutboxRelay
 from score.settings import Settings
 from score.store import ScoreStore
+
+log = structlog.get_logger(__name__)
 
 CONSUMER_TASK = "score-consumer"
 RELAY_TASK = "score-relay"
@@ -42,6 +45,8 @@ class ApplyStalled(Exception):
 def create_app(settings: Settings) -> web.Application:
     """Build the app; resources open and close in a cleanup context."""
     app = create_base_app(settings.service_name)
+    if settings.uses_dev_command_key:
+        log.warning("dev_command_key_in_use", hint="set SCOREBOARD_COMMAND_KEYS in production")
     metrics = ScoreMetrics.create(app[registry_key])
     app.cleanup_ctx.append(functools.partial(_service, settings, metrics))
     return app

@@ -1,15 +1,24 @@
-"""Turning a consumed Kafka record into a score command, or into a poison message with a reason."""
+"""Turning a consumed Kafka record into a score command, or into a poison message with a reason.
+
+A record is a command only if it is signed by a gateway (common.command_signing: the MAC covers
+its exact key and value bytes, checked before the value is even parsed), is a schema-valid
+``scoreboard.score.command.v1`` CloudEvent, and claims the catalog's points for its action type.
+Anything else is poison: it goes to the DLQ with the reason and changes no score.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
 
 from pydantic import ValidationError
 
+from common.command_signing import CommandVerifier, SignatureRejected
 from common.events import COMMAND_TYPE, ScoreCommand, ScoreCommandEvent
+from score.settings import Settings
 
 # W3C trace context headers travel from the command to the ScoreChanged it causes.
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
@@ -18,9 +27,16 @@ TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 class PoisonReason(StrEnum):
     """Why a record cannot be applied; the value is the DLQ's ``x-error`` header."""
 
+    # Not from a gateway (common.command_signing.SignatureFailure): never replay these.
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown-key"
+    BAD_SIGNATURE = "bad-signature"
     INVALID_JSON = "invalid-json"
     WRONG_TYPE = "wrong-type"
     INVALID_SCHEMA = "invalid-schema"
+    # Signed, well-formed, but not what the catalog allows (a gateway/score catalog mismatch).
+    UNKNOWN_ACTION_TYPE = "unknown-action-type"
+    CATALOG_MISMATCH = "catalog-mismatch"
     UNKNOWN_USER = "unknown-user"
 
 
@@ -59,8 +75,28 @@ class Poison:
     detail: str
 
 
-def decode(delivery: Delivery) -> Command | Poison:
-    """Parse a record's value as a ``scoreboard.score.command.v1`` CloudEvent."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a command must satisfy besides its schema: a gateway's signature, catalog points."""
+
+    verifier: CommandVerifier
+    points: Mapping[str, int]  # action type -> the catalog's points
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The keys and the catalog the service is configured with."""
+        return cls(
+            CommandVerifier(settings.command_keys),
+            {name: spec.points for name, spec in settings.action_catalog.items()},
+        )
+
+
+def decode(delivery: Delivery, admission: Admission) -> Command | Poison:
+    """Verify a record's signature, parse it as a ``scoreboard.score.command.v1`` CloudEvent,
+    and check its points against the catalog."""
+    signed = admission.verifier.check(delivery.key, delivery.value, delivery.headers)
+    if isinstance(signed, SignatureRejected):
+        return Poison(delivery, PoisonReason(signed.reason.value), signed.detail)
     raw = delivery.value
     if raw is None:
         return Poison(delivery, PoisonReason.INVALID_JSON, "record has no value")
@@ -68,7 +104,15 @@ def decode(delivery: Delivery) -> Command | Poison:
         event = ScoreCommandEvent.model_validate_json(raw)
     except ValidationError as exc:
         return Poison(delivery, *_classify(raw, exc))
-    return Command(delivery, event.data)
+    data = event.data
+    price = admission.points.get(data.action_type)
+    if price is None:
+        detail = f"action type {data.action_type!r} is not in the catalog"
+        return Poison(delivery, PoisonReason.UNKNOWN_ACTION_TYPE, detail)
+    if data.points != price:
+        detail = f"{data.points} points for {data.action_type!r}; the catalog says {price}"
+        return Poison(delivery, PoisonReason.CATALOG_MISMATCH, detail)
+    return Command(delivery, data)
 
 
 def _classify(raw: bytes, exc: ValidationError) -> tuple[PoisonReason, str]:

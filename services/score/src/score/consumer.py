@@ -29,7 +29,7 @@ from common.backoff import Backoff, wait_or_stop
 from common.events import Topics, utcnow
 from common.tracing import extract_context
 from score.apply import Plan
-from score.commands import Command, Delivery, Poison, PoisonReason, decode
+from score.commands import Admission, Command, Delivery, Poison, PoisonReason, decode
 from score.metrics import ScoreMetrics
 from score.settings import Settings
 from score.store import ScoreStore
@@ -66,6 +66,7 @@ class CommandConsumer:
         self._settings = settings
         self._metrics = metrics
         self._topics = Topics(settings.topic_prefix)
+        self._admission = Admission.from_settings(settings)
         self._in_flight = asyncio.Lock()
         self._positions: dict[TopicPartition, int] = {}
         self._failing: dict[str, str] = {}  # stage -> error, while that stage keeps failing
@@ -125,7 +126,7 @@ class CommandConsumer:
         self._metrics.batch_size.observe(len(deliveries))
         commands: list[Command] = []
         poison: list[Poison] = []
-        for item in map(decode, deliveries):
+        for item in (decode(d, self._admission) for d in deliveries):
             if isinstance(item, Command):
                 commands.append(item)
             else:

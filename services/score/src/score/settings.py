@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from common.catalog import CatalogSettings
+from common.command_signing import CommandKeySettings
 from common.settings import CommonSettings
 
 
-class Settings(CommonSettings):
-    """Frozen, read once at start."""
+class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
+    """Frozen, read once at start.
+
+    ``command_keys`` are the keys a command may be signed with (every one the gateways may be
+    using during a rotation), ``action_catalog`` the gateway's catalog: a command is applied only
+    if it verifies and its points are the catalog's (score.commands).
+    """
 
     service_name: str = "score"
     port: int = 8082
