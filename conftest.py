@@ -67,9 +67,10 @@ def infra() -> Iterator[Infra]:
                 postgres_admin_dsn=pg.get_connection_url(),
                 redis_url=f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
                 kafka_bootstrap=kf.get_bootstrap_server(),
+                kafka_security_protocol="PLAINTEXT",  # no SASL there: ACL tests skip
             )
         return
-    if not (_port_open(5432) and _port_open(6379) and _port_open(9092)):
+    if not (_port_open(5432) and _port_open(6379) and _port_open(9094)):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "infra.py"), "up"], check=True)
     yield LOCAL_INFRA
 
@@ -84,8 +85,8 @@ async def test_env(infra: Infra) -> AsyncIterator[TestEnv]:
 
 @pytest.fixture(scope="session")
 def common_settings(test_env: TestEnv) -> CommonSettings:
-    """Shared settings pointing at this run's slice."""
-    return CommonSettings.load(**test_env.overrides())
+    """Shared settings pointing at this run's slice (as Kafka's admin: no service of its own)."""
+    return CommonSettings.load(**test_env.overrides(), **test_env.kafka_user("admin"))
 
 
 @pytest.fixture

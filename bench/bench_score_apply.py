@@ -26,11 +26,20 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 from asyncpg.pool import PoolConnectionProxy
+from pydantic import SecretStr
 
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
-from common.kafka import ensure_topics, make_producer, started, topic_specs
+from common.kafka import (
+    KafkaAuth,
+    ensure_topics,
+    local_kafka_password,
+    make_admin,
+    make_producer,
+    started,
+    topic_specs,
+)
+from common.kafka_access import GATEWAY, delete_acls, ensure_acls, grants
 from common.migrate import migrate
 from common.postgres import create_pool
 from common.tracing import inject_headers
@@ -39,6 +48,7 @@ from score.apply import Applied, changed_event, outbox_headers
 from score.commands import Command, Delivery
 from score.settings import Settings
 from score.store import ScoreStore
+from testkit.env import kafka_test_auth
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 TARGET_RATE = 20_000
@@ -194,15 +204,20 @@ async def bench_kafka(settings: Settings, commands: list[Command]) -> dict[str, 
     """
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     specs = topic_specs(prefix)
-    await ensure_topics(settings.kafka_bootstrap, specs)
+    admin = kafka_test_auth(settings.kafka_security_protocol)
+    await ensure_topics(settings.kafka_bootstrap, specs, auth=admin)
+    await ensure_acls(settings.kafka_bootstrap, admin, grants(prefix))
     run = settings.model_copy(
         update={"topic_prefix": prefix, "group_id": f"{prefix}score", "migrate_on_start": False}
     )
+    # The commands are produced as the gateway would, as the gateway.
+    password = SecretStr(local_kafka_password(GATEWAY))
+    as_gateway = run.model_copy(update={"kafka_username": GATEWAY, "kafka_password": password})
     conn = await asyncpg.connect(settings.postgres_dsn)
     runner = web.AppRunner(create_app(run))
     try:
         await reset(conn)
-        producer = make_producer(run, client_id="bench")
+        producer = make_producer(as_gateway, client_id="bench")
         start = time.perf_counter()
         async with started(producer):
             topic = Topics(prefix).commands
@@ -230,7 +245,8 @@ async def bench_kafka(settings: Settings, commands: list[Command]) -> dict[str, 
         await runner.cleanup()
         await reset(conn)
         await conn.close()
-        await delete_topics(settings.kafka_bootstrap, [t.name for t in specs])
+        await delete_topics(settings.kafka_bootstrap, [t.name for t in specs], admin)
+        await delete_acls(settings.kafka_bootstrap, admin, grants(prefix))
     return {
         "produce_commands_per_s": round(len(commands) / produced_s),
         "consume_apply_commands_per_s": round(len(commands) / applied_s),
@@ -246,9 +262,9 @@ async def poll(conn: asyncpg.Connection, query: str, done: Callable[[int], bool]
         await asyncio.sleep(0.005)
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
+async def delete_topics(bootstrap: str, names: list[str], auth: KafkaAuth) -> None:
     """Remove the benchmark's topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(bootstrap, auth)
     await admin.start()
     try:
         await admin.delete_topics(names)

@@ -88,7 +88,7 @@ from common.events import Topics
 from common.kafka import topic_specs
 from common.keyspace import BoardKeys, done_key, ticket_key
 from scripts.services import _listening as listening
-from testkit.env import TestEnv, create_test_env
+from testkit.env import TestEnv, create_test_env, kafka_test_auth
 from testkit.stack import Stack, infra
 from testkit.stack import alive as _alive
 from testkit.stack import proc_text as _proc_text
@@ -749,6 +749,7 @@ async def read_topic(
     has shown up and 3 s more for late copies, or until nothing new came for 15 s, or
     ``within_s``: an event may still be on its way from the outbox."""
     consumer = AIOKafkaConsumer(
+        **kafka_test_auth().aiokafka(),  # admin: reads every topic
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,

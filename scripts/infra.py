@@ -10,7 +10,10 @@ Idempotent: a server already answering is left alone. Standard library only, so 
 the Python environment exists. State lives under .local/ (ignored by git); the Kafka jars are
 cached under ~/.cache/scoreboard so a second start needs no network.
 
-Ports: SCOREBOARD_PG_PORT, SCOREBOARD_REDIS_PORT, SCOREBOARD_KAFKA_PORT (5432, 6379, 9092).
+Ports: SCOREBOARD_PG_PORT, SCOREBOARD_REDIS_PORT, SCOREBOARD_KAFKA_PORT (5432, 6379, 9094).
+Kafka listens only with SASL/SCRAM-SHA-512 on 9094 (and its controller, SASL/PLAIN, on 9095),
+one user per service (:data:`KAFKA_USERS`) and ACLs enforced; a broker formatted before SASL
+(plaintext on 9092, state in .local/kafka) is left running if it runs and stopped by ``down``.
 SCOREBOARD_LOCAL_DIR moves the state directory (relative to the repository root; default
 .local). With it set, PostgreSQL too runs as a private cluster in <dir>/postgres instead of the
 system's cluster, so a second, separate set of servers can run beside the usual one (on other
@@ -39,11 +42,23 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scoreb
 
 PG_PORT = int(os.environ.get("SCOREBOARD_PG_PORT", "5432"))
 REDIS_PORT = int(os.environ.get("SCOREBOARD_REDIS_PORT", "6379"))
-KAFKA_PORT = int(os.environ.get("SCOREBOARD_KAFKA_PORT", "9092"))
+# 9094, not Kafka's usual 9092: a broker formatted before SASL may still hold 9092 on a machine
+# where others' tests use it, and a client of the old plaintext port fails at once here instead
+# of stalling in a SASL handshake (docs/operations.md#kafka-users-and-acls).
+KAFKA_PORT = int(os.environ.get("SCOREBOARD_KAFKA_PORT", "9094"))
 KAFKA_CONTROLLER_PORT = KAFKA_PORT + 1
 KAFKA_VERSION = "3.9.1"
 KAFKA_HEAP = os.environ.get("SCOREBOARD_KAFKA_HEAP", "384m")
 DB_USER = DB_PASSWORD = DB_NAME = "scoreboard"  # noqa: S105 - local development only
+# The local broker's SCRAM-SHA-512 users and their development passwords (the services' settings
+# default to the same; production takes them from Secrets). admin is the super user (topics,
+# ACLs, tests); the others get only the ACLs of common.kafka_acls. controller authenticates
+# the broker to its own controller (SASL/PLAIN: KRaft controllers cannot use SCRAM).
+KAFKA_USERS = {
+    name: f"{name}-local-dev-password"
+    for name in ("admin", "gateway", "score", "broadcaster", "integrator")
+}
+KAFKA_CONTROLLER_USER = ("controller", "controller-local-dev-password")
 
 
 def say(msg: str) -> None:
@@ -261,10 +276,12 @@ def kafka_jars() -> Path:
     return jars
 
 
-def _kafka_metadata_has_broker(port: int) -> bool:
-    """Send a Metadata v1 request; ready when the broker lists itself."""
-    client = b"scoreboard-infra"
-    body = struct.pack(">hhih", 3, 1, 7, len(client)) + client + struct.pack(">i", -1)
+def _kafka_sasl_ready(port: int) -> bool:
+    """Send a SaslHandshake v1 for SCRAM-SHA-512: a broker answers it (error 0) only once it
+    serves requests, on a listener that offers SCRAM; no credentials needed to ask."""
+    client, mechanism = b"scoreboard-infra", b"SCRAM-SHA-512"
+    body = struct.pack(">hhih", 17, 1, 7, len(client)) + client
+    body += struct.pack(">h", len(mechanism)) + mechanism
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.sendall(struct.pack(">i", len(body)) + body)
@@ -272,8 +289,8 @@ def _kafka_metadata_has_broker(port: int) -> bool:
             data = _recv(s, size)
     except OSError:
         return False
-    correlation, brokers = struct.unpack(">ii", data[:8])
-    return bool(correlation == 7 and brokers >= 1)
+    correlation, error = struct.unpack(">ih", data[:6])
+    return bool(correlation == 7 and error == 0)
 
 
 def _recv(s: socket.socket, n: int) -> bytes:
@@ -286,6 +303,50 @@ def _recv(s: socket.socket, n: int) -> bytes:
     return buf
 
 
+def _kafka_properties(data: Path, port: int, controller_port: int) -> str:
+    """A single-node KRaft broker that takes only authenticated clients (SASL/SCRAM-SHA-512)
+    and enforces ACLs; admin and the controller's own user are the super users."""
+    admin = KAFKA_USERS["admin"]
+    ctl_user, ctl_password = KAFKA_CONTROLLER_USER
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            f'{scram} required username="admin" password="{admin}";',
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config="
+            f'{plain} required username="{ctl_user}" password="{ctl_password}" '
+            f'user_{ctl_user}="{ctl_password}";',
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:admin;User:{ctl_user}",
+            "allow.everyone.if.no.acl.found=false",
+            f"log.dirs={data}",
+            "num.partitions=12",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=12",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.cleaner.dedupe.buffer.size=2097152",
+            "",
+        ]
+    )
+
+
 def launch_kafka(
     state: Path, port: int, controller_port: int, heap: str = KAFKA_HEAP
 ) -> subprocess.Popen[bytes]:
@@ -295,34 +356,17 @@ def launch_kafka(
     data = state / "data"
     state.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
-    props.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                "inter.broker.listener.name=PLAINTEXT",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                f"log.dirs={data}",
-                "num.partitions=12",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=12",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=4",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=false",
-                "log.cleaner.dedupe.buffer.size=2097152",
-                "",
-            ]
-        )
-    )
+    props.write_text(_kafka_properties(data, port, controller_port))
     java = ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{KAFKA_LOG4J}", "-cp", f"{jars}/*"]  # fmt: skip
+    users_marker = data / "scoreboard-scram-users"
+    if (data / "meta.properties").exists() and not users_marker.exists():
+        # Formatted before SASL: no SCRAM credentials in its metadata and nobody who could add
+        # them (the plaintext listener is gone). Its topics are recreated by scoreboard-topics;
+        # what it held was transient (PostgreSQL is the truth).
+        say(f"{data} was formatted without SCRAM users: formatting it again (its data is lost)")
+        shutil.rmtree(data)
     if not (data / "meta.properties").exists():
         cluster_file = state / "cluster.id"
         cluster_id = (
@@ -330,8 +374,14 @@ def launch_kafka(
         )
         cluster_file.write_text(cluster_id)
         kraft_id = base64.urlsafe_b64encode(uuid.UUID(cluster_id).bytes).decode().rstrip("=")
+        scram = [
+            arg
+            for name, password in KAFKA_USERS.items()
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
         run([*java, "kafka.tools.StorageTool", "format", "-t", kraft_id, "-c", str(props),
-             "--ignore-formatted"], stdout=subprocess.DEVNULL)  # fmt: skip
+             "--ignore-formatted", *scram], stdout=subprocess.DEVNULL)  # fmt: skip
+        users_marker.write_text("\n".join(KAFKA_USERS) + "\n")
     log = open(state / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [*java, "kafka.Kafka", str(props)],
@@ -342,7 +392,7 @@ def launch_kafka(
     )
     log.close()
     deadline = time.monotonic() + 120
-    while not _kafka_metadata_has_broker(port):
+    while not _kafka_sasl_ready(port):
         if proc.poll() is not None:
             tail = (state / "kafka.log").read_text(errors="replace")[-3000:]
             raise SystemExit(f"[infra] Kafka exited with {proc.returncode}:\n{tail}")
@@ -353,21 +403,29 @@ def launch_kafka(
     return proc
 
 
+KAFKA_STATE = LOCAL / "kafka-sasl"
+# Where the broker of the plaintext days kept its state (its pid file lets `down` stop it).
+KAFKA_LEGACY_STATE = LOCAL / "kafka"
+
+
 def kafka_up() -> None:
-    if _kafka_metadata_has_broker(KAFKA_PORT):
-        say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (already running)")
+    if _kafka_sasl_ready(KAFKA_PORT):
+        say(f"Kafka ready: SASL_PLAINTEXT 127.0.0.1:{KAFKA_PORT} (already running)")
         return
-    state = LOCAL / "kafka"
-    say(f"starting Kafka {KAFKA_VERSION} (KRaft, heap {KAFKA_HEAP})")
+    state = KAFKA_STATE
+    say(f"starting Kafka {KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs, heap {KAFKA_HEAP})")
     proc = launch_kafka(state, KAFKA_PORT, KAFKA_CONTROLLER_PORT)
     (state / "kafka.pid").write_text(str(proc.pid))
-    say(f"Kafka ready: 127.0.0.1:{KAFKA_PORT} (log {state / 'kafka.log'})")
+    say(f"Kafka ready: SASL_PLAINTEXT 127.0.0.1:{KAFKA_PORT} (log {state / 'kafka.log'})")
+    if (KAFKA_LEGACY_STATE / "kafka.pid").exists():
+        say(f"a broker from before SASL may still run from {KAFKA_LEGACY_STATE}: `down` stops it")
 
 
 def kafka_down() -> None:
-    pidfile = LOCAL / "kafka" / "kafka.pid"
-    if pidfile.exists():
-        _kill(pidfile, "Kafka", timeout=30)
+    for state in (KAFKA_STATE, KAFKA_LEGACY_STATE):
+        pidfile = state / "kafka.pid"
+        if pidfile.exists():
+            _kill(pidfile, "Kafka", timeout=30)
 
 
 def _kill(pidfile: Path, name: str, timeout: float = 15) -> None:
@@ -413,8 +471,8 @@ def main(argv: list[str]) -> None:
     elif command == "status":
         say(f"PostgreSQL 127.0.0.1:{PG_PORT}: {'up' if port_open(PG_PORT) else 'down'}")
         say(f"Redis      127.0.0.1:{REDIS_PORT}: {'up' if port_open(REDIS_PORT) else 'down'}")
-        up = _kafka_metadata_has_broker(KAFKA_PORT)
-        say(f"Kafka      127.0.0.1:{KAFKA_PORT}: {'up' if up else 'down'}")
+        up = _kafka_sasl_ready(KAFKA_PORT)
+        say(f"Kafka      127.0.0.1:{KAFKA_PORT}: {'up (SASL/SCRAM)' if up else 'down'}")
     elif command == "clean":
         postgres_clean()
         for name in reversed(names):

@@ -127,9 +127,9 @@ def build_fallback(directory: Path) -> Build:
             build.objects.extend(load_documents(target))
 
     for generator in spec.get("configMapGenerator", []):
-        _generate(build, "ConfigMap", generator, secret=False)
+        _generate(build, "ConfigMap", generator, secret=False, directory=directory)
     for generator in spec.get("secretGenerator", []):
-        _generate(build, "Secret", generator, secret=True)
+        _generate(build, "Secret", generator, secret=True, directory=directory)
 
     for patch in spec.get("patches", []):
         _apply_patch_entry(build.objects, directory, patch)
@@ -155,14 +155,21 @@ def _parse_literal(literal: str) -> tuple[str, str]:
     return key, value
 
 
-def _generate(build: Build, kind: str, generator: Manifest, *, secret: bool) -> None:
-    allowed = {"name", "literals", "behavior", "type"}
+def _generate(
+    build: Build, kind: str, generator: Manifest, *, secret: bool, directory: Path
+) -> None:
+    allowed = {"name", "literals", "files", "behavior", "type"}
     if set(generator) - allowed:
         raise UnsupportedKustomization(
             f"{kind} generator fields {sorted(set(generator) - allowed)}"
         )
     name = generator["name"]
     data = dict(_parse_literal(item) for item in generator.get("literals", []))
+    for item in generator.get("files", []):  # `path` or `key=path`, relative to the directory
+        key, sep, path = item.partition("=")
+        if not sep:
+            key, path = Path(item).name, item
+        data[key] = (directory / path).read_text()
     if secret:
         data = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     behavior = generator.get("behavior", "create")

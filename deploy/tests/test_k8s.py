@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from common import kafka_access
 from common.kafka import topic_specs
 from deploy.tests import kustomize
 from deploy.tests.netpol import Pod, allowed, pods_from_template, selector_matches
@@ -146,8 +147,36 @@ def test_every_manifest_file_parses_and_is_used() -> None:
         for doc in docs:
             assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{path}: {doc}"
             assert doc["metadata"].get("name"), path
-        if path.name != "secret.example.yaml":
+        if not path.name.endswith(".example.yaml"):
             assert path.resolve() in referenced, f"{path} is in no kustomization"
+
+
+def test_strimzi_kafka_users_grant_exactly_the_acl_matrix() -> None:
+    """The prod example's KafkaUsers carry common.kafka_access's grants, no more, no less."""
+    kinds = {"topic": "TOPIC", "group": "GROUP", "transactionalId": "TRANSACTIONAL_ID"}
+    found = set()
+    users = kustomize.load_documents(K8S / "overlays" / "prod" / "kafka-users.example.yaml")
+    for user in users:
+        assert user["kind"] == "KafkaUser"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            for op in acl["operations"]:
+                found.add(
+                    (
+                        user["metadata"]["name"],
+                        kinds[resource["type"]],
+                        resource["name"],
+                        resource["patternType"].upper(),
+                        op.upper(),
+                    )
+                )
+    wanted = {
+        (g.user, g.resource.name, g.name, g.pattern.name, g.operation.name)
+        for g in kafka_access.grants("")
+    }
+    assert found == wanted
+    assert {u["metadata"]["name"] for u in users} == set(kafka_access.SERVICE_USERS)
 
 
 def test_base_is_namespace_agnostic() -> None:
@@ -310,18 +339,24 @@ def test_deployment_settings_come_from_config_and_secrets(overlay: str, service:
             assert "value" not in entry, f"{name} is a plaintext value"
             assert "secretKeyRef" in entry["valueFrom"], name
     # Each service gets only the credentials it uses.
+    kafka = "SCOREBOARD_KAFKA_PASSWORD"
     expected_secrets = {
-        "gateway": {"SCOREBOARD_REDIS_URL", "SCOREBOARD_ACTION_HMAC_KEYS"},
+        "gateway": {"SCOREBOARD_REDIS_URL", "SCOREBOARD_ACTION_HMAC_KEYS", kafka},
         "auth": {
             "SCOREBOARD_POSTGRES_DSN",
             "SCOREBOARD_REDIS_URL",
             "SCOREBOARD_SIGNING_KEY_PASSPHRASE",
         },
-        "score": {"SCOREBOARD_POSTGRES_DSN"},
-        "broadcaster": {"SCOREBOARD_POSTGRES_DSN", "SCOREBOARD_REDIS_URL"},
+        "score": {"SCOREBOARD_POSTGRES_DSN", kafka},
+        "broadcaster": {"SCOREBOARD_POSTGRES_DSN", "SCOREBOARD_REDIS_URL", kafka},
     }[service]
     from_secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
     assert from_secrets == expected_secrets
+    if kafka in expected_secrets:  # a Kafka user of its own (common.kafka_access's ACLs)
+        assert env["SCOREBOARD_KAFKA_USERNAME"]["value"] == service
+        ref = env[kafka]["valueFrom"]["secretKeyRef"]
+        assert ref["name"].startswith(f"scoreboard-kafka-{service}"), ref  # dev: name-hash
+        assert ref["key"] == "password"
     # Every variable the service is given is one of its settings: pydantic-settings ignores
     # unknown variables, so a misspelt name would silently leave the default in place.
     fields = setting_names(service)

@@ -56,7 +56,9 @@ async def pg_module(test_env: TestEnv) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture(scope="module")
 async def producer(test_env: TestEnv) -> AsyncIterator[AIOKafkaProducer]:
     """An idempotent producer on the real broker."""
-    client = make_producer(CommonSettings.load(**test_env.overrides()), client_id="bc-test")
+    # As the score service, the one writer of ScoreChanged.
+    settings = CommonSettings.load(**test_env.overrides(), **test_env.kafka_user("score"))
+    client = make_producer(settings, client_id="bc-test")
     await client.start()
     yield client
     await client.stop()

@@ -11,13 +11,13 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 
 from broadcaster.components import components_key
 from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common.events import Topics
 from common.health import registry_key
+from common.kafka import make_admin
 from testkit.broadcaster import (
     Client,
     Player,
@@ -33,6 +33,7 @@ from testkit.broadcaster import (
     seed,
     serve,
 )
+from testkit.env import kafka_test_auth
 
 
 @pytest.fixture
@@ -265,7 +266,7 @@ async def test_replicas_share_one_board_and_announce_each_change_once(
 
 async def _committed(settings: Settings, group_id: str) -> int:
     """The sum of the group's committed offsets on the changed topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings.kafka_bootstrap, kafka_test_auth(settings.kafka_security_protocol))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group_id)

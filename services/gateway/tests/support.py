@@ -263,6 +263,7 @@ async def command_records(
     # No group: the consumer is assigned every partition of the topic, from the beginning.
     consumer = AIOKafkaConsumer(
         topic,
+        **env.kafka_auth().aiokafka(),
         bootstrap_servers=env.kafka_bootstrap,
         group_id=None,
         enable_auto_commit=False,

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from common.command_signing import CommandVerifier
 from common.events import ScoreCommandEvent
 from common.health import registry_key
+from common.kafka_access import delete_acls, ensure_acls, grants
 from common.tracing import configure_tracing
 from gateway.components import components_key
 from gateway.settings import Settings
@@ -458,17 +459,23 @@ async def test_no_ack_in_time_is_503_and_the_claim_is_released(
 ) -> None:
     working = await make_gateway(action_catalog=CATALOG)
     prefix = working.app[components_key].settings.redis_prefix
-    # A connected producer whose topic does not exist: Kafka never acknowledges the send.
+    # A connected producer whose topic does not exist: Kafka never acknowledges the send. (The
+    # gateway may write it, as its ACLs grant: otherwise Kafka refuses at once, not too late.)
+    missing = f"missing-{uuid.uuid4().hex[:8]}."
+    await ensure_acls(test_env.kafka_bootstrap, test_env.kafka_auth(), grants(missing))
     stalled = await make_gateway(
         action_catalog=CATALOG,
         redis_prefix=prefix,
-        topic_prefix=f"missing-{uuid.uuid4().hex[:8]}.",
+        topic_prefix=missing,
         publish_timeout_s=0.5,
     )
     player = Player(stalled, mint)
     body = await player.completion()
     started = time.monotonic()
-    status, doc = await player.submit(body)
+    try:
+        status, doc = await player.submit(body)
+    finally:
+        await delete_acls(test_env.kafka_bootstrap, test_env.kafka_auth(), grants(missing))
     assert status == 503, doc
     assert time.monotonic() - started < 3
     registry = stalled.app[registry_key]

@@ -3,21 +3,19 @@ commands), settings for fast retries, a command sender and a pool, all on the re
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from common.command_signing import CommandSigner
 from common.events import Topics
-from common.kafka import ensure_topics, make_producer, started, topic_specs
+from common.kafka import make_producer, started
 from common.postgres import create_pool
 from score.settings import Settings
 from services.score.tests.support import TEST_CATALOG, Sender
-from testkit.env import TestEnv
+from testkit.env import TestEnv, provision_topics, unprovision_topics
 
 PARTITIONS = 4
 
@@ -26,17 +24,9 @@ PARTITIONS = 4
 async def topic_prefix(test_env: TestEnv) -> AsyncIterator[str]:
     """Fresh commands/changed/DLQ topics for one test, deleted afterwards."""
     prefix = f"{test_env.topic_prefix}score-{uuid.uuid4().hex[:8]}."
-    specs = topic_specs(prefix, partitions=PARTITIONS)
-    await ensure_topics(test_env.kafka_bootstrap, specs)
+    await provision_topics(test_env, prefix, partitions=PARTITIONS)  # with the services' ACLs
     yield prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=test_env.kafka_bootstrap)
-    try:
-        await admin.start()
-        await asyncio.wait_for(admin.delete_topics([s.name for s in specs]), timeout=10)
-    except Exception as exc:  # leftovers are harmless: the session's prefix is unique
-        print(f"could not delete test topics: {exc!r}")
-    finally:
-        await admin.close()
+    await unprovision_topics(test_env, prefix)
 
 
 def score_settings(test_env: TestEnv, topic_prefix: str, **overrides: object) -> Settings:
@@ -71,9 +61,13 @@ def topics(settings: Settings) -> Topics:
 
 
 @pytest.fixture
-async def sender(settings: Settings, topics: Topics) -> AsyncIterator[Sender]:
-    """Produces commands to this test's topic, signed with the run's key."""
-    producer = make_producer(settings, client_id="score-test")
+async def sender(
+    test_env: TestEnv, topic_prefix: str, settings: Settings, topics: Topics
+) -> AsyncIterator[Sender]:
+    """Produces commands to this test's topic, signed with the run's key, as the gateway
+    (the commands' one writer)."""
+    as_gateway = score_settings(test_env, topic_prefix, **test_env.kafka_user("gateway"))
+    producer = make_producer(as_gateway, client_id="score-test")
     async with started(producer):
         yield Sender(producer, topics, CommandSigner(settings.command_keys[0]))
 

@@ -20,6 +20,7 @@ from common.events import ScoreChangedEvent, ScoreCommand, ScoreCommandEvent, To
 from score.app import create_app
 from score.outbox import OUTBOX_ID_HEADER
 from score.settings import Settings
+from testkit.env import kafka_test_auth
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -98,6 +99,7 @@ async def read_topic(
     """Read ``topic`` from the beginning until ``done(records)`` holds; returns the records."""
     consumer = AIOKafkaConsumer(
         topic,
+        **kafka_test_auth(settings.kafka_security_protocol).aiokafka(),
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
@@ -127,6 +129,7 @@ async def read_to_end(
     read_committed: the last stable offset, so no transaction may be left open)."""
     consumer = AIOKafkaConsumer(
         topic,
+        **kafka_test_auth(settings.kafka_security_protocol).aiokafka(),
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",

@@ -1,12 +1,18 @@
-"""Kafka clients with the settings every service wants, and topic creation."""
+"""Kafka clients with the settings every service wants, and topic creation.
+
+Every client authenticates (SASL/SCRAM) as the settings' user: :class:`KafkaAuth` turns the
+settings into aiokafka's and librdkafka's connection arguments.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,6 +25,65 @@ from common.events import Topics
 from common.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
+
+
+def local_kafka_password(username: str) -> str:
+    """The development password of ``username`` on the local broker (scripts/infra.py formats
+    it with the same; a test checks they agree). Worthless anywhere else."""
+    return f"{username}-local-dev-password"
+
+
+@dataclass(frozen=True)
+class KafkaAuth:
+    """How a client proves who it is to Kafka: the security protocol and SASL credentials."""
+
+    protocol: str
+    mechanism: str
+    username: str
+    password: str
+    cafile: str = ""
+
+    @classmethod
+    def of(cls, settings: CommonSettings) -> KafkaAuth:
+        """The settings' user; an empty username is the service's own, an empty password its
+        local development one."""
+        username = settings.kafka_username or settings.service_name
+        password = settings.kafka_password.get_secret_value() or local_kafka_password(username)
+        return cls(
+            settings.kafka_security_protocol,
+            settings.kafka_sasl_mechanism,
+            username,
+            password,
+            settings.kafka_ssl_cafile,
+        )
+
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka's producer, consumer and admin client."""
+        if self.protocol == "PLAINTEXT":
+            return {"security_protocol": "PLAINTEXT"}
+        args: dict[str, Any] = {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": self.mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+        }
+        if self.protocol == "SASL_SSL":
+            args["ssl_context"] = ssl.create_default_context(cafile=self.cafile or None)
+        return args
+
+    def librdkafka(self) -> dict[str, str]:
+        """The same as librdkafka configuration (confluent-kafka's admin client)."""
+        if self.protocol == "PLAINTEXT":
+            return {"security.protocol": "plaintext"}
+        conf = {
+            "security.protocol": self.protocol.lower(),
+            "sasl.mechanism": self.mechanism,
+            "sasl.username": self.username,
+            "sasl.password": self.password,
+        }
+        if self.cafile:
+            conf["ssl.ca.location"] = self.cafile
+        return conf
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -55,6 +120,7 @@ def make_producer(
     left open longer than ``transaction_timeout_ms`` is aborted by the broker.
     """
     return AIOKafkaProducer(
+        **KafkaAuth.of(settings).aiokafka(),
         partitioner=key_partitioner,
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
@@ -81,6 +147,7 @@ def make_consumer(
     """A consumer that never auto-commits: callers commit after their work is durable."""
     return AIOKafkaConsumer(
         *topics,
+        **KafkaAuth.of(settings).aiokafka(),
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_id,
         client_id=client_id,
@@ -126,14 +193,26 @@ def topic_specs(
     ]
 
 
+def make_admin(bootstrap: str, auth: KafkaAuth) -> AIOKafkaAdminClient:
+    """An admin client for ``auth``'s user (topics need a user allowed to create them)."""
+    return AIOKafkaAdminClient(
+        **auth.aiokafka(), bootstrap_servers=bootstrap, request_timeout_ms=10_000
+    )
+
+
 async def ensure_topics(
-    bootstrap: str, specs: list[TopicSpec], *, replication: int = 1, timeout_s: float = 60.0
+    bootstrap: str,
+    specs: list[TopicSpec],
+    *,
+    auth: KafkaAuth,
+    replication: int = 1,
+    timeout_s: float = 60.0,
 ) -> None:
     """Create the topics that do not exist yet (safe to run twice), retrying until Kafka answers."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     backoff = Backoff(base_s=0.5, cap_s=5.0)
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        admin = make_admin(bootstrap, auth)
         try:
             await admin.start()
             existing = set(await admin.list_topics())

@@ -6,9 +6,9 @@ value read at start cannot silently change while the service runs.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,13 +47,22 @@ class CommonSettings(BaseSettings):
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 2.0
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = "127.0.0.1:9094"
     # Prepended to every topic name (tests use a random one per run).
     topic_prefix: str = ""
     # How `scoreboard-topics` creates the topics: 1/1 for the local single broker; production
     # clusters want 3 and 2 (with acks=all, a write then survives the loss of one broker).
     kafka_replication_factor: int = 1
     kafka_min_insync_replicas: int = 1
+    # Who this process is to Kafka (common.kafka.KafkaAuth): SASL/SCRAM, one user per service,
+    # each with only its ACLs (common.kafka_access). An empty username is the service's name; an
+    # empty password the local broker's development one (scripts/infra.py). PLAINTEXT only for
+    # a broker without authentication (the tests' Docker one).
+    kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT"] = "SASL_PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""  # SASL_SSL: the CA that signed the brokers' certificates
 
     # Access tokens: issued by auth, verified by the gateway against auth's JWKS.
     jwt_issuer: str = "scoreboard-auth"

@@ -10,10 +10,15 @@ from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 
-from common.kafka import ensure_topics, topic_specs
+from common.kafka import KafkaAuth, ensure_topics, local_kafka_password, make_admin, topic_specs
+from common.kafka_access import ADMIN, delete_acls, ensure_acls, grants
 from common.migrate import migrate
+
+
+def kafka_test_auth(protocol: str = "SASL_PLAINTEXT", user: str = ADMIN) -> KafkaAuth:
+    """``user`` with its development password on a local broker (scripts/infra.py's users)."""
+    return KafkaAuth(protocol, "SCRAM-SHA-512", user, local_kafka_password(user))
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class Infra:
     postgres_admin_dsn: str  # a role that may create databases
     redis_url: str
     kafka_bootstrap: str
+    # SASL_PLAINTEXT: the users of scripts/infra.py with their development passwords, ACLs
+    # enforced; PLAINTEXT: a broker without authentication (testcontainers'), no ACLs.
+    kafka_security_protocol: str = "SASL_PLAINTEXT"
 
 
 # The command-signing key of test runs (common.command_signing): every service of a run, and
@@ -42,6 +50,17 @@ class TestEnv:
     kafka_bootstrap: str
     topic_prefix: str
     command_keys: str = TEST_COMMAND_KEYS
+    kafka_security_protocol: str = "SASL_PLAINTEXT"
+
+    def kafka_auth(self, user: str = ADMIN) -> KafkaAuth:
+        """How ``user`` connects (admin: the super user of the harness and the tests' own
+        readers and writers)."""
+        return kafka_test_auth(self.kafka_security_protocol, user)
+
+    def kafka_user(self, user: str) -> dict[str, str]:
+        """Settings overrides that make a client ``user`` on Kafka (services default to their
+        own user: these are for test clients standing in for another one)."""
+        return {"kafka_username": user, "kafka_password": local_kafka_password(user)}
 
     def overrides(self) -> dict[str, str]:
         """Settings keyword arguments (for ``Settings.load(**overrides)``)."""
@@ -50,6 +69,7 @@ class TestEnv:
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,
             "kafka_bootstrap": self.kafka_bootstrap,
+            "kafka_security_protocol": self.kafka_security_protocol,
             "topic_prefix": self.topic_prefix,
             "command_keys": self.command_keys,
             # Operator endpoints on the service port: in-process apps have only that one, and
@@ -67,12 +87,37 @@ class TestEnv:
 LOCAL_INFRA = Infra(
     postgres_admin_dsn="postgresql://scoreboard:scoreboard@127.0.0.1:5432/scoreboard",
     redis_url="redis://127.0.0.1:6379/0",
-    kafka_bootstrap="127.0.0.1:9092",
+    kafka_bootstrap="127.0.0.1:9094",
 )
 
 
+async def provision_topics(env: TestEnv, prefix: str, *, partitions: int = 4) -> None:
+    """Create the topics of ``prefix`` and grant each service user its rights on them (the
+    deployment's ACL matrix, common.kafka_access), as admin."""
+    admin = env.kafka_auth()
+    await ensure_topics(env.kafka_bootstrap, topic_specs(prefix, partitions=partitions), auth=admin)
+    if env.kafka_security_protocol != "PLAINTEXT":
+        await ensure_acls(env.kafka_bootstrap, admin, grants(prefix))
+
+
+async def unprovision_topics(env: TestEnv, prefix: str) -> None:
+    """Delete the topics and the grants of ``prefix`` (leftovers are harmless: say so)."""
+    kafka = make_admin(env.kafka_bootstrap, env.kafka_auth())
+    try:
+        await kafka.start()
+        names = [t.name for t in topic_specs(prefix)]
+        await asyncio.wait_for(kafka.delete_topics(names), timeout=10)
+        if env.kafka_security_protocol != "PLAINTEXT":
+            await delete_acls(env.kafka_bootstrap, env.kafka_auth(), grants(prefix))
+    except Exception as exc:
+        print(f"could not delete test topics or their ACLs: {exc!r}", file=sys.stderr)
+    finally:
+        await kafka.close()
+
+
 async def create_test_env(infra: Infra, *, partitions: int = 4) -> TestEnv:
-    """Carve an isolated slice out of the servers: a migrated database, topics, a key prefix."""
+    """Carve an isolated slice out of the servers: a migrated database, topics (with the
+    services' ACLs on them), a key prefix."""
     run_id = uuid.uuid4().hex[:10]
     db = f"sbtest_{run_id}"
     admin = await asyncpg.connect(infra.postgres_admin_dsn)
@@ -87,9 +132,10 @@ async def create_test_env(infra: Infra, *, partitions: int = 4) -> TestEnv:
         redis_prefix=f"sbtest:{run_id}:",
         kafka_bootstrap=infra.kafka_bootstrap,
         topic_prefix=f"sbtest-{run_id}.",
+        kafka_security_protocol=infra.kafka_security_protocol,
     )
     await migrate(env.postgres_dsn)
-    await ensure_topics(env.kafka_bootstrap, topic_specs(env.topic_prefix, partitions=partitions))
+    await provision_topics(env, env.topic_prefix, partitions=partitions)
     return env
 
 
@@ -108,12 +154,4 @@ async def drop_test_env(infra: Infra, env: TestEnv) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
-    kafka = AIOKafkaAdminClient(bootstrap_servers=env.kafka_bootstrap)
-    try:
-        await kafka.start()
-        names = [t.name for t in topic_specs(env.topic_prefix)]
-        await asyncio.wait_for(kafka.delete_topics(names), timeout=10)
-    except Exception as exc:  # leftover topics are harmless; say so instead of failing teardown
-        print(f"could not delete test topics: {exc!r}", file=sys.stderr)
-    finally:
-        await kafka.close()
+    await unprovision_topics(env, env.topic_prefix)

@@ -25,7 +25,8 @@ from testkit.env import Infra
 
 ROOT: Final = Path(__file__).resolve().parents[4]
 # The shared servers' ports (infra.py's defaults, Kafka's controller) and make up's services.
-SHARED_PORTS: Final = frozenset({5432, 6379, 9092, 9093, 8080, 8081, 8082, 8083})
+# 9092/9093: a broker from before SASL may still hold them.
+SHARED_PORTS: Final = frozenset({5432, 6379, 9092, 9093, 9094, 9095, 8080, 8081, 8082, 8083})
 
 
 def _load_infra() -> ModuleType:
