@@ -199,16 +199,6 @@ def test_idle_players_are_forgotten() -> None:
     assert len(model) == 0
 
 
-def test_forget_partitions() -> None:
-    model = RateModel()
-    a, b = users(2)
-    model.observe(a, "p", 5, 0.0, partition=0)
-    model.observe(b, "p", 5, 0.0, partition=1)
-    model.forget_partitions({0})
-    assert model.rate(a, 0.0) == 0.0
-    assert model.rate(b, 0.0) == 1.0
-
-
 @pytest.mark.parametrize(
     "bad", [{"tau_s": 0.0}, {"mad_floor": 0.0}, {"sustain": 0}, {"min_active": 0}]
 )

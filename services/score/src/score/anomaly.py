@@ -90,7 +90,6 @@ class Evaluation:
 @dataclass(slots=True)
 class _Player:
     username: str
-    partition: int
     rate: float = 0.0  # points per second, as of last_t
     last_t: float = -math.inf
     version: int = 0
@@ -115,7 +114,6 @@ class RateModel:
         at: float,
         *,
         version: int | None = None,
-        partition: int = 0,
     ) -> None:
         """Count ``points`` earned by ``user_id`` at time ``at`` (seconds, any epoch).
 
@@ -124,13 +122,12 @@ class RateModel:
         """
         player = self._players.get(user_id)
         if player is None:
-            player = self._players[user_id] = _Player(username, partition)
+            player = self._players[user_id] = _Player(username)
         if version is not None:
             if version <= player.version:
                 return
             player.version = version
         player.username = username
-        player.partition = partition
         if at > player.last_t:
             player.rate = self._decayed(player, at)
             player.last_t = at
@@ -140,11 +137,6 @@ class RateModel:
         """``user_id``'s earning rate at ``at``, points per second (0 for someone unseen)."""
         player = self._players.get(user_id)
         return 0.0 if player is None else self._decayed(player, at)
-
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop the players of these partitions (revoked: another replica evaluates them now)."""
-        for user_id in [u for u, p in self._players.items() if p.partition in partitions]:
-            del self._players[user_id]
 
     def evaluate(self, at: float) -> Evaluation:
         """Compare every active player with the population at time ``at``; report new outliers.

@@ -1,8 +1,9 @@
 """Wiring: the score service's aiohttp app (health, readiness, metrics) and its background work.
 
 The HTTP server is only for operators: /healthz, /readyz (PostgreSQL answers, partitions are
-assigned, no batch is stuck retrying) and /metrics. The real work runs as two background tasks
-started and stopped in a cleanup context: the command consumer and the outbox relay.
+assigned, no batch is stuck retrying) and /metrics. The real work runs as background tasks started
+and stopped in a cleanup context: the command consumer, the outbox relay and (unless
+flags_enabled is off) the anomaly flagger.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from common.tasks import running
 from common.web import create_base_app
 from score.components import Components, components_key
 from score.consumer import CommandConsumer
-from score.metrics import ScoreMetrics
+from score.flag_store import FlagStore
+from score.flags import PlayerFlagger
+from score.metrics import FlagMetrics, ScoreMetrics
 from score.relay import OutboxRelay
 from score.settings import Settings
 from score.store import ScoreStore
@@ -32,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 CONSUMER_TASK = "score-consumer"
 RELAY_TASK = "score-relay"
+FLAGS_TASK = "score-flags"
 
 
 class NoPartitionsAssigned(Exception):
@@ -78,13 +82,22 @@ async def _service(
             consumer=consumer,
             # The relay makes its own transactional producer each time it takes the lead.
             relay=OutboxRelay(settings, metrics),
+            # Anomaly flags: a task of its own on the ScoreChanged topic (score/flags.py).
+            flagger=PlayerFlagger(
+                settings, producer, FlagStore(pool), FlagMetrics.create(app[registry_key])
+            )
+            if settings.flags_enabled
+            else None,
         )
         # On the way out (SIGTERM) the stop event is set first: the batch in progress finishes
         # and commits, the relay ends its round; whatever still runs after the grace is cancelled.
         stop = asyncio.Event()
+        background = {CONSUMER_TASK: parts.consumer.run(stop), RELAY_TASK: parts.relay.run(stop)}
+        if parts.flagger is not None:
+            background[FLAGS_TASK] = parts.flagger.run(stop)
         tasks = await stack.enter_async_context(
             running(
-                {CONSUMER_TASK: parts.consumer.run(stop), RELAY_TASK: parts.relay.run(stop)},
+                background,
                 stop_event=stop,
                 grace_s=settings.shutdown_grace_s,
             )

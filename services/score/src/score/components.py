@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from score.consumer import CommandConsumer
+from score.flags import PlayerFlagger
 from score.metrics import ScoreMetrics
 from score.relay import OutboxRelay
 from score.settings import Settings
@@ -22,6 +23,7 @@ class Components:
     pool: asyncpg.Pool
     consumer: CommandConsumer
     relay: OutboxRelay
+    flagger: PlayerFlagger | None = None  # None when flags_enabled is off
 
 
 components_key = web.AppKey("score_components", Components)

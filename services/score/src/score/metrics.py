@@ -104,3 +104,47 @@ class ScoreMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class FlagMetrics:
+    """What the anomaly flagger reports (score/flags.py)."""
+
+    flagged: Counter
+    active_players: Gauge
+    median_rate: Gauge
+    mad_rate: Gauge
+    failures: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> FlagMetrics:
+        """Register the metrics on ``registry``."""
+        return cls(
+            flagged=Counter(
+                "scoreboard_score_players_flagged",
+                "Players flagged for review: earning rate far above the active players'",
+                registry=registry,
+            ),
+            active_players=Gauge(
+                "scoreboard_score_flags_active_players",
+                "Players compared at the last evaluation (a change within the active window, on "
+                "this replica's partitions)",
+                registry=registry,
+            ),
+            median_rate=Gauge(
+                "scoreboard_score_flags_median_rate",
+                "The active players' median earning rate at the last evaluation, points/s",
+                registry=registry,
+            ),
+            mad_rate=Gauge(
+                "scoreboard_score_flags_mad_rate",
+                "The active players' median absolute deviation of earning rates, points/s",
+                registry=registry,
+            ),
+            failures=Counter(
+                "scoreboard_score_flags_failures",
+                "Flagger failures (Kafka or PostgreSQL), by stage; the flagger restarts",
+                ["stage"],
+                registry=registry,
+            ),
+        )

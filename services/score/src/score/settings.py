@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from common.catalog import CatalogSettings
 from common.command_signing import CommandKeySettings
 from common.settings import CommonSettings
@@ -54,3 +56,21 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # How long the relay waits for an abort, or for a new leader's read of the topic's committed
     # tail, before it gives up and steps down (the next leader's init_transactions aborts then).
     relay_kafka_timeout_s: float = 15.0
+
+    # Anomaly flags (score/flags.py; the model in score/anomaly.py, explained in
+    # docs/architecture.md). Rates are points per second. A player is flagged when their rate's
+    # robust z-score against the active players exceeds flags_z_threshold and the rate exceeds
+    # flags_rate_floor, for flags_sustain evaluations in a row. The rate floor sits above what the
+    # earning rules let one honest player reach (25 points/s sustained, about 42 at the peak of a
+    # burst), the MAD floor keeps a quiet population from flagging its one active player.
+    flags_enabled: bool = True
+    flags_tau_s: float = Field(default=5.0, gt=0)
+    flags_z_threshold: float = Field(default=5.0, gt=0)
+    flags_sustain: int = Field(default=2, ge=1)
+    flags_eval_interval_s: float = Field(default=1.0, gt=0)
+    flags_mad_floor: float = Field(default=2.0, gt=0)
+    flags_rate_floor: float = Field(default=50.0, ge=0)
+    # The population: players with a change in this window. Also how far back a replica reads
+    # when it is given partitions, to know their players' rates at once.
+    flags_active_window_s: float = Field(default=30.0, gt=0)
+    flags_min_active: int = Field(default=5, ge=1)

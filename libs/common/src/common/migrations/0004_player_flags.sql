@@ -14,6 +14,7 @@ CREATE TABLE player_flags (
     median          double precision NOT NULL,   -- the population's, points per second
     mad             double precision NOT NULL,   -- median absolute deviation, points per second
     active_players  integer NOT NULL,
+    tau_s           double precision NOT NULL,   -- the rate's time constant, seconds
     flagged_at      timestamptz NOT NULL,
     published_at    timestamptz,                 -- on scoreboard.player-flagged.v1; NULL = not yet
     reviewed_at     timestamptz,
