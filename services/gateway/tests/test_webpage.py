@@ -47,11 +47,20 @@ async def test_assets_are_cached_briefly_and_revalidated(gateway: Client) -> Non
 
 
 @pytest.mark.parametrize(
-    "path", ["/static/missing.js", "/static/../conftest.py", "/static/%2e%2e/conftest.py"]
+    "path",
+    [
+        "/static/missing.js",
+        "/static/0",
+        "/static/../conftest.py",
+        "/static/%2e%2e/conftest.py",
+        "/static/.hidden",
+        "/static/a/b",
+    ],
 )
 async def test_nothing_outside_the_static_dir_is_served(gateway: Client, path: str) -> None:
     resp = await gateway.get(path)
     assert resp.status in (403, 404)
+    assert resp.content_type == "application/problem+json"  # aiohttp's static 404 was bare
 
 
 async def test_a_missing_page_is_a_404_problem(make_gateway: MakeGateway, tmp_path: Path) -> None:

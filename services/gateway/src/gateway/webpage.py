@@ -63,6 +63,20 @@ async def index(request: web.Request) -> web.FileResponse:
     return response
 
 
+async def asset(request: web.Request) -> web.FileResponse:
+    """``GET /static/{path}``: one of the page's files (ETag, Last-Modified, 304 by aiohttp).
+
+    Not aiohttp's static resource: that answers a missing file with a bare 404 of its own,
+    past the problem middleware. The route matches a plain file name only (no separators, no
+    leading dot), so nothing outside the folder can be named; symlinks are not followed out.
+    """
+    root = request.app[static_dir_key].resolve()
+    path = (root / request.match_info["path"]).resolve()
+    if path.parent != root or not path.is_file():
+        raise NotFound("no such asset")
+    return web.FileResponse(path)
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -75,7 +89,7 @@ def setup_webpage(app: web.Application, static_dir: Path) -> None:
     app[static_dir_key] = static_dir
     app.router.add_get("/", index)
     if static_dir.is_dir():
-        app.router.add_static(STATIC_PREFIX.rstrip("/"), static_dir, follow_symlinks=False)
+        app.router.add_get(STATIC_PREFIX + r"{path:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}}", asset)
     else:
         log.warning("static_dir_missing", path=str(static_dir))
     app.on_response_prepare.append(_security_headers)
