@@ -21,6 +21,9 @@ FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
 
 ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
+# A leaderboard's id and one of its time windows (common.boards defines them).
+BoardId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+BoardWindow = Literal["all-time", "daily", "weekly", "monthly", "season"]
 
 
 class Topics:
@@ -53,8 +56,25 @@ class ScoreCommand(_Strict):
     accepted_at: AwareDatetime
 
 
+class BoardChange(_Strict):
+    """The player's total in one period of a board's window after the change (common.boards).
+
+    The entry's version is the change's ``version``; it was reached at ``occurred_at``.
+    """
+
+    board: BoardId
+    window: BoardWindow
+    period: str = Field(min_length=1, max_length=32)
+    score: int = Field(ge=0)
+    entries: int = Field(ge=1)
+
+
 class ScoreChanged(_Strict):
-    """``user_id``'s score became ``score``; ``version`` is the user's own sequence number."""
+    """``user_id``'s score became ``score``; ``version`` is the user's own sequence number.
+
+    ``boards`` lists the board periods the action counted in besides the default board's
+    all-time window (which ``score`` is); empty when it counted nowhere else.
+    """
 
     action_id: uuid.UUID
     user_id: uuid.UUID
@@ -63,6 +83,7 @@ class ScoreChanged(_Strict):
     score: int = Field(ge=0)
     version: int = Field(ge=1)
     occurred_at: AwareDatetime
+    boards: tuple[BoardChange, ...] = ()
 
 
 class _Envelope(_Strict):

@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel
 
-from common.events import ScoreChanged, ScoreChangedEvent
+from common.boards import Catalog, Window
+from common.events import BoardChange, ScoreChanged, ScoreChangedEvent
 from score.commands import Command
 
 EVENT_SOURCE = "/score"
@@ -88,6 +89,58 @@ def plan_batch(
     return plan
 
 
+BoardKey = tuple[str, Window, str, uuid.UUID]
+"""(board id, window, period id, user id): one row of ``board_scores``."""
+
+
+@dataclass(slots=True)
+class BoardTotal:
+    """What a batch adds to one ``board_scores`` row, and the version it leaves it at."""
+
+    points: int = 0
+    entries: int = 0
+    version: int = 0
+
+
+@dataclass(slots=True)
+class BoardPlan:
+    """Where each applied command counts besides the all-time board, and the batch's deltas.
+
+    ``counted[i]`` lists, for ``plan.applied[i]``, each row it counts in with the points and
+    entries the batch adds to that row up to and including this command: the store adds the
+    batch's totals in one statement, gets each row's new total back, and works out every
+    command's total as ``new - (batch total - up to here)``.
+    """
+
+    totals: dict[BoardKey, BoardTotal] = field(default_factory=dict)
+    counted: list[list[tuple[BoardKey, int, int]]] = field(default_factory=list)
+
+
+def plan_boards(applied: Sequence[Applied], catalog: Catalog) -> BoardPlan:
+    """Count each applied command in the period of its ``accepted_at``, on every window of every
+    board its action type feeds (the default board's all-time window is ``scores`` itself)."""
+    plan = BoardPlan()
+    totals = plan.totals
+    for a in applied:
+        data = a.command.data
+        here: list[tuple[BoardKey, int, int]] = []
+        for board in catalog.feeding(data.action_type):
+            for window in board.counted_windows:
+                period = board.period_at(window, data.accepted_at)
+                if period is None:  # between two seasons
+                    continue
+                key = (board.id, window, period.id, data.user_id)
+                total = totals.get(key)
+                if total is None:
+                    total = totals[key] = BoardTotal()
+                total.points += data.points
+                total.entries += 1
+                total.version = a.version
+                here.append((key, total.points, total.entries))
+        plan.counted.append(here)
+    return plan
+
+
 @functools.cache
 def encoding_struct(model: type[BaseModel]) -> type[msgspec.Struct]:
     """A msgspec Struct with ``model``'s fields: same names, order and defaults, nested models
@@ -115,9 +168,21 @@ def encoding_struct(model: type[BaseModel]) -> type[msgspec.Struct]:
 
 _ChangedEvent = encoding_struct(ScoreChangedEvent)
 _Changed = encoding_struct(ScoreChanged)
+_BoardChange = encoding_struct(BoardChange)
 
 
-def changed_event(applied: Applied, user_key: str, username: str, occurred_at: datetime) -> bytes:
+def board_change(key: BoardKey, score: int, entries: int) -> msgspec.Struct:
+    """A :class:`common.events.BoardChange` for :func:`changed_event`."""
+    return _BoardChange(board=key[0], window=key[1], period=key[2], score=score, entries=entries)
+
+
+def changed_event(
+    applied: Applied,
+    user_key: str,
+    username: str,
+    occurred_at: datetime,
+    boards: Sequence[msgspec.Struct] = (),
+) -> bytes:
     """The ScoreChanged CloudEvent for an applied command, serialised for the outbox.
 
     The bytes are exactly ``encode(ScoreChangedEvent.wrap(ScoreChanged(...), source="/score"))``
@@ -141,6 +206,7 @@ def changed_event(applied: Applied, user_key: str, username: str, occurred_at: d
                 score=applied.score,
                 version=applied.version,
                 occurred_at=occurred_at,
+                boards=boards,
             ),
         )
     )

@@ -1,7 +1,9 @@
 """The score store: applies a batch of commands to PostgreSQL in one transaction.
 
-A batch costs five statements whatever its size: read the users' rows, look up which actions
-are already applied, write the scores, COPY the actions, COPY the outbox rows. Arrays travel
+A batch costs six statements whatever its size: read the users' rows, look up which actions
+are already applied (and the boards' revision), write the scores, add the batch's points to
+every board period they count in (``board_scores``, common.boards), COPY the actions, COPY the
+outbox rows. Arrays travel
 through ``unnest`` and rows through ``COPY``, so the work per command is a few microseconds.
 
 Exactly once, with optimistic concurrency: normally one replica owns a user's partition, but
@@ -9,7 +11,9 @@ during a rebalance the old and the new owner may apply the same records at once.
 written only if its version is still the one read at the start; if another transaction changed
 it (or created it, or inserted one of the actions: the ``actions`` primary key), this one rolls
 back as a whole and its retry reads the new state, where those actions are duplicates. Waiting
-on the row lock in the UPDATE makes the second writer see the first one's commit.
+on the row lock in the UPDATE makes the second writer see the first one's commit. The board
+totals are increments written after that check, so they count exactly when the actions do: a
+transaction that finds a user changed rolls back with its increments.
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from score.apply import Plan, UserState, changed_event, outbox_headers, plan_batch
+from common.boards import Catalog, load_catalog
+from score.apply import (
+    BoardKey,
+    BoardTotal,
+    Plan,
+    UserState,
+    board_change,
+    changed_event,
+    outbox_headers,
+    plan_batch,
+    plan_boards,
+)
 from score.commands import Command
 
 # The relay LISTENs here; the apply transaction notifies it (delivered at commit).
@@ -41,7 +56,22 @@ WHERE u.user_id = ANY($1::uuid[])
 # now() is the transaction's time: the moment every score of this batch was reached.
 _ALREADY_APPLIED = """
 SELECT now() AS now,
-       ARRAY(SELECT action_id FROM actions WHERE action_id = ANY($1::uuid[])) AS applied
+       ARRAY(SELECT action_id FROM actions WHERE action_id = ANY($1::uuid[])) AS applied,
+       (SELECT coalesce(max(revision), 0) FROM boards) AS boards_revision
+"""
+
+# The batch's points per board period and player, added to what the rows hold (rows in key
+# order, so overlapping writers lock them in one order). Returns every row's new total.
+_ADD_BOARD_SCORES = """
+INSERT INTO board_scores AS b
+    (board_id, window_id, period, user_id, score, entries, version, reached_at)
+SELECT board_id, window_id, period, user_id, points, entries, version, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::int[],
+            $7::bigint[]) AS x(board_id, window_id, period, user_id, points, entries, version)
+ON CONFLICT (board_id, window_id, period, user_id) DO UPDATE
+SET score = b.score + EXCLUDED.score, entries = b.entries + EXCLUDED.entries,
+    version = EXCLUDED.version, reached_at = EXCLUDED.reached_at
+RETURNING board_id, window_id, period, user_id, score, entries
 """
 
 # Optimistic concurrency: a row is updated only if its version is still the one we read, and a
@@ -86,6 +116,9 @@ class ScoreStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # The boards as of the last batch: reloaded in the batch's transaction whenever the
+        # table's revision moved, so every batch counts on the boards that existed when it ran.
+        self._catalog: Catalog | None = None
 
     async def apply(self, commands: Sequence[Command]) -> Plan:
         """Apply ``commands`` (in stream order) exactly once, in one transaction.
@@ -108,7 +141,10 @@ class ScoreStore:
             assert row is not None
             plan = plan_batch(commands, users, row["applied"])
             if plan.applied:
-                await self._write(conn, plan, users, existing, row["now"])
+                catalog = self._catalog
+                if catalog is None or catalog.revision != row["boards_revision"]:
+                    catalog = self._catalog = await load_catalog(conn)
+                await self._write(conn, plan, users, existing, row["now"], catalog)
         return plan
 
     async def _write(
@@ -118,6 +154,7 @@ class ScoreStore:
         before: dict[uuid.UUID, UserState],
         existing: set[uuid.UUID],
         now: datetime,
+        catalog: Catalog,
     ) -> None:
         final = plan.final
         # In one global order (uuid order, as PostgreSQL compares them), so two overlapping
@@ -141,23 +178,13 @@ class ScoreStore:
         )
         try:
             await asyncio.sleep(0)
-            keys = {user_id: str(user_id) for user_id in final}
-            actions = []
-            outbox = []
-            for a in plan.applied:
-                d = a.command.data
-                key = keys[d.user_id]
-                actions.append(
-                    (d.action_id, d.user_id, d.action_type, d.points, d.issued_at,
-                     d.accepted_at, a.version)
-                )  # fmt: skip
-                outbox.append(
-                    (
-                        key.encode(),
-                        changed_event(a, key, final[d.user_id].username, now),
-                        outbox_headers(a),
-                    )
-                )
+            boards = plan_boards(plan.applied, catalog)
+            actions = [
+                (d.action_id, d.user_id, d.action_type, d.points, d.issued_at,
+                 d.accepted_at, a.version)
+                for a in plan.applied
+                for d in (a.command.data,)
+            ]  # fmt: skip
         finally:
             try:
                 count = await written
@@ -165,9 +192,51 @@ class ScoreStore:
                 raise ConcurrentApplyError(str(exc)) from exc
         if count != len(final):
             raise ConcurrentApplyError(f"{len(final) - count} user(s) changed meanwhile")
+        after = await self._add_board_scores(conn, boards.totals) if boards.totals else {}
+        keys = {user_id: str(user_id) for user_id in final}
+        outbox = []
+        for a, counted in zip(plan.applied, boards.counted, strict=True):
+            d = a.command.data
+            key = keys[d.user_id]
+            changes = []
+            for board_key, points_so_far, entries_so_far in counted:
+                batch = boards.totals[board_key]
+                score, entries = after[board_key]
+                changes.append(
+                    board_change(
+                        board_key,
+                        score - (batch.points - points_so_far),
+                        entries - (batch.entries - entries_so_far),
+                    )
+                )
+            outbox.append(
+                (
+                    key.encode(),
+                    changed_event(a, key, final[d.user_id].username, now, changes),
+                    outbox_headers(a),
+                )
+            )
         try:
             await conn.copy_records_to_table("actions", columns=_ACTION_COLUMNS, records=actions)
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrentApplyError(str(exc)) from exc
         # Row order is id order, which is the order the relay publishes in.
         await conn.copy_records_to_table("outbox", columns=_OUTBOX_COLUMNS, records=outbox)
+
+    @staticmethod
+    async def _add_board_scores(
+        conn: PoolConnectionProxy, totals: dict[BoardKey, BoardTotal]
+    ) -> dict[BoardKey, tuple[int, int]]:
+        """Add the batch's totals to ``board_scores``; each row's (score, entries) after it."""
+        ordered = sorted(totals, key=lambda k: (k[0], k[1], k[2], k[3].int))
+        rows = await conn.fetch(
+            _ADD_BOARD_SCORES,
+            [k[0] for k in ordered],
+            [k[1] for k in ordered],
+            [k[2] for k in ordered],
+            [k[3] for k in ordered],
+            [totals[k].points for k in ordered],
+            [totals[k].entries for k in ordered],
+            [totals[k].version for k in ordered],
+        )
+        return {(r[0], r[1], r[2], r[3]): (int(r[4]), int(r[5])) for r in rows}
