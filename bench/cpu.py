@@ -88,3 +88,14 @@ class CpuMeter:
 
 def _uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (all processes, /proc/stat).
+
+    The difference of two readings, less what :class:`CpuMeter` attributed, is what other work
+    on the machine (other people's tests, say) took during a run.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

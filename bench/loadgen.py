@@ -15,7 +15,8 @@ what the benchmark needs:
   and close replies; the framing itself is :mod:`common.wsframes`). Text messages go to a
   callback with the time their last bytes arrived (:func:`time.perf_counter` taken first thing
   in ``data_received``); a ``want`` substring skips uninteresting messages without copying or
-  decoding them.
+  decoding them. :meth:`WsWatcher.send_text` sends a message, for protocols that subscribe after
+  the upgrade (Centrifugo's connect and subscribe commands).
 
 Standard library and :mod:`common.wsframes` only.
 """
@@ -518,6 +519,15 @@ class WsWatcher(asyncio.Protocol):
                 transport.abort()
                 raise
         return watcher
+
+    def send_text(self, payload: bytes) -> None:
+        """Send one text message (a masked frame), e.g. a protocol's subscribe command.
+
+        Raises :class:`WsClosed` once the watcher is closed or closing.
+        """
+        if not self._open or self._closing or self._transport is None:
+            raise WsClosed("the connection is not open")
+        self._transport.write(encode_frame(OP_TEXT, payload, mask=True))
 
     async def close(self, code: int = 1000, reason: str = "") -> tuple[int | None, str]:
         """Start the close handshake (if not started); wait for the server's close frame.
