@@ -137,3 +137,84 @@ async def test_commands_on_unknown_users_fail_clearly(admin: Admin, auth_cli: Ru
     assert done.returncode == 1
     assert "no user named" in done.stderr
     assert done.stdout == ""
+
+
+async def raise_flag(pg: asyncpg.Connection, user_id: str, rate: float = 98.5) -> uuid.UUID:
+    """A flag as the score service raises it (score/flag_store.py)."""
+    flag_id = uuid.uuid4()
+    await pg.execute(
+        """INSERT INTO player_flags (flag_id, user_id, reason, rate, z, median, mad,
+               active_players, tau_s, flagged_at, published_at)
+           VALUES ($1, $2, 'earning_rate', $3, 11.2, 12.0, 4.5, 51, 5.0, now(), now())""",
+        flag_id,
+        uuid.UUID(user_id),
+        rate,
+    )
+    return flag_id
+
+
+async def test_flags_are_listed_cleared_and_confirmed_as_a_ban(
+    client: Client,
+    auth_cli: RunCli,
+    redis_client: aioredis.Redis,
+    auth_settings: Callable[..., Settings],
+    pg: asyncpg.Connection,
+) -> None:
+    _, honest_id = await new_user(client)
+    cheat, cheat_id = await new_user(client)
+    status, _ = await login(client, cheat)
+    assert status == 200
+    false_alarm = await raise_flag(pg, honest_id, rate=60.0)
+    real = await raise_flag(pg, cheat_id)
+
+    done = await auth_cli("flags")
+    assert done.returncode == 0, done.stderr
+    listed = {f["flag_id"]: f for f in json.loads(done.stdout)}
+    assert {str(false_alarm), str(real)} <= set(listed)
+    assert listed[str(real)]["username"] == cheat
+    assert listed[str(real)]["status"] == "open"
+    assert (listed[str(real)]["rate"], listed[str(real)]["z"]) == (98.5, 11.2)
+
+    done = await auth_cli("clear-flag", str(false_alarm), "--by", "alice")
+    assert done.returncode == 0, done.stderr
+    cleared = json.loads(done.stdout)
+    assert (cleared["status"], cleared["reviewed_by"]) == ("cleared", "alice")
+    assert str(false_alarm) not in {
+        f["flag_id"] for f in json.loads((await auth_cli("flags")).stdout)
+    }
+    # Clearing bans nobody.
+    assert await redis_client.get(f"{auth_settings().redis_prefix}user-status:{honest_id}") is None
+
+    done = await auth_cli("confirm-flag", str(real), "--by", "alice")
+    assert done.returncode == 0, done.stderr
+    confirmed = json.loads(done.stdout)
+    assert confirmed["status"] == "confirmed"
+    assert confirmed["ban"] == {"user_id": cheat_id, "username": cheat, "sessions_revoked": 1}
+    prefix = auth_settings().redis_prefix
+    assert await redis_client.get(f"{prefix}user-status:{cheat_id}") == b"banned"
+    status, problem = await login(client, cheat)
+    assert (status, problem["detail"]) == (403, "this account is banned")
+
+    # Run again (e.g. Redis was down the first time): the same outcome, nothing changes.
+    again = await auth_cli("confirm-flag", str(real))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["reviewed_by"] == "alice"
+    # Reviewed one way, it cannot be reviewed the other way.
+    done = await auth_cli("clear-flag", str(real))
+    assert done.returncode == 1
+    assert "is confirmed" in done.stderr
+    everything = {
+        f["flag_id"]: f["status"] for f in json.loads((await auth_cli("flags", "--all")).stdout)
+    }
+    assert everything[str(false_alarm)] == "cleared"
+    assert everything[str(real)] == "confirmed"
+
+
+async def test_flag_commands_refuse_unknown_and_malformed_ids(auth_cli: RunCli) -> None:
+    done = await auth_cli("confirm-flag", str(uuid.uuid4()))
+    assert done.returncode == 1
+    assert "no flag" in done.stderr
+    assert done.stdout == ""
+    done = await auth_cli("clear-flag", "not-a-flag-id")
+    assert done.returncode == 2  # argparse: invalid UUID value
+    assert "invalid UUID value" in done.stderr

@@ -5,21 +5,27 @@
     auth ban NAME           ban a user and end their sessions
     auth unban NAME         lift a ban
     auth delete-user NAME   delete a user, their sessions and tokens
+    auth flags [--all]      list open anomaly flags (--all: cleared and confirmed ones too)
+    auth clear-flag ID      close a flag as a false alarm
+    auth confirm-flag ID    confirm a flag: the player is banned (as ``auth ban``)
 
-Commands print one JSON object on stdout; exit status 1 when the user does not exist.
+Commands print one JSON document on stdout; exit status 1 when the user or flag does not
+exist, or the flag was already reviewed the other way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from auth.admin import Admin, AdminResult, UnknownUser
+from auth.admin import Admin, AdminResult, FlagAlreadyReviewed, UnknownFlag, UnknownUser
 from auth.app import create_app
 from auth.keys import describe, rotate_keys
 from auth.revocations import Revocations
@@ -41,7 +47,23 @@ def _parser() -> argparse.ArgumentParser:
         ("delete-user", "delete a user with their sessions"),
     ]:
         commands.add_parser(name, help=text).add_argument("username")
+    listing = commands.add_parser("flags", help="list open anomaly flags, newest first")
+    listing.add_argument("--all", action="store_true", help="cleared and confirmed ones too")
+    for name, text in [
+        ("clear-flag", "close a flag as a false alarm"),
+        ("confirm-flag", "confirm a flag and ban its player"),
+    ]:
+        review = commands.add_parser(name, help=text)
+        review.add_argument("flag_id", type=uuid.UUID)
+        review.add_argument("--by", default=_operator(), help="who reviews (default: $USER)")
     return parser
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "operator"
 
 
 async def _rotate(settings: Settings) -> dict[str, Any]:
@@ -52,19 +74,43 @@ async def _rotate(settings: Settings) -> dict[str, Any]:
         await pool.close()
 
 
-async def _admin(
-    settings: Settings, action: Callable[[Admin], Awaitable[AdminResult]]
-) -> dict[str, Any]:
+def _result(result: AdminResult) -> dict[str, Any]:
+    return {
+        "user_id": str(result.user_id),
+        "username": result.username,
+        "sessions_revoked": result.sessions_revoked,
+    }
+
+
+def _account_action(
+    action: Callable[[Admin], Awaitable[AdminResult]],
+) -> Callable[[Admin], Awaitable[Any]]:
+    async def run(admin: Admin) -> dict[str, Any]:
+        return _result(await action(admin))
+
+    return run
+
+
+def _flag_action(args: argparse.Namespace) -> Callable[[Admin], Awaitable[Any]]:
+    async def listing(admin: Admin) -> list[dict[str, Any]]:
+        return [f.to_json() for f in await admin.flags(None if args.all else "open")]
+
+    async def clear(admin: Admin) -> dict[str, Any]:
+        return (await admin.clear_flag(args.flag_id, args.by)).to_json()
+
+    async def confirm(admin: Admin) -> dict[str, Any]:
+        flag, ban = await admin.confirm_flag(args.flag_id, args.by)
+        return {**flag.to_json(), "ban": _result(ban)}
+
+    return {"flags": listing, "clear-flag": clear, "confirm-flag": confirm}[args.command]
+
+
+async def _admin(settings: Settings, action: Callable[[Admin], Awaitable[Any]]) -> Any:
     pool = await create_pool(settings)
     redis = create_redis(settings)
     try:
         revocations = Revocations(redis, settings.redis_prefix, settings.revocation_ttl_s)
-        result = await action(Admin(pool, revocations))
-        return {
-            "user_id": str(result.user_id),
-            "username": result.username,
-            "sessions_revoked": result.sessions_revoked,
-        }
+        return await action(Admin(pool, revocations))
     finally:
         await redis.aclose()
         await pool.close()
@@ -87,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "rotate-keys":
             out = asyncio.run(_rotate(settings))
+        elif command in ("flags", "clear-flag", "confirm-flag"):
+            out = asyncio.run(_admin(settings, _flag_action(args)))
         else:
             name: str = args.username
             actions: dict[str, Callable[[Admin], Awaitable[AdminResult]]] = {
@@ -94,9 +142,15 @@ def main(argv: list[str] | None = None) -> None:
                 "unban": lambda admin: admin.unban(name),
                 "delete-user": lambda admin: admin.delete(name),
             }
-            out = asyncio.run(_admin(settings, actions[command]))
+            out = asyncio.run(_admin(settings, _account_action(actions[command])))
     except UnknownUser as exc:
         print(f"auth {command}: no user named {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except UnknownFlag as exc:
+        print(f"auth {command}: no flag {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except FlagAlreadyReviewed as exc:
+        print(f"auth {command}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(json.dumps(out))
 

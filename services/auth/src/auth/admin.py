@@ -1,13 +1,19 @@
-"""Operator actions on accounts: ban, unban, delete (the ``auth`` console commands).
+"""Operator actions on accounts: ban, unban, delete, and the review of anomaly flags (the
+``auth`` console commands).
 
 PostgreSQL is changed first, then Redis tells the gateways. Each action is idempotent, so if
 Redis was unreachable the operator simply runs the command again.
+
+Flags are raised by the score service (``score/flags.py``) in ``player_flags``; an operator lists
+them, clears one (a false alarm) or confirms one, which bans the player through :meth:`Admin.ban`.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
 
 import asyncpg
 import structlog
@@ -21,6 +27,65 @@ log = structlog.get_logger(__name__)
 
 class UnknownUser(LookupError):
     """No account has this name."""
+
+
+class UnknownFlag(LookupError):
+    """No flag has this id."""
+
+
+class FlagAlreadyReviewed(Exception):
+    """The flag was reviewed the other way already (a confirmed flag cannot be cleared, nor a
+    cleared one confirmed: raise the question again by unbanning, or wait for a new flag)."""
+
+
+FlagStatus = Literal["open", "cleared", "confirmed"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One row of ``player_flags`` with the player's name."""
+
+    flag_id: uuid.UUID
+    user_id: uuid.UUID
+    username: str
+    status: FlagStatus
+    reason: str
+    rate: float
+    z: float
+    median: float
+    mad: float
+    active_players: int
+    flagged_at: datetime
+    reviewed_at: datetime | None
+    reviewed_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The flag as JSON-ready values (ids and times as strings)."""
+        return {
+            k: (
+                str(v)
+                if isinstance(v, uuid.UUID)
+                else v.isoformat()
+                if isinstance(v, datetime)
+                else v
+            )
+            for k, v in asdict(self).items()
+        }
+
+
+_LIST_FLAGS = """
+SELECT f.flag_id, f.user_id, u.username, f.status, f.reason, f.rate, f.z, f.median, f.mad,
+       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by
+FROM player_flags f JOIN users u USING (user_id)
+WHERE $1::text IS NULL OR f.status = $1
+ORDER BY f.flagged_at DESC LIMIT $2
+"""
+_ONE_FLAG = """
+SELECT f.flag_id, f.user_id, u.username, f.status, f.reason, f.rate, f.z, f.median, f.mad,
+       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by
+FROM player_flags f JOIN users u USING (user_id)
+WHERE f.flag_id = $1
+"""
 
 
 @dataclass(frozen=True)
@@ -97,3 +162,59 @@ class Admin:
         await self._revocations.set_user_status(row["user_id"], USER_DELETED)
         log.info("user_deleted", user_id=str(row["user_id"]), sessions_revoked=live)
         return AdminResult(row["user_id"], row["username"], int(live))
+
+    async def flags(self, status: FlagStatus | None = "open", limit: int = 100) -> list[Flag]:
+        """Flags with ``status`` (every status: None), newest first."""
+        rows = await self._pool.fetch(
+            _LIST_FLAGS,
+            status,
+            limit,
+        )
+        return [Flag(**dict(r)) for r in rows]
+
+    async def clear_flag(self, flag_id: uuid.UUID, by: str) -> Flag:
+        """A false alarm: the flag is closed and nothing happens to the player."""
+        flag = await self._review(flag_id, "cleared", by)
+        log.warning(
+            "security",
+            reason="flag_cleared",
+            flag_id=str(flag_id),
+            user_id=str(flag.user_id),
+            by=by,
+        )
+        return flag
+
+    async def confirm_flag(self, flag_id: uuid.UUID, by: str) -> tuple[Flag, AdminResult]:
+        """The player cheated: the flag is confirmed and the player banned (as ``auth ban``)."""
+        flag = await self._review(flag_id, "confirmed", by)
+        log.warning(
+            "security",
+            reason="flag_confirmed",
+            flag_id=str(flag_id),
+            user_id=str(flag.user_id),
+            by=by,
+        )
+        return flag, await self.ban(flag.username)
+
+    async def _review(self, flag_id: uuid.UUID, status: FlagStatus, by: str) -> Flag:
+        """Move an open flag to ``status``; a flag already there stays as it was (the command
+        may be run again, e.g. after Redis was unreachable for the ban)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT status FROM player_flags WHERE flag_id = $1 FOR UPDATE", flag_id
+            )
+            if current is None:
+                raise UnknownFlag(str(flag_id))
+            if current == "open":
+                await conn.execute(
+                    """UPDATE player_flags SET status = $2, reviewed_at = now(), reviewed_by = $3
+                       WHERE flag_id = $1""",
+                    flag_id,
+                    status,
+                    by,
+                )
+            elif current != status:
+                raise FlagAlreadyReviewed(f"flag {flag_id} is {current}")
+            row = await conn.fetchrow(_ONE_FLAG, flag_id)
+        assert row is not None  # locked above, in this transaction
+        return Flag(**dict(row))
