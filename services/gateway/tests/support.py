@@ -164,8 +164,15 @@ class Upstream:
         app.router.add_get("/api/scoreboard/top", self._top)
         app.router.add_get("/api/scoreboard/users/{user_id}", self._user)
         app.router.add_get("/api/scoreboard/me", self._me)
+        app.router.add_get("/api/boards{tail:.*}", self._boards)
         app.router.add_get("/ws/scoreboard", self._ws)
         return app
+
+    async def _boards(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response(
+            {"path": request.path_qs, "user_id": request.headers.get("X-Scoreboard-User-Id")}
+        )
 
     async def _record(self, request: web.Request) -> None:
         self.requests.append(

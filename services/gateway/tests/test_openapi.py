@@ -233,7 +233,12 @@ async def test_every_documented_path_is_routed_and_every_route_documented(
     gateway: Client,
 ) -> None:
     doc = yaml.safe_load(DOC.read_text())
-    samples = {"{user_id}": str(uuid.uuid4()), "{path}": "app.js"}
+    samples = {
+        "{user_id}": str(uuid.uuid4()),
+        "{path}": "app.js",
+        "{board}": "global",
+        "{window}": "daily",
+    }
     for path, operations in doc["paths"].items():
         concrete = path
         for name, value in samples.items():

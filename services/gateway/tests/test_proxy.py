@@ -254,3 +254,39 @@ async def test_more_watchers_than_a_connection_pool_holds(make_gateway: MakeGate
             assert [f["type"] for f in firsts] == ["top"] * watchers
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/boards",
+        "/api/boards/global/daily/top?limit=1000&period=2026-12-02&cursor=YzE",
+        "/api/boards/global/weekly/users?ids=a,b",
+        f"/api/boards/global/monthly/users/{uuid.uuid4()}",
+        f"/api/boards/global/season/around/{uuid.uuid4()}?n=5",
+        "/api/boards/NOPE/hourly/top",  # the broadcaster answers 404/400 about the values
+    ],
+)
+async def test_board_reads_reach_the_broadcaster_without_identity(
+    gateway: Client, upstream: Upstream, mint: TokenMint, path: str
+) -> None:
+    resp = await gateway.get(path, headers={**SPOOFED, **bearer(mint.mint())})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body == {"path": path, "user_id": None}
+
+
+@pytest.mark.parametrize("kind", ["users", "around"])
+async def test_board_me_needs_a_token_and_passes_the_verified_user(
+    gateway: Client, upstream: Upstream, mint: TokenMint, kind: str
+) -> None:
+    before = len(upstream.requests)
+    resp = await gateway.get(f"/api/boards/global/daily/{kind}/me", headers=SPOOFED)
+    assert resp.status == 401
+    assert len(upstream.requests) == before
+    user_id = uuid.uuid4()
+    resp = await gateway.get(
+        f"/api/boards/global/daily/{kind}/me?n=2", headers={**SPOOFED, **bearer(mint.mint(user_id))}
+    )
+    assert resp.status == 200
+    assert (await resp.json())["user_id"] == str(user_id)

@@ -14,6 +14,11 @@
 - ``P applied`` (channel): :class:`common.events.AppliedNotice` JSON. The broadcaster
   publishes, the gateway listens while ``Prefer: wait`` requests wait.
 - ``P board:*``: the board (:class:`BoardKeys`), written and read by the broadcaster replicas.
+  It is the default board's all-time window.
+- ``P {bd:<board>:<window>:<period>}:*``: one period of a board's window
+  (:class:`PeriodBoardKeys`), written and read by the broadcaster replicas. The braces are a
+  Redis Cluster hash tag: a period's keys share one slot, so its scripts run on one node, and
+  different periods spread over the cluster.
 
 The done marker is an action's redemption, a small state machine (docs/architecture.md):
 
@@ -115,6 +120,45 @@ class BoardKeys:
     def board(self) -> list[str]:
         """The keys that hold the board itself (what a rebuild recreates)."""
         return [self.rank, self.users, self.version, self.built, self.removed]
+
+
+@dataclass(frozen=True)
+class PeriodBoardKeys:
+    """The Redis names of one period of a board's window (broadcaster.period_boards).
+
+    ``rank``, ``users``, ``version``, ``built`` and ``lock`` as in :class:`BoardKeys`; all under
+    one hash tag. The default board's all-time window is :class:`BoardKeys` (see
+    :meth:`legacy`), whose reads share the scripts.
+    """
+
+    rank: str
+    users: str
+    version: str
+    built: str
+    lock: str
+    legacy: bool = False
+
+    @classmethod
+    def for_period(cls, prefix: str, board: str, window: str, period: str) -> PeriodBoardKeys:
+        """Keys of ``period`` of ``board``'s ``window`` (ids from common.boards, no braces)."""
+        tag = f"{prefix}{{bd:{board}:{window}:{period}}}"
+        return cls(
+            rank=f"{tag}:rank",
+            users=f"{tag}:users",
+            version=f"{tag}:version",
+            built=f"{tag}:built",
+            lock=f"{tag}:rebuild-lock",
+        )
+
+    @classmethod
+    def of_board(cls, keys: BoardKeys) -> PeriodBoardKeys:
+        """The default board's all-time window, which is the board of :class:`BoardKeys`."""
+        return cls(keys.rank, keys.users, keys.version, keys.built, keys.lock, legacy=True)
+
+    @property
+    def board(self) -> list[str]:
+        """The keys a rebuild recreates (and that expire together)."""
+        return [self.rank, self.users, self.version, self.built]
 
 
 _LUA_VALUES: Final = {

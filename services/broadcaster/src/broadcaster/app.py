@@ -18,12 +18,15 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from broadcaster import handlers, ws
+from broadcaster import board_handlers, handlers, ws
+from broadcaster.board_periods import BoardPeriods
 from broadcaster.board_reader import BoardReader
 from broadcaster.components import Components, components_key
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.period_boards import PeriodBoards
+from broadcaster.postgres_boards import PostgresBoards
 from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
@@ -49,6 +52,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/scoreboard/users/{user_id}", handlers.user)
     app.router.add_get("/api/scoreboard/me", handlers.me)
     app.router.add_get("/ws/scoreboard", ws.scoreboard_ws)
+    app.router.add_get("/api/boards", board_handlers.boards)
+    board = "/api/boards/{board}/{window}"
+    app.router.add_get(board + "/top", board_handlers.top)
+    app.router.add_get(board + "/around/{user_id}", board_handlers.around)
+    app.router.add_get(board + "/users", board_handlers.users)
+    app.router.add_get(board + "/users/{user_id}", board_handlers.user)
     return app
 
 
@@ -108,6 +117,9 @@ async def _components(
     rebuilder = Rebuilder(settings, board, scores, metrics)
     reader = BoardReader(settings, board, scores, rebuilder, metrics)
     fanout = Fanout(settings, board, reader, metrics)
+    periods = BoardPeriods(
+        settings, PeriodBoards(redis), PostgresBoards(pool), pool, board.keys, rebuilder
+    )
     try:
         yield Components(
             settings=settings,
@@ -117,13 +129,17 @@ async def _components(
             rebuilder=rebuilder,
             reader=reader,
             fanout=fanout,
-            consumer=ChangeConsumer(settings, board, rebuilder, metrics, fanout.nudge),
+            consumer=ChangeConsumer(
+                settings, board, rebuilder, metrics, fanout.nudge, periods=periods
+            ),
             removals=RemovalWatcher(settings, board, scores, metrics, fanout.nudge),
+            periods=periods,
         )
     finally:
         # What the parts started of their own: close handshakes, a background rebuild.
         await fanout.close()
         await rebuilder.close()
+        await periods.close()
 
 
 async def _drain(app: web.Application) -> None:

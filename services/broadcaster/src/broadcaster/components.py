@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from broadcaster.board_periods import BoardPeriods
 from broadcaster.board_reader import BoardReader
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
@@ -30,6 +31,7 @@ class Components:
     fanout: Fanout
     consumer: ChangeConsumer
     removals: RemovalWatcher
+    periods: BoardPeriods
 
 
 components_key = web.AppKey("broadcaster_components", Components)

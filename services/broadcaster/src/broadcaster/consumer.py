@@ -31,12 +31,14 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from opentelemetry import trace
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from broadcaster.board_periods import BoardPeriods
 from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
@@ -73,8 +75,11 @@ class ChangeConsumer:
         rebuilder: Rebuilder,
         metrics: BroadcasterMetrics,
         on_change: Callable[[Iterable[uuid.UUID]], None] = lambda users: None,
+        periods: BoardPeriods | None = None,
     ) -> None:
         self._settings = settings
+        # The other boards' periods (their entries ride on the same events), after the main board.
+        self._periods = periods
         # Called after each batch with the users it changed: the board moved (by us, or by a
         # replica that was faster).
         self._on_change = on_change
@@ -208,6 +213,18 @@ class ChangeConsumer:
                 await self._apply_chunk(changes[start : start + chunk])
         return changes
 
+    async def _apply_periods(self, periods: BoardPeriods, changes: Sequence[ScoreChanged]) -> None:
+        retries = self._backoff()
+        while True:
+            try:
+                await periods.apply(changes)
+                return
+            except (RedisError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                # Redis, or PostgreSQL for a period's rebuild: the version rule makes a retry safe.
+                if retries.attempt == 0:
+                    log.warning("board_periods_apply_retrying", error=repr(exc))
+                await retries.sleep()
+
     async def _apply_chunk(self, changes: Sequence[ScoreChanged]) -> None:
         retries = self._backoff()
         while True:
@@ -222,6 +239,8 @@ class ChangeConsumer:
                 if retries.attempt == 0:
                     log.warning("board_apply_retrying", error=repr(exc))
                 await retries.sleep()
+        if self._periods is not None and any(c.boards for c in changes):
+            await self._apply_periods(self._periods, changes)
         now = utcnow()
         self._metrics.events_applied.inc(result.applied)
         self._metrics.events_stale.inc(result.stale)

@@ -28,6 +28,11 @@ def member_for(user_id: uuid.UUID, reached_at: datetime) -> str:
     return f"{inverted_time:016d}:{user_id.hex.translate(_INVERT_HEX)}"
 
 
+def reached_at_of_member(member: str) -> datetime:
+    """The reached-at time inside a member made by :func:`member_for`."""
+    return _EPOCH + timedelta(microseconds=_MAX_MICROS - int(member[:16]))
+
+
 def user_of_member(member: str) -> uuid.UUID:
     """The user id inside a member made by :func:`member_for`."""
     return uuid.UUID(member[17:].translate(_INVERT_HEX))

@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 # Paths the proxy forwards verbatim only match safe characters (no dots, no encoded slashes).
 _SEGMENTS = r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
+# One path segment of the board routes (the broadcaster says 400 or 404 about its value).
+_SEGMENT = r"[A-Za-z0-9_.-]{1,64}"
 
 
 class JwksNotFetched(Exception):
@@ -73,6 +75,12 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get(r"/api/scoreboard/users/{user_id:[A-Za-z0-9-]{1,64}}", handlers.board_route)
     router.add_get("/api/scoreboard/me", handlers.me_route)
     router.add_get("/ws/scoreboard", handlers.ws_route)
+    router.add_get("/api/boards", handlers.board_route)
+    board = "/api/boards/{board:" + _SEGMENT + "}/{window:" + _SEGMENT + "}"
+    router.add_get(board + "/top", handlers.board_route)
+    router.add_get(board + "/users", handlers.board_route)
+    router.add_get(board + "/users/{user_id:" + _SEGMENT + "}", handlers.board_user_route)
+    router.add_get(board + "/around/{user_id:" + _SEGMENT + "}", handlers.board_user_route)
     router.add_route("*", "/api/auth/{tail:" + _SEGMENTS + "}", handlers.auth_route)
     router.add_get("/.well-known/jwks.json", handlers.jwks_route)
     setup_webpage(app, settings.static_dir)

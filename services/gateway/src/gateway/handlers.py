@@ -169,6 +169,17 @@ async def board_route(request: web.Request) -> web.Response:
     return await request.app[components_key].proxy.forward(request, "broadcaster")
 
 
+async def board_user_route(request: web.Request) -> web.Response:
+    """``/api/boards/{board}/{window}/users|around/{user_id|me}``: ``me`` is the verified
+    token's user (401 without one); any other id is a public read, as ``board_route``."""
+    if request.match_info["user_id"] != "me":
+        return await board_route(request)
+    principal = await require_principal(request)
+    return await request.app[components_key].proxy.forward(
+        request, "broadcaster", user_id=principal.user_id
+    )
+
+
 async def me_route(request: web.Request) -> web.Response:
     """``GET /api/scoreboard/me``: the broadcaster answers for the verified token's user."""
     principal = await require_principal(request)
