@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -14,6 +15,7 @@ import pytest
 
 from common.boards import BoardDefinition, save_definitions
 from common.events import ScoreChangedEvent
+from score import board_admin
 from score.commands import Command, Delivery
 from score.store import ConcurrentApplyError, ScoreStore
 from services.score.tests.support import add_users, command
@@ -175,3 +177,27 @@ async def test_boards_defined_or_retired_count_from_the_next_batch(
         assert list((await _rows(pg, board, bob)).values()) == [(POINTS, 1)]
     finally:
         await pg.execute("UPDATE boards SET retired = true WHERE board_id = $1", board)
+
+
+async def test_operators_load_list_and_retire_boards_from_a_file(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    board = f"t-{uuid.uuid4().hex[:12]}"
+    path = tmp_path / "boards.toml"
+    path.write_text(
+        f'[[board]]\nboard_id = "{board}"\ntitle = "Filed"\nwindows = ["weekly"]\n'
+        'time_zone = "Asia/Tokyo"\n'
+    )
+    assert await board_admin.load(pool, path) == {"written": 1, "boards": [board]}
+    listed = {b["board_id"]: b for b in (await board_admin.listing(pool))["boards"]}
+    assert listed[board]["time_zone"] == "Asia/Tokyo"
+    assert "global" in listed
+    assert await board_admin.retire(pool, board) == {"retired": board}
+    assert board not in {b["board_id"] for b in (await board_admin.listing(pool))["boards"]}
+    with pytest.raises(board_admin.CannotRetireDefault):
+        await board_admin.retire(pool, "global")
+    with pytest.raises(board_admin.UnknownBoard):
+        await board_admin.retire(pool, "no-such-board")
+    path.write_text('[[board]]\nboard_id = "x"\ntitle = "Bad"\nwindows = ["hourly"]\n')
+    with pytest.raises(ValueError, match="hourly"):
+        await board_admin.load(pool, path)
