@@ -50,7 +50,13 @@ def inject_headers(headers: KafkaHeaders | None = None) -> KafkaHeaders:
     return out
 
 
-def extract_context(headers: Iterable[tuple[str, bytes]] | Sequence[tuple[str, bytes]]) -> Context:
-    """Rebuild the producer's trace context from a consumed record's headers."""
-    carrier = {k: v.decode("latin-1") for k, v in headers}
+def extract_context(
+    headers: Iterable[tuple[str, bytes | None]] | Sequence[tuple[str, bytes | None]],
+) -> Context:
+    """Rebuild the producer's trace context from a consumed record's headers.
+
+    Headers are not signed and Kafka allows null values: a null one is ignored (it once stopped
+    the score consumer), and an unparsable traceparent just starts a new trace.
+    """
+    carrier = {k: v.decode("latin-1") for k, v in headers if v is not None}
     return propagate.extract(carrier)

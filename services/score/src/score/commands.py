@@ -22,6 +22,8 @@ from score.settings import Settings
 
 # W3C trace context headers travel from the command to the ScoreChanged it causes.
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# W3C bounds tracestate at 512 characters; traceparent is 55.
+_MAX_TRACE_HEADER = 512
 
 
 class PoisonReason(StrEnum):
@@ -52,9 +54,20 @@ class Delivery:
     headers: Sequence[tuple[str, bytes]] = ()
 
     def trace_headers(self) -> dict[str, str]:
-        """The record's trace context headers, decoded."""
+        """The record's trace context headers, decoded; those that are not short printable
+        ASCII, as W3C trace context is, are dropped.
+
+        Headers are not signed, and these travel on into the outbox (PostgreSQL jsonb, which
+        refuses NUL): a replayed command with a NUL in its traceparent once wedged its partition.
+        """
         return {
-            k: v.decode("latin-1") for k, v in self.headers if k in TRACE_HEADERS and v is not None
+            k: v.decode("ascii")
+            for k, v in self.headers
+            if k in TRACE_HEADERS
+            and v is not None
+            and len(v) <= _MAX_TRACE_HEADER
+            and v.isascii()
+            and v.decode("ascii").isprintable()
         }
 
 
