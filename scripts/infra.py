@@ -239,8 +239,19 @@ def launch_redis(state: Path, port: int) -> int:
             "--maxclients", "20000",
         ]
     )  # fmt: skip
-    wait_for("Redis", lambda: port_open(port) and pidfile.exists(), 30)
-    return int(pidfile.read_text().strip())
+    # Redis creates the pidfile before it writes the pid: wait for the number, not the file.
+    wait_for("Redis", lambda: port_open(port) and _pid_in(pidfile) is not None, 30)
+    pid = _pid_in(pidfile)
+    assert pid is not None
+    return pid
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    """The pid a pidfile holds, or None while it is missing or not yet written."""
+    try:
+        return int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def redis_down() -> None:
