@@ -239,6 +239,10 @@ def test_app_services_reach_the_infrastructure_by_service_name(compose: Manifest
         url = urlsplit(gateway[setting])
         assert (url.hostname, url.port) == (upstream, APP_SERVICES[upstream])
     assert gateway["SCOREBOARD_ACTION_HMAC_KEYS"], "the gateway needs a ticket key"
+    # The score service applies only commands signed with a key of its set: the gateway's.
+    score = environment(services["score"])
+    assert gateway["SCOREBOARD_COMMAND_KEYS"]
+    assert gateway["SCOREBOARD_COMMAND_KEYS"] == score["SCOREBOARD_COMMAND_KEYS"]
 
 
 def test_kafka_is_a_single_kraft_node_without_auto_created_topics(compose: Manifest) -> None:

@@ -341,13 +341,19 @@ def test_deployment_settings_come_from_config_and_secrets(overlay: str, service:
     # Each service gets only the credentials it uses.
     kafka = "SCOREBOARD_KAFKA_PASSWORD"
     expected_secrets = {
-        "gateway": {"SCOREBOARD_REDIS_URL", "SCOREBOARD_ACTION_HMAC_KEYS", kafka},
+        "gateway": {
+            "SCOREBOARD_REDIS_URL",
+            "SCOREBOARD_ACTION_HMAC_KEYS",
+            kafka,
+            "SCOREBOARD_COMMAND_KEYS",
+            "SCOREBOARD_COMMAND_SIGNING_KID",
+        },
         "auth": {
             "SCOREBOARD_POSTGRES_DSN",
             "SCOREBOARD_REDIS_URL",
             "SCOREBOARD_SIGNING_KEY_PASSPHRASE",
         },
-        "score": {"SCOREBOARD_POSTGRES_DSN", kafka},
+        "score": {"SCOREBOARD_POSTGRES_DSN", kafka, "SCOREBOARD_COMMAND_KEYS"},
         "broadcaster": {"SCOREBOARD_POSTGRES_DSN", "SCOREBOARD_REDIS_URL", kafka},
     }[service]
     from_secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
