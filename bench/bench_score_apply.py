@@ -29,6 +29,8 @@ from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import SecretStr
 
+from common.catalog import DEFAULT_CATALOG
+from common.command_signing import CommandSigner
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
 from common.kafka import (
     KafkaAuth,
@@ -57,17 +59,20 @@ TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def make_commands(n: int, user_ids: list[uuid.UUID], seed: int = 7) -> list[Command]:
-    """``n`` distinct commands spread over the users, as the consumer would hand them over."""
+    """``n`` distinct commands spread over the users, as the consumer would hand them over
+    (each of a random type of the default catalog, at its price: the service checks that)."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
+    types = sorted(DEFAULT_CATALOG)
     out = []
     for i in range(n):
         user = rng.choice(user_ids)
+        action_type = rng.choice(types)
         data = ScoreCommand(
             action_id=uuid.UUID(int=rng.getrandbits(128), version=4),
             user_id=user,
-            action_type="quest",
-            points=rng.randint(1, 100),
+            action_type=action_type,
+            points=DEFAULT_CATALOG[action_type].points,
             issued_at=now - timedelta(seconds=5),
             accepted_at=now,
         )
@@ -221,15 +226,13 @@ async def bench_kafka(settings: Settings, commands: list[Command]) -> dict[str, 
         start = time.perf_counter()
         async with started(producer):
             topic = Topics(prefix).commands
-            acks = [
-                await producer.send(
-                    topic,
-                    encode(ScoreCommandEvent.wrap(c.data, source="/gateway")),
-                    key=str(c.data.user_id).encode(),
-                    headers=inject_headers(),
-                )
-                for c in commands
-            ]
+            signer = CommandSigner(run.command_keys[0])  # as the gateway signs
+            acks = []
+            for c in commands:
+                value = encode(ScoreCommandEvent.wrap(c.data, source="/gateway"))
+                key = str(c.data.user_id).encode()
+                headers = inject_headers([signer.header(key, value)])
+                acks.append(await producer.send(topic, value, key=key, headers=headers))
             await asyncio.gather(*acks)
         produced_s = time.perf_counter() - start
         await runner.setup()
