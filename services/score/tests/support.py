@@ -158,9 +158,19 @@ def outbox_ids(records: list[Any]) -> list[int]:
     return [int(dict(r.headers)[OUTBOX_ID_HEADER]) for r in records]
 
 
-def changes(records: list[Any]) -> list[ScoreChangedEvent]:
-    """Parse ScoreChanged records."""
-    return [ScoreChangedEvent.model_validate_json(r.value) for r in records]
+def changes(
+    records: list[Any], users: Iterable[uuid.UUID] | None = None
+) -> list[ScoreChangedEvent]:
+    """Parse ScoreChanged records (of ``users`` only, when given).
+
+    A test's topic can also hold other tests' events: every relay publishes every unsent row of
+    the run's shared database, so a test's relay may publish what an earlier test left unsent.
+    """
+    events = [ScoreChangedEvent.model_validate_json(r.value) for r in records]
+    if users is None:
+        return events
+    wanted = set(users)
+    return [e for e in events if e.data.user_id in wanted]
 
 
 def distinct_changes(

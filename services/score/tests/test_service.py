@@ -162,9 +162,9 @@ async def _verify(
     total = await pg.fetchval("SELECT sum(score) FROM scores WHERE user_id = ANY($1)", users)
     assert total == sum(c.points for c in cmds)
     records = await read_topic(
-        settings, Topics(settings.topic_prefix).changed, distinct_changes(len(cmds)), 60
+        settings, Topics(settings.topic_prefix).changed, distinct_changes(len(cmds), users), 60
     )
-    per_user = assert_versions_consecutive(changes(records))
+    per_user = assert_versions_consecutive(changes(records, users))
     assert sum(per_user.values()) == len(cmds)
     # Exactly one ScoreChanged per applied command: the whole topic, not one event more.
     keys = {str(u).encode() for u in users}
