@@ -30,7 +30,12 @@ from tests.e2e.harness import Player, System, register_and_login
 pytestmark = pytest.mark.integration
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
-SAMPLES = {"{user_id}": str(uuid.uuid4()), "{path}": "app.js"}
+SAMPLES = {
+    "{user_id}": str(uuid.uuid4()),
+    "{path}": "app.js",
+    "{board}": "global",
+    "{window}": "all-time",
+}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND")
 # aiohttp lingers up to 10 s after answering a request whose body has not all arrived (so the
 # client reads the answer rather than a reset), then closes: the cut-off's upper bound.
@@ -78,6 +83,7 @@ def _documented() -> dict[str, set[str]]:
         path = template
         for name, value in SAMPLES.items():
             path = path.replace(name, value)
+        assert "{" not in path, f"no sample value for a parameter of {template}"
         methods = {m.upper() for m in operations}
         routes[path] = methods | ({"HEAD"} if "GET" in methods else set())
     return routes
