@@ -23,9 +23,10 @@ infra: ## start PostgreSQL, Redis and Kafka as local processes (installing what 
 	$(PY) scripts/infra.py up
 
 .PHONY: migrate
-migrate: deps infra ## apply database migrations and create the Kafka topics
+migrate: deps infra ## migrations and grants (as the owner), the Kafka topics and ACLs, the Redis users
 	$(UV) run --frozen scoreboard-migrate
 	$(UV) run --frozen scoreboard-topics
+	$(UV) run --frozen scoreboard-redis-users
 
 .PHONY: up
 up: ## start everything; the live board at http://127.0.0.1:8080/

@@ -68,6 +68,7 @@ def infra() -> Iterator[Infra]:
                 redis_url=f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
                 kafka_bootstrap=kf.get_bootstrap_server(),
                 kafka_security_protocol="PLAINTEXT",  # no SASL there: ACL tests skip
+                postgres_service_roles=False,  # services use the owner there
             )
         return
     if not (_port_open(5432) and _port_open(6379) and _port_open(9094)):

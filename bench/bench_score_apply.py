@@ -212,9 +212,7 @@ async def bench_kafka(settings: Settings, commands: list[Command]) -> dict[str, 
     admin = kafka_test_auth(settings.kafka_security_protocol)
     await ensure_topics(settings.kafka_bootstrap, specs, auth=admin)
     await ensure_acls(settings.kafka_bootstrap, admin, grants(prefix))
-    run = settings.model_copy(
-        update={"topic_prefix": prefix, "group_id": f"{prefix}score", "migrate_on_start": False}
-    )
+    run = settings.model_copy(update={"topic_prefix": prefix, "group_id": f"{prefix}score"})
     # The commands are produced as the gateway would, as the gateway.
     password = SecretStr(local_kafka_password(GATEWAY))
     as_gateway = run.model_copy(update={"kafka_username": GATEWAY, "kafka_password": password})

@@ -50,6 +50,12 @@ KAFKA_CONTROLLER_PORT = KAFKA_PORT + 1
 KAFKA_VERSION = "3.9.1"
 KAFKA_HEAP = os.environ.get("SCOREBOARD_KAFKA_HEAP", "384m")
 DB_USER = DB_PASSWORD = DB_NAME = "scoreboard"  # noqa: S105 - local development only
+# The services' PostgreSQL login roles, beside the owner (DB_USER, who alone runs migrations),
+# with their development passwords (the services' default DSNs use the same).
+DB_SERVICE_ROLES = {
+    f"scoreboard_{service}": f"{service}-local-dev-password"
+    for service in ("auth", "score", "broadcaster")
+}
 # The local broker's SCRAM-SHA-512 users and their development passwords (the services' settings
 # default to the same; production takes them from Secrets). admin is the super user (topics,
 # ACLs, tests); the others get only the ACLs of common.kafka_acls. controller authenticates
@@ -121,6 +127,10 @@ def _create_role_and_database(port: int = PG_PORT, host: Path | None = None) -> 
         _psql(
             f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{DB_PASSWORD}'", port=port, host=host
         )
+    # The services' own roles (common.db_access grants them their rights after each migration).
+    for role, password in DB_SERVICE_ROLES.items():
+        if _psql(f"SELECT 1 FROM pg_roles WHERE rolname='{role}'", port=port, host=host) != "1":
+            _psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'", port=port, host=host)
     if _psql(f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'", port=port, host=host) != "1":
         _psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}", port=port, host=host)
 
@@ -217,16 +227,22 @@ def redis_up() -> None:
 
 
 def launch_redis(state: Path, port: int) -> int:
-    """Start a daemonised Redis with its data (append-only file) under ``state``; return its pid
+    """Start a daemonised Redis with its data (append-only file) and ACL users under ``state``;
+    return its pid
     (also in ``state``/redis.pid) once it accepts connections."""
     if not shutil.which("redis-server"):
         apt_install("redis-server")
     state.mkdir(parents=True, exist_ok=True)
     pidfile = state / "redis.pid"
     pidfile.unlink(missing_ok=True)
+    # The ACL users (common.redis_access) live in this file, saved by ACL SAVE: a restart keeps
+    # them, as it keeps the data. Redis refuses to start without the file.
+    aclfile = state / "users.acl"
+    aclfile.touch()
     run(
         [
             "redis-server",
+            "--aclfile", str(aclfile),
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--dir", str(state),

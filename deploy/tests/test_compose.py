@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from common import db_access, redis_access
+
 Manifest = dict[str, Any]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,11 +226,19 @@ def test_app_services_reach_the_infrastructure_by_service_name(compose: Manifest
         env = environment(services[name])
         assert env["SCOREBOARD_HOST"] == "0.0.0.0"  # noqa: S104 (inside its container)
         dsn = urlsplit(env["SCOREBOARD_POSTGRES_DSN"])
+        postgres = environment(services["postgres"])
         assert dsn.hostname in services
-        assert dsn.username == environment(services["postgres"])["POSTGRES_USER"]
-        assert dsn.password == environment(services["postgres"])["POSTGRES_PASSWORD"]
-        assert dsn.path == "/" + environment(services["postgres"])["POSTGRES_DB"]
-        assert urlsplit(env["SCOREBOARD_REDIS_URL"]).hostname in services
+        if name in db_access.SERVICES:  # its own role, created by the init script
+            assert dsn.username == db_access.role(name)
+            assert dsn.password == postgres[f"SCOREBOARD_PG_{name.upper()}_PASSWORD"]
+        else:  # the owner: migrations (and the gateway, which has no database at all)
+            assert dsn.username == postgres["POSTGRES_USER"]
+            assert dsn.password == postgres["POSTGRES_PASSWORD"]
+        assert dsn.path == "/" + postgres["POSTGRES_DB"]
+        redis_url = urlsplit(env["SCOREBOARD_REDIS_URL"])
+        assert redis_url.hostname in services
+        if name in redis_access.SERVICES:
+            assert redis_url.username == name
         # Clients reconnect to the advertised address: it must be the one they bootstrap from.
         assert env["SCOREBOARD_KAFKA_BOOTSTRAP"] == advertised
     gateway = environment(services["gateway"])
@@ -284,3 +294,32 @@ def test_app_containers_are_locked_down(compose: Manifest) -> None:
         assert service["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in service["security_opt"], name
         assert any(str(t).startswith("/tmp") for t in service["tmpfs"]), name  # noqa: S108
+
+
+def test_redis_declares_each_service_user_with_its_acl(compose: Manifest) -> None:
+    """Redis' command line carries common.redis_access's rules for prefix sb: (and the admin
+    password); every service connects as its own user with the password declared there."""
+    redis = compose["services"]["redis"]
+    args = [str(a) for a in redis["command"]]
+    assert "--requirepass" in args
+    declared = {}
+    for i, arg in enumerate(args):
+        if arg == "--user":
+            rest = args[i + 1 :]
+            end = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+            declared[rest[0]] = rest[1:end]
+    assert set(declared) == set(redis_access.SERVICES)
+    for service, rules in declared.items():
+        password = rules[1][1:]
+        assert rules == redis_access.acl_rules(service, "sb:", password)[1:]
+        url = urlsplit(environment(compose["services"][service])["SCOREBOARD_REDIS_URL"])
+        assert (url.username, url.password) == (service, password)
+
+
+def test_postgres_creates_the_service_roles_once(compose: Manifest) -> None:
+    """The init script that creates the roles is mounted where the image runs it on first start."""
+    volumes = compose["services"]["postgres"]["volumes"]
+    script = next(v for v in volumes if "postgres-roles.sh" in v)
+    host, _, target = script.partition(":")
+    assert (REPO / host).exists()
+    assert target.startswith("/docker-entrypoint-initdb.d/")

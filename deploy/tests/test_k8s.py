@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from common import kafka_access
+from common import kafka_access, redis_access
 from common.kafka import topic_specs
 from deploy.tests import kustomize
 from deploy.tests.netpol import Pod, allowed, pods_from_template, selector_matches
@@ -358,6 +358,14 @@ def test_deployment_settings_come_from_config_and_secrets(overlay: str, service:
     }[service]
     from_secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
     assert from_secrets == expected_secrets
+    # A PostgreSQL role and a Redis user of its own (common.db_access, common.redis_access).
+    for variable, secret in (
+        ("SCOREBOARD_POSTGRES_DSN", "scoreboard-postgres"),
+        ("SCOREBOARD_REDIS_URL", "scoreboard-redis"),
+    ):
+        if variable in expected_secrets:
+            name = env[variable]["valueFrom"]["secretKeyRef"]["name"]
+            assert name.startswith(f"{secret}-{service}"), name
     if kafka in expected_secrets:  # a Kafka user of its own (common.kafka_access's ACLs)
         assert env["SCOREBOARD_KAFKA_USERNAME"]["value"] == service
         ref = env[kafka]["valueFrom"]["secretKeyRef"]
@@ -685,3 +693,20 @@ def test_workload_selectors_match_their_pod_labels(overlay: str) -> None:
             continue  # Jobs generate their selector
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert selector_matches(workload["spec"]["selector"], labels), workload["metadata"]["name"]
+
+
+def test_dev_redis_declares_each_service_user_with_its_acl() -> None:
+    """The dev Redis' arguments carry common.redis_access's rules for prefix sb:."""
+    redis = main_container(find(rendered("dev"), "StatefulSet", "redis"))
+    args = redis["args"]
+    declared = {}
+    for i, arg in enumerate(args):
+        if arg == "--user":
+            rest = args[i + 1 :]
+            end = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+            declared[rest[0]] = rest[1:end]
+    assert set(declared) == set(redis_access.SERVICES)
+    for service, rules in declared.items():
+        password = f"$(REDIS_{service.upper()}_PASSWORD)"
+        assert rules == redis_access.acl_rules(service, "sb:", password)[1:]
+    assert args[args.index("--requirepass") + 1] == "$(REDISCLI_AUTH)"

@@ -147,6 +147,11 @@ def start_system(
                 "SCOREBOARD_PORT": str(port),
                 "SCOREBOARD_ADMIN_PORT": str(admin[module]),
             }
+            # Each as its own PostgreSQL role and Redis user, as deployed.
+            if module != "gateway":
+                environ["SCOREBOARD_POSTGRES_DSN"] = env.postgres_dsn_as(module)
+            if module != "score":
+                environ["SCOREBOARD_REDIS_URL"] = env.redis_url_as(module)
             if module == "gateway" and gateways > 1:
                 environ["SCOREBOARD_REUSE_PORT"] = "true"
             service = Service(name, port, environ, module=module)

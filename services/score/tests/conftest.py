@@ -35,7 +35,6 @@ def score_settings(test_env: TestEnv, topic_prefix: str, **overrides: object) ->
         **test_env.overrides(),
         "topic_prefix": topic_prefix,
         "group_id": f"{topic_prefix}score",
-        "migrate_on_start": False,
         "postgres_pool_max": 2,
         "retry_base_s": 0.05,
         "retry_cap_s": 0.5,

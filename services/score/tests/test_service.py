@@ -128,7 +128,6 @@ def replicas(test_env: testing.TestEnv, settings: Settings, tmp_path: Path) -> I
         **test_env.environ(),
         "SCOREBOARD_TOPIC_PREFIX": settings.topic_prefix,
         "SCOREBOARD_GROUP_ID": settings.group_id,
-        "SCOREBOARD_MIGRATE_ON_START": "false",
         "SCOREBOARD_POSTGRES_POOL_MAX": "2",
         "SCOREBOARD_RETRY_CAP_S": "1",
         "SCOREBOARD_RELAY_STANDBY_POLL_S": "0.5",

@@ -1,7 +1,10 @@
 """Forward-only, versioned SQL migrations (``common/migrations/NNNN_name.sql``).
 
 Hand-written because it is forty lines: each file runs once, in its own transaction, under an
-advisory lock, so every service can apply them at start without racing the others.
+advisory lock, so two runs never race. Only the owner role runs them (``make migrate``, the
+compose ``migrate`` one-shot, the k8s migration Job, the test harness): the services log in as
+roles that cannot change the schema, and each run grants them their rights again
+(common.db_access).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from common.db_access import apply_grants
 from common.logs import configure_logging
 from common.settings import CommonSettings
 
@@ -64,10 +68,12 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
 
 
 async def migrate(dsn: str) -> list[str]:
-    """Connect, apply the missing migrations, disconnect."""
+    """Connect (as the owner), apply the missing migrations and the services' grants."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        return await apply_migrations(conn)
+        applied = await apply_migrations(conn)
+        await apply_grants(conn)
+        return applied
     finally:
         await conn.close()
 

@@ -7,13 +7,19 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from common.db_access import local_db_password
+from common.db_access import role as db_role
 from common.kafka import KafkaAuth, ensure_topics, local_kafka_password, make_admin, topic_specs
 from common.kafka_access import ADMIN, delete_acls, ensure_acls, grants
 from common.migrate import migrate
+from common.redis_access import SERVICES as REDIS_SERVICES
+from common.redis_access import ensure_users as ensure_redis_users
+from common.redis_access import local_redis_password, save_acl
 
 
 def kafka_test_auth(protocol: str = "SASL_PLAINTEXT", user: str = ADMIN) -> KafkaAuth:
@@ -31,6 +37,8 @@ class Infra:
     # SASL_PLAINTEXT: the users of scripts/infra.py with their development passwords, ACLs
     # enforced; PLAINTEXT: a broker without authentication (testcontainers'), no ACLs.
     kafka_security_protocol: str = "SASL_PLAINTEXT"
+    # The services' PostgreSQL roles exist (scripts/infra.py creates them; testcontainers' not).
+    postgres_service_roles: bool = True
 
 
 # The command-signing key of test runs (common.command_signing): every service of a run, and
@@ -51,6 +59,30 @@ class TestEnv:
     topic_prefix: str
     command_keys: str = TEST_COMMAND_KEYS
     kafka_security_protocol: str = "SASL_PLAINTEXT"
+    postgres_service_roles: bool = True
+    # This run's Redis ACL users are f"{redis_user_prefix}{service}" (common.redis_access, on
+    # this run's key prefix); empty: none were made.
+    redis_user_prefix: str = ""
+
+    def redis_url_as(self, service: str) -> str:
+        """Redis as ``service``'s ACL user of this run (the default user where there are none).
+        Services run as subprocesses use it."""
+        if not self.redis_user_prefix:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        user = f"{self.redis_user_prefix}{service}"
+        netloc = f"{user}:{local_redis_password(service)}@{parts.hostname}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def postgres_dsn_as(self, service: str) -> str:
+        """This run's database as ``service``'s own role (common.db_access), where the roles
+        exist; the owner's DSN otherwise. Services run as subprocesses use it."""
+        if not self.postgres_service_roles:
+            return self.postgres_dsn
+        parts = urlsplit(self.postgres_dsn)
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{db_role(service)}:{local_db_password(service)}@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def kafka_auth(self, user: str = ADMIN) -> KafkaAuth:
         """How ``user`` connects (admin: the super user of the harness and the tests' own
@@ -130,11 +162,20 @@ async def create_test_env(infra: Infra, *, partitions: int = 4) -> TestEnv:
         postgres_dsn=f"{base}/{db}",
         redis_url=infra.redis_url,
         redis_prefix=f"sbtest:{run_id}:",
+        redis_user_prefix=f"sbtest-{run_id}-",
         kafka_bootstrap=infra.kafka_bootstrap,
         topic_prefix=f"sbtest-{run_id}.",
         kafka_security_protocol=infra.kafka_security_protocol,
+        postgres_service_roles=infra.postgres_service_roles,
     )
     await migrate(env.postgres_dsn)
+    redis = aioredis.from_url(infra.redis_url)
+    try:
+        passwords = {s: local_redis_password(s) for s in REDIS_SERVICES}
+        name = f"{env.redis_user_prefix}{{service}}"
+        await ensure_redis_users(redis, env.redis_prefix, passwords, name=name)
+    finally:
+        await redis.aclose()
     await provision_topics(env, env.topic_prefix, partitions=partitions)
     return env
 
@@ -149,6 +190,9 @@ async def drop_test_env(infra: Infra, env: TestEnv) -> None:
         await admin.close()
     client = aioredis.from_url(infra.redis_url)
     try:
+        if env.redis_user_prefix:
+            await client.acl_deluser(*(f"{env.redis_user_prefix}{s}" for s in REDIS_SERVICES))
+            await save_acl(client)
         keys = [k async for k in client.scan_iter(match=f"{env.redis_prefix}*", count=1000)]
         if keys:
             await client.delete(*keys)

@@ -14,6 +14,10 @@ class Settings(CommonSettings):
 
     service_name: str = "auth"
     port: int = 8081
+    # Its own role: no DDL (the owner migrates; common.db_access has its grants).
+    postgres_dsn: str = (
+        "postgresql://scoreboard_auth:auth-local-dev-password@127.0.0.1:5432/scoreboard"
+    )
     admin_port: int = 9081  # /metrics and detailed /readyz (common.health)
 
     # Tokens and sessions.

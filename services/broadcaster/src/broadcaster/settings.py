@@ -15,6 +15,11 @@ class Settings(CommonSettings):
 
     service_name: str = "broadcaster"
     port: int = 8083
+    # Its own role, which may only read (common.db_access has its grants).
+    postgres_dsn: str = (
+        "postgresql://scoreboard_broadcaster:broadcaster-local-dev-password"
+        "@127.0.0.1:5432/scoreboard"
+    )
     admin_port: int = 9083  # /metrics and detailed /readyz (common.health)
     # Connecting lazily (min 0) lets the replica start and serve from Redis while PostgreSQL is
     # down; PostgreSQL serves rebuilds and fallback reads only.

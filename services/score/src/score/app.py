@@ -18,7 +18,6 @@ from aiohttp import web
 
 from common.health import readiness_key, registry_key
 from common.kafka import make_consumer, make_producer, started
-from common.migrate import migrate
 from common.postgres import create_pool
 from common.tasks import running
 from common.web import create_base_app
@@ -59,8 +58,8 @@ def create_app(settings: Settings) -> web.Application:
 async def _service(
     settings: Settings, metrics: ScoreMetrics, app: web.Application
 ) -> AsyncIterator[None]:
-    if settings.migrate_on_start:
-        await migrate(settings.postgres_dsn)
+    # No migrations here: the service's role cannot change the schema; the owner migrates
+    # first (make migrate, the compose one-shot, the k8s Job; common.migrate).
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)

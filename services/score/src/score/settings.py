@@ -24,9 +24,10 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # connection. Connecting lazily (min 0) keeps idle replicas from holding connections.
     postgres_pool_min: int = 0
     postgres_pool_max: int = 4
-    # Apply the shared migrations at start (idempotent, under an advisory lock). PostgreSQL must
-    # answer then; later outages are retried while the service keeps running.
-    migrate_on_start: bool = True
+    # Its own role: no DDL (the owner migrates; common.db_access has its grants).
+    postgres_dsn: str = (
+        "postgresql://scoreboard_score:score-local-dev-password@127.0.0.1:5432/scoreboard"
+    )
 
     # Consumer group on the commands topic; every replica uses the same one.
     group_id: str = "score"

@@ -1,0 +1,145 @@
+"""Who may do what in Redis: an ACL user per service, limited to its keys and its commands.
+
+The keyspace table in docs/architecture.md (and common.keyspace) says who writes what; the rules
+below are that table as Redis 7 ACLs (``%R~`` read-only, ``%W~`` write-only, ``~`` both):
+
+- gateway: tickets, done markers, rate limits and earning counters; revocations and user
+  statuses, which it only reads; subscribes to the applied channel. It cannot touch the board or
+  auth's throttles.
+- broadcaster: the board; marks done markers applied and deletes tickets; publishes on the
+  applied channel. Rate limits, revocations, statuses and throttles are out of its reach.
+- auth: its login and signup throttles; writes revocations and user statuses.
+
+Read-only patterns (``%R~``) would say "reads" more exactly, but Redis checks the keys a script
+declares (``EVALSHA ... KEYS``) as read-write, and the gateway's admission script and the
+broadcaster's apply script declare the revocation and ticket keys they read or delete: so those
+patterns are read-write, and who writes them is the code's rule, not Redis'.
+
+Every user gets the ordinary data commands, scripts and pub/sub, never the dangerous ones
+(FLUSHALL, KEYS, CONFIG, DEBUG, ACL, ...). The ``default`` user is the administrator: locally it
+stays open (the tests' harness and tools use it); compose and Kubernetes give it a password.
+``scoreboard-redis-users`` creates the users at runtime (``ACL SETUSER``, idempotent); compose and
+the dev overlay declare them in Redis' own configuration (:func:`user_directive`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Final
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from common.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+SERVICES: Final = ("gateway", "broadcaster", "auth")
+COMMANDS: Final = "+@all -@dangerous -@admin"
+
+
+def key_rules(service: str, prefix: str) -> list[str]:
+    """The key and channel patterns of ``service`` under the deployment's ``prefix``."""
+    p = prefix
+    rules = {
+        "gateway": [
+            f"~{p}ticket:*",
+            f"~{p}done:*",
+            f"~{p}rl:*",
+            f"~{p}earn:*",
+            f"~{p}revoked-session:*",
+            f"~{p}user-status:*",
+            f"&{p}applied",
+        ],
+        "broadcaster": [
+            f"~{p}board*",
+            f"~{p}{{bd:*",  # each board period's keys (common.keyspace.PeriodBoardKeys)
+            f"~{p}applied",  # the apply script declares the channel among its KEYS
+            f"~{p}done:*",
+            f"~{p}ticket:*",
+            f"&{p}applied",
+        ],
+        "auth": [
+            f"~{p}login-fail:*",
+            f"~{p}signup:*",
+            f"~{p}revoked-session:*",
+            f"~{p}user-status:*",
+        ],
+    }
+    return rules[service]
+
+
+def local_redis_password(user: str) -> str:
+    """The development password of ``user`` on a local Redis. Worthless anywhere else."""
+    return f"{user}-local-dev-password"
+
+
+def acl_rules(service: str, prefix: str, password: str) -> list[str]:
+    """``ACL SETUSER`` arguments: reset, then enable with the password, keys and commands."""
+    return ["reset", "on", f">{password}", *key_rules(service, prefix), *COMMANDS.split()]
+
+
+def user_directive(service: str, prefix: str, password: str) -> str:
+    """The same as a redis.conf ``user`` line (compose's and the dev overlay's Redis)."""
+    return " ".join(["user", service, *acl_rules(service, prefix, password)[1:]])
+
+
+async def ensure_users(
+    client: aioredis.Redis,
+    prefix: str,
+    passwords: dict[str, str],
+    *,
+    name: str = "{service}",
+) -> list[str]:
+    """Create or reset the service users (as an administrator); ``name`` formats each user's
+    name (tests give theirs a run prefix). Returns the names."""
+    names = []
+    for service, password in passwords.items():
+        user = name.format(service=service)
+        # The raw command, so the rules are the very words of user_directive (redis-py's
+        # acl_setuser would rebuild them from its own arguments); its stub is untyped.
+        rules = acl_rules(service, prefix, password)
+        await client.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
+        names.append(user)
+    await save_acl(client)
+    log.info("redis_users_ensured", users=names)
+    return names
+
+
+async def save_acl(client: aioredis.Redis) -> bool:
+    """``ACL SAVE`` where Redis keeps its users in an ACL file (so a restart keeps them);
+    False where it has none (the users then last until Redis restarts)."""
+    try:
+        await client.execute_command("ACL", "SAVE")  # type: ignore[no-untyped-call]
+    except ResponseError as exc:
+        if "ACL file" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def main() -> None:
+    """``scoreboard-redis-users``: the service users for ``SCOREBOARD_REDIS_PREFIX``, with the
+    passwords in ``SCOREBOARD_REDIS_<SERVICE>_PASSWORD`` (local development ones otherwise),
+    through ``SCOREBOARD_REDIS_URL`` (an administrator)."""
+    settings = CommonSettings.load()
+    passwords = {
+        s: os.environ.get(f"SCOREBOARD_REDIS_{s.upper()}_PASSWORD") or local_redis_password(s)
+        for s in SERVICES
+    }
+
+    async def run() -> None:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            users = await ensure_users(client, settings.redis_prefix, passwords)
+        finally:
+            await client.aclose()
+        print(f"Redis users: {', '.join(users)}")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
