@@ -21,7 +21,9 @@ from typing import TypeVar
 
 import asyncpg
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broadcaster.period_boards import PeriodBoards, PeriodEntry, Ranked, Slice
 from broadcaster.postgres_boards import Position, PostgresBoards
@@ -276,12 +278,28 @@ class BoardPeriods:
                 groups.setdefault(t.keys, (t, []))[1].append(entry)
         applied = 0
         for t, entries in groups.values():
-            done = await self._redis.apply(t.keys, entries, t.redis_until)
-            if done is None:
-                await self.ensure_built(t)
-                done = await self._redis.apply(t.keys, entries, t.redis_until) or 0
+            try:
+                done = await self._redis.apply(t.keys, entries, t.redis_until)
+                if done is None:
+                    await self.ensure_built(t)
+                    done = await self._redis.apply(t.keys, entries, t.redis_until) or 0
+            except (RedisConnectionError, RedisTimeoutError):
+                raise  # Redis is away for the main board too: the consumer retries the batch
+            except Exception:
+                # Anything else (a rebuild PostgreSQL refuses, a script error) must not stop the
+                # main board: the period forgets it is built, so reads go to PostgreSQL (the
+                # truth) and the next read or event rebuilds it.
+                log.exception("board_period_apply_failed", board=t.board.id, period=t.period.id)
+                await self._forget(t)
+                continue
             applied += done
         return applied
+
+    async def _forget(self, t: Target) -> None:
+        try:
+            await self._redis.forget(t.keys)
+        except RedisError as exc:
+            log.warning("board_period_forget_failed", board=t.board.id, error=repr(exc))
 
     # -- rebuilds ---------------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from opentelemetry import trace
@@ -219,8 +218,9 @@ class ChangeConsumer:
             try:
                 await periods.apply(changes)
                 return
-            except (RedisError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                # Redis, or PostgreSQL for a period's rebuild: the version rule makes a retry safe.
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Redis unreachable (other failures only unbuild the period, see board_periods):
+                # the version rule makes a retry safe.
                 if retries.attempt == 0:
                     log.warning("board_periods_apply_retrying", error=repr(exc))
                 await retries.sleep()

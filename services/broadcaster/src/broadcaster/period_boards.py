@@ -312,6 +312,10 @@ class PeriodBoards:
         else:
             await self._redis.set(keys.built, text, pxat=_ms(expire_at))
 
+    async def forget(self, keys: PeriodBoardKeys) -> None:
+        """Drop the built marker: the period is no longer known complete (a failed apply)."""
+        await self._redis.delete(keys.built)
+
     async def acquire_lock(self, keys: PeriodBoardKeys, token: str, ttl_s: float) -> bool:
         """Take the period's rebuild lock unless another replica holds it."""
         return bool(await self._redis.set(keys.lock, token, nx=True, px=int(ttl_s * 1000)))
