@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `make test` needs besides the Python environment, installed if missing: Debian's PostgreSQL,
 # Redis, a JRE and Maven (for Apache Kafka's jars), Chromium (the browser test), promtool (the
-# alert-rule test), uv, and kustomize (the k8s overlays). `make test` and `.ci/run` both run it,
+# alert-rule test), uv, kustomize (the k8s overlays) and the AsyncAPI parser (Node.js, the contract
+# test). `make test` and `.ci/run` both run it,
 # so a fresh machine skips no test. Safe to run again: it installs only what is missing.
 # Debian packages need root (or sudo); everything else installs as the current user.
 set -euo pipefail
@@ -45,4 +46,18 @@ if ! command -v promtool >/dev/null; then
   fetch || { as_root apt-get update -q && fetch; }
   as_root install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
   rm -rf "$tmp"
+fi
+
+# The AsyncAPI reference parser validates docs/asyncapi.yaml in libs/common/tests/test_asyncapi.py:
+# npm packages locked in scripts/asyncapi/, installed into a cache (not the work tree).
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tools_dir=${SCOREBOARD_TOOLS_DIR:-$HOME/.cache/scoreboard}
+asyncapi_dir="$tools_dir/asyncapi"
+if ! cmp -s "$repo/scripts/asyncapi/package-lock.json" "$asyncapi_dir/package-lock.json" 2>/dev/null \
+    || [ ! -d "$asyncapi_dir/node_modules/@asyncapi/parser" ]; then
+  command -v npm >/dev/null || { as_root apt-get update -q && as_root apt-get install -y -q nodejs npm; }
+  echo "install-tools: installing the AsyncAPI parser into $asyncapi_dir"
+  mkdir -p "$asyncapi_dir"
+  cp "$repo"/scripts/asyncapi/package{,-lock}.json "$asyncapi_dir/"
+  (cd "$asyncapi_dir" && npm ci --no-audit --no-fund --silent)
 fi

@@ -92,12 +92,14 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     schema = json.loads((SCHEMAS / "score-command.v1.json").read_text())
     jsonschema.validate(value, schema)
     event = ScoreCommandEvent.model_validate(value)
-    assert event.source == "/gateway"
+    assert event.source == "https://scoreboard.dev/services/gateway"
+    assert event.dataschema.endswith("/schemas/score-command.v1.json#/$defs/ScoreCommand")
     assert event.subject == str(player.user_id)
     assert (event.data.user_id, event.data.action_type) == (player.user_id, "quest")
     assert event.data.points == 50
     assert event.data.accepted_at >= event.data.issued_at
     assert any(k == "traceparent" for k, _ in record.headers)
+    assert ("content-type", b"application/cloudevents+json") in record.headers
     # Signed over the exact key and value with the run's key, as the score service requires.
     verifier = CommandVerifier(Settings.load(**test_env.overrides()).command_keys)
     assert verifier.check(record.key, record.value, record.headers) == "test"

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from common.events import ScoreChanged, ScoreChangedEvent, encode
+from common.events import SCORE_SOURCE, ScoreChanged, ScoreChangedEvent, encode
 from score.apply import (
     Applied,
     UserState,
@@ -84,7 +84,7 @@ def test_changed_event_is_exactly_the_models_encoding(occurred_at: datetime) -> 
                 version=42,
                 occurred_at=occurred_at,
             ),
-            source="/score",
+            source=SCORE_SOURCE,
         )
     )
     payload = changed_event(applied, str(user), "Ada.Lovelace-1_x", occurred_at)

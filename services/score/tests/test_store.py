@@ -75,7 +75,7 @@ async def test_a_batch_changes_scores_versions_actions_and_outbox_together(
     ]
     assert [r["event_key"] for r in rows] == [str(e.data.user_id).encode() for e in events]
     assert all(json.loads(r["headers"]) == {"traceparent": TRACEPARENT} for r in rows)
-    assert events[0].source == "/score"
+    assert events[0].source == "https://scoreboard.dev/services/score"
     assert events[0].data.username == f"p_{alice.hex[:16]}"
     # The event's time is the transaction's time, which is also when the score was reached.
     assert {e.data.occurred_at for e in events} == {scores[alice][2]}

@@ -1,23 +1,43 @@
 """The messages on our Kafka topics: CloudEvents 1.0 (structured mode) with typed ``data``.
 
 These models are the source of truth for the JSON Schemas in ``schemas/`` (``make schemas``
-regenerates them; a test fails when a committed schema drifts from its model).
+regenerates them; a test fails when a committed schema drifts from its model). The models ignore
+fields they do not know, as docs/events.md asks of every consumer: within v1 a producer may add
+optional fields, so a reader that refused them would break on the first such release.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/json"
 
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
+STRUCTURED_MODE_HEADER: Final = ("content-type", STRUCTURED_CONTENT_TYPE.encode())
+"""The Kafka protocol binding's header for a structured-mode event: every record we publish
+carries it, and CloudEvents SDKs decode the value as a whole event only when it is there."""
+
+SOURCE_BASE: Final = "https://scoreboard.dev/services/"
+GATEWAY_SOURCE: Final = SOURCE_BASE + "gateway"
+SCORE_SOURCE: Final = SOURCE_BASE + "score"
+SCHEMA_BASE: Final = "https://scoreboard.dev/schemas/"
+
 COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
 FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
+
+MAX_POINTS: Final = 1_000_000
+"""The most one action may be worth (a command's points, a change's delta)."""
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""The largest count a change may carry (scores, versions, entries): every integer up to it is
+exact as a double, which Redis sorted-set scores, Lua numbers and JavaScript numbers are. Past
+it the board's apply script loses precision or fails (a score beyond a double's range makes
+ZADD an error, which would stop the board's consumer), so consumers refuse such an event."""
 
 ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
@@ -41,22 +61,27 @@ class Topics:
         self.flagged = prefix + self.FLAGGED
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class ScoreCommand(_Strict):
+def _published_before(schema: dict[str, Any]) -> None:
+    # dataschema is always written but came late: records from before it lack it.
+    schema["required"] = [name for name in schema["required"] if name != "dataschema"]
+
+
+class ScoreCommand(_Message):
     """Raise ``user_id``'s score by ``points`` for the completed action ``action_id``."""
 
     action_id: uuid.UUID
     user_id: uuid.UUID
     action_type: ActionType
-    points: int = Field(gt=0, le=1_000_000)
+    points: int = Field(gt=0, le=MAX_POINTS)
     issued_at: AwareDatetime
     accepted_at: AwareDatetime
 
 
-class BoardChange(_Strict):
+class BoardChange(_Message):
     """The player's total in one period of a board's window after the change (common.boards).
 
     The entry's version is the change's ``version``; it was reached at ``occurred_at``.
@@ -65,11 +90,11 @@ class BoardChange(_Strict):
     board: BoardId
     window: BoardWindow
     period: str = Field(min_length=1, max_length=32)
-    score: int = Field(ge=0)
-    entries: int = Field(ge=1)
+    score: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    entries: int = Field(ge=1, le=MAX_SAFE_INTEGER)
 
 
-class ScoreChanged(_Strict):
+class ScoreChanged(_Message):
     """``user_id``'s score became ``score``; ``version`` is the user's own sequence number.
 
     ``boards`` lists the board periods the action counted in besides the default board's
@@ -79,19 +104,36 @@ class ScoreChanged(_Strict):
     action_id: uuid.UUID
     user_id: uuid.UUID
     username: Username
-    delta: int = Field(gt=0)
-    score: int = Field(ge=0)
-    version: int = Field(ge=1)
+    delta: int = Field(gt=0, le=MAX_POINTS)
+    score: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    version: int = Field(ge=1, le=MAX_SAFE_INTEGER)
     occurred_at: AwareDatetime
     boards: tuple[BoardChange, ...] = ()
 
 
-class _Envelope(_Strict):
+class _Envelope(_Message):
+    # The attributes with a default are always written, so the schema requires them.
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True, json_schema_extra=_published_before
+    )
+
     specversion: Literal["1.0"] = SPEC_VERSION
-    id: str = Field(min_length=1, max_length=128)
-    source: str = Field(min_length=1, max_length=256)
+    id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Unique per source; a resend of the same event has the same id.",
+    )
+    source: str = Field(
+        min_length=1,
+        max_length=256,
+        json_schema_extra={"format": "uri-reference"},
+        description=(
+            "The publishing service, an absolute URI https://scoreboard.dev/services/<service>"
+            " (events published before it was absolute have a relative /<service>)."
+        ),
+    )
     time: AwareDatetime
-    subject: str = Field(min_length=1, max_length=128)
+    subject: str = Field(min_length=1, max_length=128, description="The user id.")
     datacontenttype: Literal["application/json"] = CONTENT_TYPE
 
 
@@ -99,6 +141,9 @@ class ScoreCommandEvent(_Envelope):
     """CloudEvent on ``scoreboard.score-commands.v1``; ``id`` is the action id."""
 
     type: Literal["scoreboard.score.command.v1"] = COMMAND_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/score-command.v1.json#/$defs/ScoreCommand"
+    ] = "https://scoreboard.dev/schemas/score-command.v1.json#/$defs/ScoreCommand"
     data: ScoreCommand
 
     @classmethod
@@ -117,6 +162,9 @@ class ScoreChangedEvent(_Envelope):
     """CloudEvent on ``scoreboard.score-changed.v1``; ``id`` is ``<user_id>:<version>``."""
 
     type: Literal["scoreboard.score.changed.v1"] = CHANGED_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/score-changed.v1.json#/$defs/ScoreChanged"
+    ] = "https://scoreboard.dev/schemas/score-changed.v1.json#/$defs/ScoreChanged"
     data: ScoreChanged
 
     @classmethod
@@ -136,7 +184,7 @@ class ScoreChangedEvent(_Envelope):
         return f"{user_id}:{version}"
 
 
-class PlayerFlagged(_Strict):
+class PlayerFlagged(_Message):
     """``user_id`` earns far faster than the players active beside them (score/anomaly.py).
 
     A flag is a suspicion for an operator to review, not a verdict: nothing is taken from the
@@ -164,6 +212,9 @@ class PlayerFlaggedEvent(_Envelope):
     flag, possible after a publisher failure, has the same id)."""
 
     type: Literal["scoreboard.player.flagged.v1"] = FLAGGED_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/player-flagged.v1.json#/$defs/PlayerFlagged"
+    ] = "https://scoreboard.dev/schemas/player-flagged.v1.json#/$defs/PlayerFlagged"
     data: PlayerFlagged
 
     @classmethod

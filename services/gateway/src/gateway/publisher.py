@@ -27,7 +27,15 @@ from opentelemetry import trace
 
 from common.backoff import Backoff
 from common.command_signing import CommandSigner
-from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode, utcnow
+from common.events import (
+    GATEWAY_SOURCE,
+    STRUCTURED_MODE_HEADER,
+    ScoreCommand,
+    ScoreCommandEvent,
+    Topics,
+    encode,
+    utcnow,
+)
 from common.kafka import make_producer
 from common.problems import ServiceUnavailable
 from common.tracing import inject_headers
@@ -37,8 +45,6 @@ from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
-
-EVENT_SOURCE = "/gateway"
 
 
 class PublishFailed(Exception):
@@ -160,7 +166,7 @@ class CommandPublisher:
         if producer is None:
             self._metrics.publish_failures.labels("not_connected").inc()
             raise PublishFailed("not_connected")
-        value = encode(ScoreCommandEvent.wrap(command, source=EVENT_SOURCE))
+        value = encode(ScoreCommandEvent.wrap(command, source=GATEWAY_SOURCE))
         key = str(command.user_id).encode()
         started = time.perf_counter()
         with tracer.start_as_current_span(
@@ -175,7 +181,9 @@ class CommandPublisher:
                         self._topic,
                         value,
                         key=key,
-                        headers=inject_headers([self._signer.header(key, value)]),
+                        headers=inject_headers(
+                            [STRUCTURED_MODE_HEADER, self._signer.header(key, value)]
+                        ),
                     )
             except TimeoutError:
                 self._metrics.publish_failures.labels("timeout").inc()

@@ -37,7 +37,15 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from common.backoff import Backoff, wait_or_stop
-from common.events import PlayerFlagged, PlayerFlaggedEvent, ScoreChangedEvent, Topics, encode
+from common.events import (
+    SCORE_SOURCE,
+    STRUCTURED_MODE_HEADER,
+    PlayerFlagged,
+    PlayerFlaggedEvent,
+    ScoreChangedEvent,
+    Topics,
+    encode,
+)
 from common.kafka import make_consumer, started
 from score.anomaly import ModelParams, Outlier, RateModel
 from score.flag_store import FlagStore
@@ -84,7 +92,6 @@ class PlayerFlagger:
         topics = Topics(settings.topic_prefix)
         self._changed = topics.changed
         self._flagged = topics.flagged
-        self._source = f"/{settings.service_name}"
         # Set once the consumer has its partitions and the re-read has begun.
         self.assigned = asyncio.Event()
 
@@ -217,8 +224,9 @@ class PlayerFlagger:
             await asyncio.wait_for(
                 self._producer.send_and_wait(
                     self._flagged,
-                    encode(PlayerFlaggedEvent.wrap(flag, source=self._source)),
+                    encode(PlayerFlaggedEvent.wrap(flag, source=SCORE_SOURCE)),
                     key=str(flag.user_id).encode(),
+                    headers=[STRUCTURED_MODE_HEADER],
                 ),
                 SEND_TIMEOUT_S,
             )

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
+from common.events import STRUCTURED_MODE_HEADER
+
 # pg_try_advisory_lock key: whoever holds it is the one relay that publishes (any replica).
 RELAY_LOCK_ID = 0x5C0_2E1A7
 
@@ -25,7 +27,8 @@ _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One ScoreChanged event waiting to be published (``headers`` include its outbox id)."""
+    """One ScoreChanged event waiting to be published (``headers`` include its outbox id and
+    the structured-mode content type, added here so rows written before it was have it too)."""
 
     id: int
     key: bytes
@@ -53,6 +56,7 @@ class Outbox:
                 [
                     *((k, v.encode()) for k, v in _decode_headers(r[3]).items()),
                     (OUTBOX_ID_HEADER, str(r[0]).encode()),
+                    STRUCTURED_MODE_HEADER,
                 ],
             )
             for r in await self._conn.fetch(_UNSENT, limit)
