@@ -24,6 +24,7 @@ from common.web import create_base_app
 from gateway import handlers
 from gateway.accounts import Authenticator
 from gateway.admission import Admission
+from gateway.board_cache import BoardCache
 from gateway.catalog import Catalog
 from gateway.claims import Claims
 from gateway.components import Components, components_key
@@ -172,6 +173,7 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
             waiters=AppliedWaiters(linger_s=settings.applied_linger_s),
             jwks=jwks,
             proxy=Proxy(session, settings, metrics),
+            board_cache=BoardCache(settings.board_cache_ttl_s, metrics.board_cache),
             ws_slots=WebSocketSlots(
                 per_bucket=settings.ws_max_per_address, total=settings.ws_max_connections
             ),

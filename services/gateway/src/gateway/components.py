@@ -10,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:  # the parts import the edge, which reaches them through this module
     from gateway.accounts import Authenticator
     from gateway.admission import Admission
+    from gateway.board_cache import BoardCache
     from gateway.catalog import Catalog
     from gateway.claims import Claims
     from gateway.jwks import JwksCache
@@ -42,6 +43,7 @@ class Components:
     waiters: AppliedWaiters
     jwks: JwksCache
     proxy: Proxy
+    board_cache: BoardCache
     ws_slots: WebSocketSlots
 
 

@@ -163,10 +163,13 @@ async def _limit_reads(request: web.Request) -> None:
 
 
 async def board_route(request: web.Request) -> web.Response:
-    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster,
-    limited per address bucket."""
+    """``GET /api/scoreboard/top`` and ``/users/{id}``: public reads from the broadcaster
+    (through the gateway's micro-cache, gateway.board_cache), limited per address bucket."""
     await _limit_reads(request)
-    return await request.app[components_key].proxy.forward(request, "broadcaster")
+    parts = request.app[components_key]
+    return await parts.board_cache.get(
+        request.rel_url.raw_path_qs, lambda: parts.proxy.forward(request, "broadcaster")
+    )
 
 
 async def board_user_route(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ class GatewayMetrics:
     jwks_refreshes: Counter
     upstream_errors: Counter
     ws_connections: Gauge
+    board_cache: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -76,6 +77,13 @@ class GatewayMetrics:
             ws_connections=Gauge(
                 "scoreboard_gateway_ws_connections",
                 "WebSocket connections proxied right now",
+                registry=registry,
+            ),
+            board_cache=Counter(
+                "scoreboard_gateway_board_cache",
+                "Public board reads by how they were answered: hit (kept answer), shared (joined "
+                "a request in flight), miss (asked the broadcaster)",
+                ["result"],
                 registry=registry,
             ),
         )

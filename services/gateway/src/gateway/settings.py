@@ -116,6 +116,9 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # Board reads (top, a player, me) per address bucket, across replicas.
     reads_rate_per_address: float = Field(default=50.0, gt=0)
     reads_burst_per_address: int = Field(default=200, ge=1)
+    # Public board reads are answered from a per-process cache this long (gateway.board_cache);
+    # 0 sends every read to the broadcaster.
+    board_cache_ttl_s: float = Field(default=0.1, ge=0, le=10)
     ws_max_per_address: int = Field(default=50, ge=1)
     ws_max_connections: int = Field(default=20_000, ge=1)
     ws_connect_rate_per_address: float = Field(default=5.0, gt=0)
