@@ -1,15 +1,21 @@
-"""Tracing: spans are exported over OTLP/HTTP when an endpoint is set; without one they are not
-recorded, yet their ids still travel through Kafka headers to the consumer."""
+"""Tracing: the standard OTEL_* variables; spans are exported over OTLP/HTTP when an endpoint is
+set; without one they are not recorded, yet their ids still travel through Kafka headers to the
+consumer and into every log line written inside them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
+import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from common.logs import configure_logging
 from common.tracing import extract_context, inject_headers, make_tracer_provider
 
 
@@ -63,3 +69,43 @@ def test_without_an_endpoint_spans_are_not_recorded_but_ids_propagate() -> None:
     assert [k for k, _ in headers] == ["traceparent"]
     received = trace.get_current_span(extract_context(headers)).get_span_context()
     assert (received.trace_id, received.span_id) == (context.trace_id, context.span_id)
+
+
+def test_the_standard_variables_configure_sampler_and_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
+    provider = make_tracer_provider("gateway")
+    with provider.get_tracer("test").start_as_current_span("x") as span:
+        assert span.is_recording()  # sampled without any exporter: OTEL_TRACES_SAMPLER says so
+    attributes = provider.resource.attributes
+    assert attributes["service.name"] == "gateway-eu"
+    assert attributes["deployment.environment"] == "staging"
+
+
+def test_without_variables_the_service_names_itself_and_records_nothing() -> None:
+    provider = make_tracer_provider("score", env={})
+    assert provider.resource.attributes["service.name"] == "score"
+    with provider.get_tracer("test").start_as_current_span("x") as span:
+        assert not span.is_recording()
+
+
+def test_every_log_line_inside_a_span_carries_its_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("svc-under-test", json=True)
+    try:
+        provider = make_tracer_provider("svc-under-test", env={})  # not recorded: ids all the same
+        with provider.get_tracer("test").start_as_current_span("work") as span:
+            structlog.get_logger("test").info("inside")
+            logging.getLogger("stdlib").warning("inside too")
+        structlog.get_logger("test").info("outside")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ctx = span.get_span_context()
+    ids = {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+    assert [{k: line.get(k) for k in ids} for line in lines] == [ids, ids, dict.fromkeys(ids)]

@@ -68,8 +68,8 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = "scoreboard-auth"
     jwt_audience: str = "scoreboard"
 
-    # An OTLP/HTTP collector's base URL (spans go to <url>/v1/traces). Without one, spans are not
-    # recorded; their ids still reach the logs and Kafka headers.
+    # Deprecated alias of the standard OTEL_EXPORTER_OTLP_ENDPOINT (an OTLP/HTTP collector's base
+    # URL), read only when that is unset; the OTEL_* variables configure tracing (common.tracing).
     otel_exporter_endpoint: str = ""
 
     @classmethod

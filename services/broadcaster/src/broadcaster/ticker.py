@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from broadcaster.board_reader import BoardReader
@@ -82,6 +83,8 @@ class Ticker:
         self._next_fallback = 0.0
         self._nudged = asyncio.Event()
         self._last_broadcast = -math.inf
+        # The sampled board applies whose changes the next push carries (its span's links).
+        self._applies: list[trace.Link] = []
 
     @property
     def frame(self) -> TopFrame | None:
@@ -89,7 +92,10 @@ class Ticker:
         return self._frame
 
     def wake(self) -> None:
-        """Tick soon: changes reached the board."""
+        """Tick soon: changes reached the board (called inside the board apply's span)."""
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.trace_flags.sampled and len(self._applies) < 32:
+            self._applies.append(trace.Link(ctx))
         self._nudged.set()
 
     async def run(self) -> None:
@@ -106,7 +112,10 @@ class Ticker:
             start = loop.time()
             self._nudged.clear()  # what arrives from here on is seen by this tick or the next
             try:
-                await self.tick(start)
+                if self._applies:
+                    await self._traced_tick(start)
+                else:
+                    await self.tick(start)
             except Exception:
                 if not failing:
                     log.exception("fanout_tick_failed")
@@ -126,6 +135,19 @@ class Ticker:
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
                     await asyncio.sleep(max(0.0, soonest - loop.time()))
+
+    async def _traced_tick(self, now: float) -> None:
+        """The round after traced board applies, in a span of our own linked to them (no
+        instrumentation sees a push): it delivers what they changed, unless the round before
+        already did (when it read the board between their write and their nudge)."""
+        links, self._applies = self._applies, []
+        tracer = trace.get_tracer(__name__)  # per round: the provider may change (tests)
+        with tracer.start_as_current_span("board push", links=links) as span:
+            await self.tick(now)
+            span.set_attribute(
+                "scoreboard.board.version", self._frame.version if self._frame else 0
+            )
+            span.set_attribute("scoreboard.ws.connections", len(self._connections))
 
     async def tick(self, now: float) -> None:
         """One round: notice board changes, refresh players' standings, deliver what is new."""

@@ -38,13 +38,11 @@ from common.events import (
 )
 from common.kafka import make_producer
 from common.problems import ServiceUnavailable
-from common.tracing import inject_headers
 from gateway.claims import Claims
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer(__name__)
 
 
 class PublishFailed(Exception):
@@ -169,29 +167,24 @@ class CommandPublisher:
         value = encode(ScoreCommandEvent.wrap(command, source=GATEWAY_SOURCE))
         key = str(command.user_id).encode()
         started = time.perf_counter()
-        with tracer.start_as_current_span(
-            f"{self._topic} publish", kind=trace.SpanKind.PRODUCER
-        ) as span:
-            span.set_attribute("messaging.system", "kafka")
-            span.set_attribute("messaging.destination.name", self._topic)
-            span.set_attribute("scoreboard.action_id", str(command.action_id))
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await producer.send_and_wait(
-                        self._topic,
-                        value,
-                        key=key,
-                        headers=inject_headers(
-                            [STRUCTURED_MODE_HEADER, self._signer.header(key, value)]
-                        ),
-                    )
-            except TimeoutError:
-                self._metrics.publish_failures.labels("timeout").inc()
-                log.warning("publish_timeout", action_id=str(command.action_id))
-                raise PublishFailed("timeout") from None
-            except Exception as exc:  # aiokafka raises many types; all mean "not recorded"
-                self._metrics.publish_failures.labels("error").inc()
-                log.warning("publish_failed", action_id=str(command.action_id), error=repr(exc))
-                raise PublishFailed("error") from exc
+        # The aiokafka instrumentation makes the send span and puts its traceparent in the
+        # headers; the request's span says which action this was.
+        trace.get_current_span().set_attribute("scoreboard.action_id", str(command.action_id))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await producer.send_and_wait(
+                    self._topic,
+                    value,
+                    key=key,
+                    headers=[STRUCTURED_MODE_HEADER, self._signer.header(key, value)],
+                )
+        except TimeoutError:
+            self._metrics.publish_failures.labels("timeout").inc()
+            log.warning("publish_timeout", action_id=str(command.action_id))
+            raise PublishFailed("timeout") from None
+        except Exception as exc:  # aiokafka raises many types; all mean "not recorded"
+            self._metrics.publish_failures.labels("error").inc()
+            log.warning("publish_failed", action_id=str(command.action_id), error=repr(exc))
+            raise PublishFailed("error") from exc
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
         self._metrics.commands_accepted.labels(command.action_type).inc()

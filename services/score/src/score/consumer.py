@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from common.backoff import Backoff, wait_or_stop
 from common.events import Topics, utcnow
-from common.tracing import extract_context
+from common.tracing import linked
 from score.apply import Plan
 from score.commands import Admission, Command, Delivery, Poison, PoisonReason, decode
 from score.metrics import ScoreMetrics
@@ -35,7 +35,6 @@ from score.settings import Settings
 from score.store import ScoreStore
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer(__name__)
 
 T = TypeVar("T")
 Item = TypeVar("Item", Command, Poison)
@@ -132,7 +131,11 @@ class CommandConsumer:
             else:
                 poison.append(item)
 
-        with tracer.start_as_current_span("score.apply_batch", links=_links(commands)) as span:
+        # No instrumentation sees a batch apply: this span is ours, linked to the commands' send
+        # spans (their records' traceparent). Looked up per batch: the provider may change.
+        links = linked((c.delivery.headers for c in commands), _MAX_TRACE_LINKS)
+        tracer = trace.get_tracer(__name__)
+        with tracer.start_as_current_span("score.apply_batch", links=links) as span:
             span.set_attribute("score.batch.records", len(deliveries))
             plan = await self._retry("apply", stop, lambda: self._apply(commands))
             poison.extend(
@@ -307,12 +310,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
 def _names(partitions: set[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-
-
-def _links(commands: list[Command]) -> list[trace.Link]:
-    links = []
-    for c in commands[:_MAX_TRACE_LINKS]:
-        ctx = trace.get_current_span(extract_context(c.delivery.headers)).get_span_context()
-        if ctx.is_valid:
-            links.append(trace.Link(ctx))
-    return links
