@@ -129,8 +129,12 @@ async def closed_loop(
     seconds: float,
     concurrency: int,
     meter: CpuMeter,
+    profile: tuple[int, Path] | None = None,
 ) -> None:
-    """``concurrency`` workers send the next request as soon as their last one is answered."""
+    """``concurrency`` workers send the next request as soon as their last one is answered.
+
+    With ``profile`` (a pid and a file), py-spy records that process over the window.
+    """
     deadline = 0.0
 
     async def worker() -> None:
@@ -151,12 +155,32 @@ async def closed_loop(
     # Warm the pool (connections open, first requests served) outside the measured window.
     warm = [next(requests) for _ in range(concurrency)]
     await asyncio.gather(*(client.send(raw) for raw in warm))
+    spy = _py_spy(*profile, seconds) if profile is not None else None
     meter.start()
     start = time.perf_counter()
     deadline = start + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     trial.seconds = time.perf_counter() - start
     trial.cpu = meter.stop()
+    if spy is not None:
+        await asyncio.to_thread(spy.wait, 60)
+
+
+def _py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` for ``seconds`` into ``out`` (raw collapsed stacks)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("no py-spy (run with: uv run --with py-spy)", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking"),
+            *("--duration", str(round(seconds)), "--format", "raw", "--output", str(out)),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def redis_ceiling(redis_url: str, key: str) -> float | None:
@@ -215,6 +239,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, svc in system.services.items()
             if name in ("gateway", "broadcaster") and svc.proc is not None
         } | {bare_proc.pid: "bare", os.getpid(): "load_generator"}
+        gateway_pid = gateway.proc.pid if gateway.proc is not None else None
         tune_gc()
         for r in range(args.rounds):
             order = ["bare", "ours"] if r % 2 == 0 else ["ours", "bare"]
@@ -228,7 +253,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     requests = _bare_updates(bare, tokens)
                     client = bare
                 await closed_loop(
-                    client, requests, trial, args.seconds, args.concurrency, CpuMeter(pids)
+                    client,
+                    requests,
+                    trial,
+                    args.seconds,
+                    args.concurrency,
+                    CpuMeter(pids),
+                    _profile(args, gateway_pid, server, "ingest", r),
                 )
                 trials.append(trial)
                 _print_trial(trial)
@@ -245,6 +276,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.seconds,
                     args.concurrency,
                     CpuMeter(pids),
+                    _profile(args, gateway_pid, server, "reads", r),
                 )
                 trials.append(trial)
                 _print_trial(trial)
@@ -313,6 +345,15 @@ async def _redis_ceiling(redis_url: str, prefix: str) -> float | None:
         await r.aclose()
 
 
+def _profile(
+    args: argparse.Namespace, pid: int | None, server: str, kind: str, round_: int
+) -> tuple[int, Path] | None:
+    """What to profile in this trial: the gateway in ours, with ``--profile``."""
+    if args.profile is None or server != "ours" or pid is None:
+        return None
+    return pid, args.profile / f"gateway-{kind}-{round_ + 1}.txt"
+
+
 def _start_bare(port: int, top: bytes, directory: Path) -> subprocess.Popen[bytes]:
     """The bare server on ``port``, serving ``top``; returns once it answers."""
     top_file = directory / "top.json"
@@ -366,7 +407,7 @@ def _result(args: argparse.Namespace, trials: list[Trial], ceiling: float | None
     )
     return {
         "benchmark": "ingest",
-        "settings": vars(args),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rates_per_s": rates,
         "redis_zrevrange_per_s": ceiling,
         "trials": rows,
@@ -388,6 +429,11 @@ def main() -> None:
         type=int,
         default=24_000,
         help="tickets issued per ingest trial of ours (at most 10,000 per player)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write py-spy profiles of the gateway here (run with: uv run --with py-spy)",
     )
     args = parser.parse_args()
     result = asyncio.run(run(args))
