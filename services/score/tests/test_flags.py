@@ -176,6 +176,7 @@ async def test_fast_player_among_fifty_honest_is_flagged_within_ten_seconds(
     assert flag.active_players >= 50
     assert json.loads(records[0].value)["id"] == str(flag.flag_id)
     assert records[0].key == str(fast_id).encode()
+    assert ("content-type", b"application/cloudevents+json") in records[0].headers
 
     rows = await pool.fetch(
         "SELECT * FROM player_flags WHERE user_id = ANY($1)",
