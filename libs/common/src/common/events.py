@@ -31,14 +31,6 @@ COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
 FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
 
-MAX_POINTS: Final = 1_000_000
-"""The most one action may be worth (a command's points, a change's delta)."""
-MAX_SAFE_INTEGER: Final = 2**53 - 1
-"""The largest count a change may carry (scores, versions, entries): every integer up to it is
-exact as a double, which Redis sorted-set scores, Lua numbers and JavaScript numbers are. Past
-it the board's apply script loses precision or fails (a score beyond a double's range makes
-ZADD an error, which would stop the board's consumer), so consumers refuse such an event."""
-
 ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
 # A leaderboard's id and one of its time windows (common.boards defines them).
@@ -76,7 +68,7 @@ class ScoreCommand(_Message):
     action_id: uuid.UUID
     user_id: uuid.UUID
     action_type: ActionType
-    points: int = Field(gt=0, le=MAX_POINTS)
+    points: int = Field(gt=0, le=1_000_000)
     issued_at: AwareDatetime
     accepted_at: AwareDatetime
 
@@ -90,8 +82,8 @@ class BoardChange(_Message):
     board: BoardId
     window: BoardWindow
     period: str = Field(min_length=1, max_length=32)
-    score: int = Field(ge=0, le=MAX_SAFE_INTEGER)
-    entries: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    score: int = Field(ge=0)
+    entries: int = Field(ge=1)
 
 
 class ScoreChanged(_Message):
@@ -104,9 +96,9 @@ class ScoreChanged(_Message):
     action_id: uuid.UUID
     user_id: uuid.UUID
     username: Username
-    delta: int = Field(gt=0, le=MAX_POINTS)
-    score: int = Field(ge=0, le=MAX_SAFE_INTEGER)
-    version: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    delta: int = Field(gt=0)
+    score: int = Field(ge=0)
+    version: int = Field(ge=1)
     occurred_at: AwareDatetime
     boards: tuple[BoardChange, ...] = ()
 
