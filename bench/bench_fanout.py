@@ -437,20 +437,20 @@ async def trial(
         def delta(name: str) -> float:
             return _metric(metrics_after, name) - _metric(metrics_before, name)
 
-        ticks = delta("scoreboard_ws_tick_seconds_count")
+        ticks = delta("scoreboard_broadcaster_ws_tick_seconds_count")
         result["broadcaster"] = {
-            "tick_ms_mean": round(1000 * delta("scoreboard_ws_tick_seconds_sum") / ticks, 2)
+            "tick_ms_mean": round(1000 * delta("scoreboard_broadcaster_ws_tick_seconds_sum") / ticks, 2)
             if ticks
             else None,
             "apply_lag_ms_mean": round(
                 1000
-                * delta("scoreboard_board_event_lag_seconds_sum")
-                / max(1.0, delta("scoreboard_board_event_lag_seconds_count")),
+                * delta("scoreboard_broadcaster_board_event_lag_seconds_sum")
+                / max(1.0, delta("scoreboard_broadcaster_board_event_lag_seconds_count")),
                 1,
             ),
-            "top_frames_sent": delta('scoreboard_ws_frames_sent_total{type="top"}'),
-            "slow_skips": delta("scoreboard_ws_slow_skips_total"),
-            "slow_closes": delta("scoreboard_ws_slow_closes_total"),
+            "top_frames_sent": delta('scoreboard_broadcaster_ws_frames_sent_total{type="top"}'),
+            "slow_skips": delta("scoreboard_broadcaster_ws_slow_skips_total"),
+            "slow_closes": delta("scoreboard_broadcaster_ws_slow_closes_total"),
         }
     return result
 

@@ -148,6 +148,15 @@ async def test_health_ready_metrics(client: TestClient[web.Request, web.Applicat
     await client.get("/healthz")
     metrics = await (await client.get("/metrics")).text()
     assert 'scoreboard_http_requests_total{method="GET",route="/healthz"' in metrics
+    # The standard runtime families, for saturation panels and alerts.
+    for family in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_gc_collections_total",
+        "python_info",
+    ):
+        assert f"\n{family}" in metrics, family
 
 
 def test_tune_gc_freezes_the_startup_heap_and_widens_the_young_generation() -> None:

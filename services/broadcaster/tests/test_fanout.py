@@ -132,7 +132,7 @@ async def test_connections_are_registered_with_their_player_until_they_leave(rig
     connections = rig.fanout.connections
 
     assert len(rig.fanout) == 3
-    assert rig.metric("scoreboard_ws_clients") == 3
+    assert rig.metric("scoreboard_broadcaster_ws_clients") == 3
     assert set(connections.of_player(str(player))) == {first, second}
     # Each got the snapshot at once; the player also their standing (not on the board yet).
     assert [f["version"] for f in anonymous_socket.frames("top")] == [0]
@@ -144,7 +144,7 @@ async def test_connections_are_registered_with_their_player_until_they_leave(rig
     rig.fanout.detach(second)
     rig.fanout.detach(anonymous)
     assert len(rig.fanout) == 0
-    assert rig.metric("scoreboard_ws_clients") == 0
+    assert rig.metric("scoreboard_broadcaster_ws_clients") == 0
     assert str(player) not in connections.players
 
 
@@ -168,7 +168,7 @@ async def test_changes_between_frames_coalesce_into_the_newest(rig: Rig) -> None
         (b.username, 60),
         (a.username, 41),
     ]
-    assert rig.metric("scoreboard_ws_frames_sent_total", type="top") == 3
+    assert rig.metric("scoreboard_broadcaster_ws_frames_sent_total", type="top") == 3
 
 
 async def test_a_player_gets_their_own_score_at_once_and_rank_changes_a_round_later(
@@ -209,13 +209,13 @@ async def test_a_slow_client_is_skipped_then_gets_the_newest_frame_only(rig: Rig
         await rig.fanout.ticker.tick(now + i * rig.settings.tick_interval_s)
     assert [f["version"] for f in fast.frames("top")] == [0, 1, 2, 3]
     assert [f["version"] for f in slow.frames("top")] == [0]
-    assert rig.metric("scoreboard_ws_slow_skips_total") == 3
+    assert rig.metric("scoreboard_broadcaster_ws_slow_skips_total") == 3
 
     slow.unsent = 0  # it read what it had: the next tick brings it up to date, in one frame
     await rig.fanout.ticker.tick(now + 3 * rig.settings.tick_interval_s)
     assert [f["version"] for f in slow.frames("top")] == [0, 3]
     assert [f["version"] for f in fast.frames("top")] == [0, 1, 2, 3]
-    assert rig.metric("scoreboard_ws_slow_closes_total") == 0
+    assert rig.metric("scoreboard_broadcaster_ws_slow_closes_total") == 0
 
 
 async def test_a_client_that_stays_stuck_is_closed_as_too_slow_then_cut_off(rig: Rig) -> None:
@@ -236,7 +236,7 @@ async def test_a_client_that_stays_stuck_is_closed_as_too_slow_then_cut_off(rig:
         # The close frame sits behind the unsent data; after the grace period the socket goes.
         await socket.aborted.wait()
     assert ws.closed_with == (CLOSE_TOO_SLOW, b"too slow")
-    assert rig.metric("scoreboard_ws_slow_closes_total") == 1
+    assert rig.metric("scoreboard_broadcaster_ws_slow_closes_total") == 1
     assert stuck not in rig.fanout.connections.lagging
     assert [f["version"] for f in socket.frames("top")] == [0]
 

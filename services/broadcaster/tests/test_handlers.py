@@ -106,7 +106,7 @@ async def test_guessed_ids_cost_one_lookup_each(client: Client) -> None:
     for _ in range(5):
         resp = await client.get(f"/api/scoreboard/users/{guessed}")
         assert resp.status == 404
-    assert _sample(registry, "scoreboard_cache_hits_total", query="unknown_user") == 4
+    assert _sample(registry, "scoreboard_broadcaster_cache_hits_total", query="unknown_user") == 4
 
 
 async def test_me_needs_the_gateways_user_header(client: Client, players: list[Player]) -> None:
@@ -150,7 +150,7 @@ async def test_top_falls_back_to_postgres_when_redis_is_down(
         assert (await ready.json())["checks"]["redis"].startswith("failed")
         registry = app[registry_key]
         fallbacks = _sample(
-            registry, "scoreboard_fallbacks_total", query="top", reason="redis_unavailable"
+            registry, "scoreboard_broadcaster_fallbacks_total", query="top", reason="redis_unavailable"
         )
         assert fallbacks >= 1
 

@@ -61,13 +61,13 @@ async def test_a_deleted_player_leaves_every_board_and_stays_off(
             assert _ids(first)[0] == str(victim.user_id)
 
             registry = client.app[registry_key]
-            removed_before = registry.get_sample_value("scoreboard_board_users_removed_total")
+            removed_before = registry.get_sample_value("scoreboard_broadcaster_board_users_removed_total")
             assert await _delete(pg, victim.user_id) == victim.version
             gone = await frame_where(
                 ws, lambda f: f["type"] == "top" and str(victim.user_id) not in _ids(f)
             )
             assert gone["version"] > first["version"]
-            removed = registry.get_sample_value("scoreboard_board_users_removed_total")
+            removed = registry.get_sample_value("scoreboard_broadcaster_board_users_removed_total")
             assert removed is not None
             assert removed_before is not None
             assert removed - removed_before == 1
@@ -106,7 +106,7 @@ async def _late_event_changes_nothing(client: Client, victim: Player, send: Send
     registry = client.app[registry_key]
 
     def stale() -> float:
-        return registry.get_sample_value("scoreboard_board_events_stale_total") or 0.0
+        return registry.get_sample_value("scoreboard_broadcaster_board_events_stale_total") or 0.0
 
     before = stale()
     await send(victim.gain(1000))

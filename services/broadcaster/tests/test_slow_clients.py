@@ -94,7 +94,7 @@ async def test_stuck_client_neither_delays_others_nor_stays(
     assert client.server.port is not None
 
     def slow_closes() -> float:
-        return registry.get_sample_value("scoreboard_ws_slow_closes_total") or 0.0
+        return registry.get_sample_value("scoreboard_broadcaster_ws_slow_closes_total") or 0.0
 
     async with client.ws_connect("/ws/scoreboard") as normal:
         await next_frame(normal, "top", wait_s=1.0)

@@ -1,8 +1,33 @@
-"""Prometheus metrics shared by the services (each app owns a registry: no module globals)."""
+"""Prometheus metrics shared by the services (each app owns a registry: no module globals).
+
+Naming: every family is ``scoreboard_<service>_<what>`` (``scoreboard_gateway_*``,
+``scoreboard_broadcaster_*``, ...), except what every service exports alike
+(``scoreboard_http_*``), plus the client library's standard ``process_*`` and ``python_*``.
+Counters are declared without ``_total``, which the client adds; units are the suffix
+(``_seconds``, ``_bytes``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+
+def runtime_metrics(registry: CollectorRegistry) -> None:
+    """The standard process (CPU, memory, file descriptors), GC and interpreter families
+    (``process_*``, ``python_gc_*``, ``python_info``) on the app's own registry: without them
+    saturation (CPU, memory, descriptors) cannot be seen per replica."""
+    for collector in (ProcessCollector, GCCollector, PlatformCollector):
+        try:
+            collector(registry=registry)
+        except ValueError:  # already registered: the registry served an app before
+            return
 
 
 def http_metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:

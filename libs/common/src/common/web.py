@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from common.bodies import MAX_BODY
 from common.health import add_health_routes, readiness_key, registry_key
+from common.metrics import runtime_metrics
 from common.middlewares import metrics_middleware, problem_middleware
 
 
@@ -24,6 +25,7 @@ def create_base_app(
     ``admin_port``, the operator endpoints answer in full only there (common.health).
     """
     registry = registry or CollectorRegistry()
+    runtime_metrics(registry)
     app = web.Application(
         client_max_size=MAX_BODY,
         # Metrics outermost, so they record the status of the rendered problem responses.
