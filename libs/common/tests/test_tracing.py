@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import structlog
@@ -109,3 +112,28 @@ def test_every_log_line_inside_a_span_carries_its_ids(capsys: pytest.CaptureFixt
     ctx = span.get_span_context()
     ids = {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
     assert [{k: line.get(k) for k in ids} for line in lines] == [ids, ids, dict.fromkeys(ids)]
+
+
+def test_without_exporter_or_sampler_tracing_stays_off() -> None:
+    """No provider and no instrumentation: what they cost would buy nothing (docs/operations).
+    In a process of its own: the provider and the instrumentations are process-wide."""
+    probe = (
+        "from opentelemetry import trace\n"
+        "from common.tracing import configure_tracing, instrumentors\n"
+        "configure_tracing('svc')\n"
+        "print(type(trace.get_tracer_provider()).__name__,"
+        " any(i.is_instrumented_by_opentelemetry for i in instrumentors()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SCOREBOARD_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["ProxyTracerProvider", "False"]
+    sampled = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "OTEL_TRACES_SAMPLER": "always_off"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert sampled.split() == ["TracerProvider", "True"]
