@@ -31,6 +31,13 @@ COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
 FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
 
+MAX_POINTS: Final = 1_000_000
+"""The most one action may be worth (a command's points, so a change's delta)."""
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""The largest count our readers hold exactly: every integer up to it is exact as a double,
+which Redis sorted-set scores, Lua numbers and JavaScript numbers are (see
+:func:`out_of_range`)."""
+
 ActionType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")]
 # A leaderboard's id and one of its time windows (common.boards defines them).
@@ -68,7 +75,7 @@ class ScoreCommand(_Message):
     action_id: uuid.UUID
     user_id: uuid.UUID
     action_type: ActionType
-    points: int = Field(gt=0, le=1_000_000)
+    points: int = Field(gt=0, le=MAX_POINTS)
     issued_at: AwareDatetime
     accepted_at: AwareDatetime
 
@@ -101,6 +108,27 @@ class ScoreChanged(_Message):
     version: int = Field(ge=1)
     occurred_at: AwareDatetime
     boards: tuple[BoardChange, ...] = ()
+
+
+def out_of_range(change: ScoreChanged) -> str | None:
+    """The first number in ``change`` that no honest score service writes and our readers cannot
+    hold (a delta over :data:`MAX_POINTS`, a count over :data:`MAX_SAFE_INTEGER`); None if none.
+
+    The v1 schema leaves these unbounded (tightening it would be a v2, docs/events.md), so the
+    readers check: past 2**53 the board's Lua apply loses precision (a version step, the board
+    version), a score beyond a double's range makes ZADD fail, which would stop the board's
+    consumer, and a delta beyond a float's range stops the anomaly model's arithmetic.
+    """
+    if change.delta > MAX_POINTS:
+        return "delta"
+    for name in ("score", "version"):
+        if getattr(change, name) > MAX_SAFE_INTEGER:
+            return name
+    for i, entry in enumerate(change.boards):
+        for name in ("score", "entries"):
+            if getattr(entry, name) > MAX_SAFE_INTEGER:
+                return f"boards.{i}.{name}"
+    return None
 
 
 class _Envelope(_Message):

@@ -43,7 +43,7 @@ from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common.backoff import Backoff
-from common.events import ScoreChanged, ScoreChangedEvent, Topics, utcnow
+from common.events import ScoreChanged, ScoreChangedEvent, Topics, out_of_range, utcnow
 from common.kafka import make_consumer
 from common.tracing import linked
 
@@ -180,19 +180,18 @@ class ChangeConsumer:
         changes: list[ScoreChanged] = []
         for record in records:
             try:
-                changes.append(ScoreChangedEvent.model_validate_json(record.value).data)
+                change = ScoreChangedEvent.model_validate_json(record.value).data
             except ValidationError as exc:
                 # A record no version of this service can read: skip it, loudly, rather than
                 # stop the board for everyone.
-                self._metrics.events_invalid.inc()
-                log.error(
-                    "invalid_event",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    errors=exc.error_count(), DEBUGX=str(exc)[:300],
-                )
+                self._skip(record, errors=exc.error_count())
                 continue
+            if (field := out_of_range(change)) is not None:
+                # Valid by the schema, but a number the board cannot hold (Lua and sorted-set
+                # scores are doubles): applied, it would fail or corrupt the board version.
+                self._skip(record, out_of_range=field)
+                continue
+            changes.append(change)
         if not changes:
             return changes
         # Ours: no instrumentation sees a batch apply. Linked to the events' own traces; the
@@ -208,6 +207,16 @@ class ChangeConsumer:
                 await self._apply_chunk(changes[start : start + chunk])
             self._on_change(c.user_id for c in changes)
         return changes
+
+    def _skip(self, record: ConsumerRecord, **why: object) -> None:
+        self._metrics.events_invalid.inc()
+        log.error(
+            "invalid_event",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            **why,
+        )
 
     async def _apply_periods(self, periods: BoardPeriods, changes: Sequence[ScoreChanged]) -> None:
         retries = self._backoff()

@@ -45,6 +45,7 @@ from common.events import (
     ScoreChangedEvent,
     Topics,
     encode,
+    out_of_range,
 )
 from common.kafka import make_consumer, started
 from score.anomaly import ModelParams, Outlier, RateModel
@@ -169,6 +170,15 @@ class PlayerFlagger:
                 partition=record.partition,
                 offset=record.offset,
                 error=exc.errors()[0]["msg"],
+            )
+            return
+        if (field := out_of_range(change)) is not None:
+            # A delta no float holds would stop the model's arithmetic (and this task with it).
+            log.warning(
+                "flags_unreadable_change",
+                partition=record.partition,
+                offset=record.offset,
+                error=f"{field} out of range",
             )
             return
         model.observe(
