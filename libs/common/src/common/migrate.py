@@ -16,6 +16,7 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from common.cli import parse_plain
 from common.db_access import apply_grants
 from common.logs import configure_logging
 from common.settings import CommonSettings
@@ -80,6 +81,10 @@ async def migrate(dsn: str) -> list[str]:
 
 def main() -> None:
     """``scoreboard-migrate``: bring the database in ``SCOREBOARD_POSTGRES_DSN`` up to date."""
+    parse_plain(
+        "scoreboard-migrate",
+        "apply the missing schema migrations and the services' grants, as the owner role",
+    )
     settings = CommonSettings.load()
     configure_logging("migrate", settings.log_level, json=False)
     applied = asyncio.run(migrate(settings.postgres_dsn))

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
+from common.cli import parse_plain
 from common.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,7 @@ def main() -> None:
     """``scoreboard-redis-users``: the service users for ``SCOREBOARD_REDIS_PREFIX``, with the
     passwords in ``SCOREBOARD_REDIS_<SERVICE>_PASSWORD`` (local development ones otherwise),
     through ``SCOREBOARD_REDIS_URL`` (an administrator)."""
+    parse_plain("scoreboard-redis-users", "create or update the services' Redis ACL users")
     settings = CommonSettings.load()
     passwords = {
         s: os.environ.get(f"SCOREBOARD_REDIS_{s.upper()}_PASSWORD") or local_redis_password(s)

@@ -13,6 +13,7 @@ import uvloop
 from aiohttp import web
 
 from common.bodies import body_timeout_key
+from common.cli import add_version
 from common.logs import configure_logging
 from common.settings import CommonSettings
 from common.tracing import configure_tracing
@@ -30,12 +31,14 @@ def serve(
     create_app: Callable[[S], web.Application],
     argv: list[str] | None = None,
 ) -> None:
-    """The ``main`` of a service: parse ``--help``, load settings, log, trace, serve."""
+    """The ``main`` of a service: parse ``--help``/``--version``, load settings, log, trace,
+    serve."""
+    package = settings_type.__module__.split(".")[0]
     parser = argparse.ArgumentParser(
-        description=f"serve the Scoreboard {settings_type.__module__.split('.')[0]} service "
+        description=f"serve the Scoreboard {package} service "
         "until SIGTERM; every setting is a SCOREBOARD_* environment variable (see the README)"
     )
-    parser.parse_args(argv)
+    add_version(parser, package).parse_args(argv)
     settings = settings_type.load()
     configure_logging(settings.service_name, settings.log_level, json=settings.log_json)
     configure_tracing(settings.service_name, settings.otel_exporter_endpoint)

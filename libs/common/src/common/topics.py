@@ -11,6 +11,7 @@ import asyncio
 
 from pydantic import Field
 
+from common.cli import parse_plain
 from common.kafka import KafkaAuth, ensure_topics, topic_specs
 from common.kafka_access import ADMIN, ensure_acls, grants
 from common.logs import configure_logging
@@ -42,6 +43,7 @@ async def provision(settings: TopicsSettings) -> None:
 
 def main() -> None:
     """Create the topics named in the settings' prefix, waiting for Kafka to answer."""
+    parse_plain("scoreboard-topics", "create the contract's Kafka topics and the services' ACLs")
     settings = TopicsSettings.load()
     configure_logging("topics", settings.log_level, json=False)
     asyncio.run(provision(settings))

@@ -30,6 +30,7 @@ from auth.app import create_app
 from auth.keys import describe, rotate_keys
 from auth.revocations import Revocations
 from auth.settings import Settings
+from common.cli import add_version
 from common.logs import configure_logging
 from common.postgres import create_pool
 from common.redis_client import create_redis
@@ -37,7 +38,9 @@ from common.runner import serve
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="auth", description="Scoreboard auth service")
+    parser = add_version(
+        argparse.ArgumentParser(prog="auth", description="Scoreboard auth service"), "auth"
+    )
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="start the HTTP service (the default)")
     commands.add_parser("rotate-keys", help="add a new signing key; old ones retire later")

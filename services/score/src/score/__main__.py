@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from common.cli import add_version
 from common.postgres import create_pool
 from common.runner import serve
 from score import board_admin
@@ -29,7 +30,9 @@ from score.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="score", description="Scoreboard score service")
+    parser = add_version(
+        argparse.ArgumentParser(prog="score", description="Scoreboard score service"), "score"
+    )
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="consume commands until SIGTERM (the default)")
     boards = commands.add_parser("boards", help="define the leaderboards").add_subparsers(
