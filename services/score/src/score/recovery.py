@@ -25,6 +25,8 @@ published; it is unsent and must not be marked.
 
 from __future__ import annotations
 
+import re
+
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from common.kafka import make_consumer, started
@@ -79,12 +81,24 @@ async def _read(
     return out
 
 
+# What the relay writes (str() of a bigserial id): no sign, no leading zero, at most 19 digits.
+_OUTBOX_ID = re.compile(rb"[1-9][0-9]{0,18}")
+_BIGINT_MAX = 2**63 - 1
+
+
 def _outbox_id(record: ConsumerRecord) -> int | None:
-    """The outbox id a record carries; None for one without (published before the header)."""
-    for key, value in record.headers:
-        if key == OUTBOX_ID_HEADER:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    """The outbox id a record carries; None for one without (published before the header) and
+    for any header the relay does not write: exactly one, its row's id in plain ASCII decimal.
+
+    A record whose id is None ends the scan of its partition (as a marked row does), so an odd
+    header can only make recovery stop early (a resend, which the versions deduplicate), never
+    mark an unsent row sent. ``int()`` alone would also read " 42", "4_2", "+42" or "-1" (and a
+    null value, or one past bigint, would fail the takeover). A well-formed id on a forged record
+    is not caught here: only the score service may write the topic (Kafka ACLs,
+    common.kafka_access), which is what makes the header worth believing.
+    """
+    values = [value for key, value in record.headers if key == OUTBOX_ID_HEADER]
+    if len(values) != 1 or values[0] is None or not _OUTBOX_ID.fullmatch(values[0]):
+        return None
+    outbox_id = int(values[0])
+    return outbox_id if outbox_id <= _BIGINT_MAX else None
