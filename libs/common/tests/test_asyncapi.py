@@ -27,6 +27,7 @@ def test_asyncapi_describes_every_topic_with_its_schema() -> None:
         Topics.CHANGED,
         Topics.DLQ,
         Topics.FLAGGED,
+        Topics.PERIOD_CLOSED,
         applied_channel("{redisPrefix}"),
     }
     assert addresses == expected

@@ -47,6 +47,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "player_flags": "SELECT, INSERT, UPDATE",
         "boards": "SELECT, INSERT, UPDATE",
         "board_scores": "SELECT, INSERT, UPDATE, DELETE",
+        "closed_periods": "SELECT, INSERT, UPDATE",  # the period closer (score/closer.py)
     },
     "broadcaster": {
         "users": "SELECT (user_id, username)",

@@ -30,6 +30,7 @@ SCHEMA_BASE: Final = "https://scoreboard.dev/schemas/"
 COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
 FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
+PERIOD_CLOSED_TYPE: Final = "scoreboard.period.closed.v1"
 
 MAX_POINTS: Final = 1_000_000
 """The most one action may be worth (a command's points, so a change's delta)."""
@@ -52,12 +53,14 @@ class Topics:
     CHANGED = "scoreboard.score-changed.v1"
     DLQ = "scoreboard.score-commands.dlq.v1"
     FLAGGED = "scoreboard.player-flagged.v1"
+    PERIOD_CLOSED = "scoreboard.period-closed.v1"
 
     def __init__(self, prefix: str = "") -> None:
         self.commands = prefix + self.COMMANDS
         self.changed = prefix + self.CHANGED
         self.dlq = prefix + self.DLQ
         self.flagged = prefix + self.FLAGGED
+        self.period_closed = prefix + self.PERIOD_CLOSED
 
 
 class _Message(BaseModel):
@@ -249,6 +252,66 @@ class PlayerFlaggedEvent(_Envelope):
         )
 
 
+class FinalStanding(_Message):
+    """One player's place in a closed period (ties: whoever reached the score first ranks
+    higher, as on the live board)."""
+
+    rank: int = Field(ge=1)
+    user_id: uuid.UUID
+    username: Username
+    score: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    entries: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    reached_at: AwareDatetime
+
+
+class PeriodClosed(_Message):
+    """The final standings of one closed period of a board's window (common.boards).
+
+    Published once per period, after its end plus the grace for late commands
+    (``period_close_grace_s``; docs/architecture.md, "Closing a period"). ``standings`` are the
+    top ``top_n`` players (the board's ``closed_top_n``), banned players left out; ``players``
+    and ``entries`` count everyone in the period, banned players aside. What the score service
+    applies for the period after it closed still counts in its totals (``GET
+    /api/boards/{board}/{window}/top?period=``) but is not announced again.
+    """
+
+    board: BoardId
+    window: BoardWindow
+    period: str = Field(min_length=1, max_length=32)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    closed_at: AwareDatetime
+    top_n: int = Field(ge=1, le=1000)
+    players: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    entries: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    standings: tuple[FinalStanding, ...] = Field(max_length=1000)
+
+
+class PeriodClosedEvent(_Envelope):
+    """CloudEvent on ``scoreboard.period-closed.v1``, keyed by board id; ``id`` is
+    ``<board>:<window>:<period>`` (one event per period, ever)."""
+
+    type: Literal["scoreboard.period.closed.v1"] = PERIOD_CLOSED_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/period-closed.v1.json#/$defs/PeriodClosed"
+    ] = "https://scoreboard.dev/schemas/period-closed.v1.json#/$defs/PeriodClosed"
+    subject: str = Field(
+        min_length=1, max_length=128, description="The board period: <board>/<window>/<period>."
+    )
+    data: PeriodClosed
+
+    @classmethod
+    def wrap(cls, data: PeriodClosed, source: str) -> Self:
+        """Envelope a closed period; its id names the period, so a duplicate is recognisable."""
+        return cls(
+            id=f"{data.board}:{data.window}:{data.period}",
+            source=source,
+            time=data.closed_at,
+            subject=f"{data.board}/{data.window}/{data.period}",
+            data=data,
+        )
+
+
 class AppliedNotice(BaseModel):
     """Redis channel ``P applied`` (:func:`common.keyspace.applied_channel`): ``action_id`` is on
     the board. Published by the broadcaster for each applied change; the gateway answers a
@@ -284,4 +347,5 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "score-changed.v1": ScoreChangedEvent,
     "applied-notice.v1": AppliedNotice,
     "player-flagged.v1": PlayerFlaggedEvent,
+    "period-closed.v1": PeriodClosedEvent,
 }

@@ -190,6 +190,13 @@ def topic_specs(
             3,
             {"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": isr},
         ),
+        # Closed periods' final standings: a few a day per board, keyed by board, kept 90 days
+        # (an integrator down longer reads the period from the API instead).
+        TopicSpec(
+            topics.period_closed,
+            3,
+            {"retention.ms": str(90 * 24 * 3600 * 1000), "min.insync.replicas": isr},
+        ),
     ]
 
 

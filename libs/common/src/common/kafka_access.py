@@ -87,9 +87,11 @@ def grants(prefix: str = "") -> list[Grant]:
     - gateway: writes commands (its idempotent producer needs only WRITE on the topic, KIP-679).
     - score: reads commands in its groups (and ScoreChanged, for the flagger); writes
       ScoreChanged through the transactional relay (its transactional id) and reads back the
-      topic's committed tail; writes the DLQ and player-flagged.
+      topic's committed tail; writes the DLQ and player-flagged; writes period-closed through
+      the same relay (and reads its committed tail back, as for ScoreChanged).
     - broadcaster: reads ScoreChanged, one group per replica.
-    - integrator: reads ScoreChanged and player-flagged, in groups of its own; writes nothing.
+    - integrator: reads ScoreChanged, player-flagged and period-closed, in groups of its own;
+      writes nothing.
     """
     topics = Topics(prefix)
     flagged = prefix + FLAGGED_TOPIC
@@ -105,10 +107,12 @@ def grants(prefix: str = "") -> list[Grant]:
         Grant(SCORE, ResourceType.TRANSACTIONAL_ID, relay_id, describe),
         *_topic(SCORE, topics.dlq, write, describe),
         *_topic(SCORE, flagged, write, describe),
+        *_topic(SCORE, topics.period_closed, write, read, describe),
         *_topic(BROADCASTER, topics.changed, read, describe),
         *_groups(BROADCASTER, prefix + BROADCASTER_GROUPS, prefixed),
         *_topic(INTEGRATOR, topics.changed, read, describe),
         *_topic(INTEGRATOR, flagged, read, describe),
+        *_topic(INTEGRATOR, topics.period_closed, read, describe),
         *_groups(INTEGRATOR, prefix + INTEGRATOR_GROUPS, prefixed),
     ]
 

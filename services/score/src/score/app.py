@@ -2,8 +2,9 @@
 
 The HTTP server is only for operators: /healthz, /readyz (PostgreSQL answers, partitions are
 assigned, no batch is stuck retrying) and /metrics. The real work runs as background tasks started
-and stopped in a cleanup context: the command consumer, the outbox relay and (unless
-flags_enabled is off) the anomaly flagger.
+and stopped in a cleanup context: the command consumer, the outbox relay, (unless
+flags_enabled is off) the anomaly flagger and (unless period_close_enabled is off) the period
+closer, which works only while its replica leads the relay.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from common.kafka import make_consumer, make_producer, started
 from common.postgres import create_pool
 from common.tasks import running
 from common.web import create_base_app
+from score.closer import CloserMetrics, PeriodCloser
+from score.command_progress import CommandProgress
 from score.components import Components, components_key
 from score.consumer import CommandConsumer
 from score.flag_store import FlagStore
@@ -35,6 +38,7 @@ log = structlog.get_logger(__name__)
 CONSUMER_TASK = "score-consumer"
 RELAY_TASK = "score-relay"
 FLAGS_TASK = "score-flags"
+CLOSER_TASK = "score-closer"
 
 
 class NoPartitionsAssigned(Exception):
@@ -74,18 +78,24 @@ async def _service(
         await stack.enter_async_context(started(kafka_consumer))
         consumer = CommandConsumer(kafka_consumer, producer, ScoreStore(pool), settings, metrics)
         consumer.subscribe()
+        # The relay makes its own transactional producer each time it takes the lead.
+        relay = OutboxRelay(settings, metrics)
         parts = app[components_key] = Components(
             settings=settings,
             metrics=metrics,
             pool=pool,
             consumer=consumer,
-            # The relay makes its own transactional producer each time it takes the lead.
-            relay=OutboxRelay(settings, metrics),
+            relay=relay,
             # Anomaly flags: a task of its own on the ScoreChanged topic (score/flags.py).
             flagger=PlayerFlagger(
                 settings, producer, FlagStore(pool), FlagMetrics.create(app[registry_key])
             )
             if settings.flags_enabled
+            else None,
+            closer=PeriodCloser(
+                pool, settings, CloserMetrics.create(app[registry_key]), CommandProgress(settings)
+            )
+            if settings.period_close_enabled
             else None,
         )
         # On the way out (SIGTERM) the stop event is set first: the batch in progress finishes
@@ -94,6 +104,8 @@ async def _service(
         background = {CONSUMER_TASK: parts.consumer.run(stop), RELAY_TASK: parts.relay.run(stop)}
         if parts.flagger is not None:
             background[FLAGS_TASK] = parts.flagger.run(stop)
+        if parts.closer is not None:
+            background[CLOSER_TASK] = parts.closer.run(stop, lambda: relay.leading)
         tasks = await stack.enter_async_context(
             running(
                 background,

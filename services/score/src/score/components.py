@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from score.closer import PeriodCloser
 from score.consumer import CommandConsumer
 from score.flags import PlayerFlagger
 from score.metrics import ScoreMetrics
@@ -24,6 +25,7 @@ class Components:
     consumer: CommandConsumer
     relay: OutboxRelay
     flagger: PlayerFlagger | None = None  # None when flags_enabled is off
+    closer: PeriodCloser | None = None  # None when period_close_enabled is off
 
 
 components_key = web.AppKey("score_components", Components)

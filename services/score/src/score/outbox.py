@@ -1,14 +1,20 @@
-"""The outbox table as the relay sees it: unsent rows in id order, marking, retention."""
+"""The outbox table as the relay sees it: unsent rows in id order, marking, retention.
+
+Each row names its stream (migration 0006): ``score-changed`` (what the apply writes) or
+``period-closed`` (a closed period's final standings, score/closer.py). The relay publishes both
+in the same Kafka transactions, in id order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg
 import msgspec
 
-from common.events import STRUCTURED_MODE_HEADER
+from common.events import STRUCTURED_MODE_HEADER, Topics
 
 # pg_try_advisory_lock key: whoever holds it is the one relay that publishes (any replica).
 RELAY_LOCK_ID = 0x5C0_2E1A7
@@ -17,8 +23,18 @@ RELAY_LOCK_ID = 0x5C0_2E1A7
 # topic itself which rows its predecessor committed to Kafka but had not marked sent.
 OUTBOX_ID_HEADER = "x-outbox-id"
 
+CHANGED_STREAM: Final = "score-changed"
+PERIOD_CLOSED_STREAM: Final = "period-closed"
+
+
+def stream_topics(prefix: str) -> dict[str, str]:
+    """Each outbox stream's topic in the deployment of ``prefix``."""
+    topics = Topics(prefix)
+    return {CHANGED_STREAM: topics.changed, PERIOD_CLOSED_STREAM: topics.period_closed}
+
+
 _UNSENT = """
-SELECT id, event_key, payload, headers::text
+SELECT id, event_key, payload, headers::text, stream
 FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1
 """
 
@@ -27,13 +43,14 @@ _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One ScoreChanged event waiting to be published (``headers`` include its outbox id and
+    """One event waiting to be published on ``stream`` (``headers`` include its outbox id and
     the structured-mode content type, added here so rows written before it was have it too)."""
 
     id: int
     key: bytes
     payload: bytes
     headers: list[tuple[str, bytes]]
+    stream: str = CHANGED_STREAM
 
 
 class Outbox:
@@ -58,6 +75,7 @@ class Outbox:
                     (OUTBOX_ID_HEADER, str(r[0]).encode()),
                     STRUCTURED_MODE_HEADER,
                 ],
+                r[4],
             )
             for r in await self._conn.fetch(_UNSENT, limit)
         ]

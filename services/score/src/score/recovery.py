@@ -35,11 +35,12 @@ from score.settings import Settings
 
 
 async def committed_unsent(
-    settings: Settings, topic: str, partitions: list[int], outbox: Outbox, chunk: int
+    settings: Settings, tps: list[TopicPartition], outbox: Outbox, chunk: int
 ) -> set[int]:
-    """The ids of unsent rows that are already committed on ``topic``'s partitions."""
+    """The ids of unsent rows that are already committed on the partitions ``tps`` (of every
+    topic the relay publishes to: a round's rows may span them, and on each the unmarked round
+    is still the committed tail)."""
     consumer = make_consumer(settings, group_id=None, client_id=f"{settings.service_name}-relay")
-    tps = [TopicPartition(topic, p) for p in partitions]
     async with started(consumer):
         consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)

@@ -1,4 +1,7 @@
-"""The outbox relay: publishes ScoreChanged rows to Kafka exactly once, in id order.
+"""The outbox relay: publishes outbox rows to Kafka exactly once, in id order.
+
+Rows are ScoreChanged events and closed periods' final standings (score/closer.py); each goes to
+its stream's topic (score/outbox.py), in the same transactions.
 
 One relay publishes at a time across all replicas: the holder of a PostgreSQL advisory lock
 (tied to its connection, so a crashed replica releases it at once). The others wait as standbys
@@ -36,7 +39,7 @@ from typing import Literal
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import murmur2
 
@@ -44,7 +47,7 @@ from common.backoff import Backoff, wait_or_stop
 from common.events import Topics
 from common.kafka import make_producer
 from score.metrics import ScoreMetrics
-from score.outbox import Outbox, OutboxRow
+from score.outbox import Outbox, OutboxRow, stream_topics
 from score.recovery import committed_unsent
 from score.settings import Settings
 from score.store import NOTIFY_CHANNEL
@@ -89,7 +92,7 @@ class OutboxRelay:
         self._settings = settings
         self._metrics = metrics
         self._checkpoint = checkpoint
-        self._topic = Topics(settings.topic_prefix).changed
+        self._topics = stream_topics(settings.topic_prefix)
         self.transactional_id = relay_transactional_id(settings)
         self.leading = False
         """Whether this replica holds the relay lock right now."""
@@ -181,11 +184,13 @@ class OutboxRelay:
 
     async def _recover(self, producer: AIOKafkaProducer, outbox: Outbox) -> None:
         """Mark sent what an earlier leader committed to Kafka but did not mark."""
-        partitions = sorted(await producer.partitions_for(self._topic))
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self._topics.values()
+            for p in sorted(await producer.partitions_for(topic))
+        ]
         async with asyncio.timeout(self._settings.relay_kafka_timeout_s):
-            found = await committed_unsent(
-                self._settings, self._topic, partitions, outbox, self._settings.relay_batch
-            )
+            found = await committed_unsent(self._settings, tps, outbox, self._settings.relay_batch)
         if found:
             await outbox.mark_sent(found)
             self._metrics.relay_recovered.inc(len(found))
@@ -195,10 +200,16 @@ class OutboxRelay:
         rows = await outbox.unsent(self._settings.relay_batch)
         if not rows:
             return 0
-        partitions = len(await producer.partitions_for(self._topic))
-        by_partition: dict[int, list[OutboxRow]] = {}
+        partitions: dict[str, int] = {}
+        by_partition: dict[TopicPartition, list[OutboxRow]] = {}
         for r in rows:
-            by_partition.setdefault(key_partition(r.key, partitions), []).append(r)
+            topic = self._topics.get(r.stream)
+            if topic is None:  # written by a newer version: stop rather than reorder or drop
+                raise ValueError(f"outbox row {r.id} has an unknown stream {r.stream!r}")
+            if topic not in partitions:
+                partitions[topic] = len(await producer.partitions_for(topic))
+            tp = TopicPartition(topic, key_partition(r.key, partitions[topic]))
+            by_partition.setdefault(tp, []).append(r)
         await producer.begin_transaction()
         try:
             await _all_acked(await self._send(producer, by_partition))
@@ -213,7 +224,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _send(
-        self, producer: AIOKafkaProducer, by_partition: dict[int, list[OutboxRow]]
+        self, producer: AIOKafkaProducer, by_partition: dict[TopicPartition, list[OutboxRow]]
     ) -> list[asyncio.Future[object]]:
         """Queue the rows as whole record batches per partition, in id order; returns the acks.
 
@@ -221,16 +232,16 @@ class OutboxRelay:
         flight per partition, so the events of a partition (and of each user) land in order.
         """
         acks = []
-        for partition, events in by_partition.items():
+        for tp, events in by_partition.items():
             batch = producer.create_batch()
             for r in events:
                 if batch.append(key=r.key, value=r.payload, timestamp=None, headers=r.headers):
                     continue
-                acks.append(await producer.send_batch(batch, self._topic, partition=partition))
+                acks.append(await producer.send_batch(batch, tp.topic, partition=tp.partition))
                 batch = producer.create_batch()
                 if not batch.append(key=r.key, value=r.payload, timestamp=None, headers=r.headers):
                     raise ValueError(f"outbox row {r.id} does not fit in a Kafka record batch")
-            acks.append(await producer.send_batch(batch, self._topic, partition=partition))
+            acks.append(await producer.send_batch(batch, tp.topic, partition=tp.partition))
         return acks
 
     async def _abort(self, producer: AIOKafkaProducer, cause: BaseException) -> None:

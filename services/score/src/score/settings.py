@@ -75,3 +75,11 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # when it is given partitions, to know their players' rates at once.
     flags_active_window_s: float = Field(default=30.0, gt=0)
     flags_min_active: int = Field(default=5, ge=1)
+
+    # Closing board periods (score/closer.py): a period closes once its end plus the grace has
+    # passed and every command produced before then is applied; its final standings go out on
+    # scoreboard.period-closed.v1. The grace covers a command accepted just before the end and
+    # published late (the gateway's 5 s publish timeout, a stale claim's takeover after 6 s).
+    period_close_enabled: bool = True
+    period_close_grace_s: float = Field(default=30.0, ge=0)
+    period_close_interval_s: float = Field(default=10.0, gt=0)
