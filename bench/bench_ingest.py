@@ -1,7 +1,7 @@
 """Ingest and board reads side by side with a bare aiohttp endpoint: one load tool, one run.
 
-    uv run python bench/bench_ingest.py [--seconds 8] [--concurrency 64] [--players 40]
-        [--rounds 2] [--tickets 24000]
+    uv run python bench/bench_ingest.py [--seconds 6] [--concurrency 64] [--players 40]
+        [--rounds 2] [--tickets 16000] [--profile DIR]
 
 Starts the four services on a fresh slice of the local servers (its own database, topics and
 Redis prefix; one gateway process, its per-user and per-address limits lifted) and the bare
@@ -420,14 +420,14 @@ def _result(args: argparse.Namespace, trials: list[Trial], ceiling: float | None
 def main() -> None:
     """Parse the arguments, run, print and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per trial")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured time per trial")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument("--players", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians)")
     parser.add_argument(
         "--tickets",
         type=int,
-        default=24_000,
+        default=16_000,
         help="tickets issued per ingest trial of ours (at most 10,000 per player)",
     )
     parser.add_argument(
