@@ -33,7 +33,8 @@ from gateway.app import create_app as create_gateway
 from gateway.catalog import DEFAULT_CATALOG
 from gateway.components import components_key
 from services.gateway.tests.support import SigningKey, TokenMint, Upstream, bearer
-from services.score.tests.support import add_users, running
+from services.score.tests.support import running
+from testkit.broadcaster import high_score, new_player, seed
 from testkit.broadcaster import serve as serve_broadcaster
 from testkit.env import TestEnv, provision_topics, unprovision_topics
 from testkit.tracing import recorded_spans
@@ -105,7 +106,11 @@ async def test_an_update_is_one_connected_trace_to_the_websocket_push(
     await upstream_server.start_server()
     upstream.server = upstream_server
     (tmp_path / "index.html").write_text("<!doctype html>")
-    [user_id] = await add_users(pg, 1)
+    # A player ahead of everyone in the run's database, so the change moves the top list.
+    leader = new_player("trace")
+    leader.gain(await high_score(pg))
+    await seed(pg, [leader])
+    user_id = leader.user_id
     tag = uuid.uuid4().hex[:8]
     catalog = {n: {"points": s.points, "min_duration_ms": 0} for n, s in DEFAULT_CATALOG.items()}
     gw = TestClient(
