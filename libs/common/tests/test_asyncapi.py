@@ -28,6 +28,7 @@ def test_asyncapi_describes_every_topic_with_its_schema() -> None:
         Topics.DLQ,
         Topics.FLAGGED,
         Topics.PERIOD_CLOSED,
+        Topics.REMOVALS,
         applied_channel("{redisPrefix}"),
     }
     assert addresses == expected

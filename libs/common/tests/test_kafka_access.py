@@ -114,17 +114,25 @@ async def test_only_score_writes_score_changed(env: TestEnv, user: str) -> None:
 @pytest.mark.parametrize("user", [GATEWAY, BROADCASTER, INTEGRATOR])
 async def test_only_score_writes_the_dlq_flags_and_closed_periods(env: TestEnv, user: str) -> None:
     topics = Topics(env.topic_prefix)
-    for topic in (topics.dlq, env.topic_prefix + FLAGGED_TOPIC, topics.period_closed):
+    for topic in (
+        topics.dlq,
+        env.topic_prefix + FLAGGED_TOPIC,
+        topics.period_closed,
+        topics.removals,
+    ):
         with pytest.raises(REFUSED_WRITE):
             await _produce(env, env.kafka_auth(user), topic)
 
 
-async def test_integrators_read_closed_periods_and_the_board_does_not(env: TestEnv) -> None:
-    closed = Topics(env.topic_prefix).period_closed
-    await _produce(env, env.kafka_auth(SCORE), closed)
-    await _consume(env, env.kafka_auth(INTEGRATOR), closed, f"{env.topic_prefix}integrator-x")
+@pytest.mark.parametrize("stream", ["period_closed", "removals"])
+async def test_integrators_read_closed_periods_and_removals_the_board_does_not(
+    env: TestEnv, stream: str
+) -> None:
+    topic = getattr(Topics(env.topic_prefix), stream)
+    await _produce(env, env.kafka_auth(SCORE), topic)
+    await _consume(env, env.kafka_auth(INTEGRATOR), topic, f"{env.topic_prefix}integrator-x")
     with pytest.raises(TopicAuthorizationFailedError):
-        await _consume(env, env.kafka_auth(BROADCASTER), closed, None)
+        await _consume(env, env.kafka_auth(BROADCASTER), topic, None)
 
 
 @pytest.mark.parametrize("user", [GATEWAY, BROADCASTER, INTEGRATOR])

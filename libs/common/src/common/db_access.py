@@ -38,6 +38,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         # to read its version; a timestamp is the least it can do with that.
         "scores": "SELECT, UPDATE (updated_at)",
         "player_flags": "SELECT, UPDATE",  # review-flag
+        "moderation_events": "SELECT, INSERT",  # ban, unban, delete-user (common.moderation)
     },
     "score": {
         "users": _USER_PUBLIC,
@@ -48,6 +49,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "boards": "SELECT, INSERT, UPDATE",
         "board_scores": "SELECT, INSERT, UPDATE, DELETE",
         "closed_periods": "SELECT, INSERT, UPDATE",  # the period closer (score/closer.py)
+        "moderation_events": "SELECT, UPDATE (published_at)",  # score/moderation.py
     },
     "broadcaster": {
         "users": "SELECT (user_id, username)",
@@ -56,6 +58,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "boards": "SELECT",
         "board_scores": "SELECT",
         "board_entries": "SELECT",  # a view over board_scores and users
+        "moderation_events": "SELECT",  # bans and unbans on the live boards
     },
 }
 # Sequences behind serial columns the service inserts into (outbox.id, boards' revisions).

@@ -31,6 +31,8 @@ COMMAND_TYPE: Final = "scoreboard.score.command.v1"
 CHANGED_TYPE: Final = "scoreboard.score.changed.v1"
 FLAGGED_TYPE: Final = "scoreboard.player.flagged.v1"
 PERIOD_CLOSED_TYPE: Final = "scoreboard.period.closed.v1"
+USER_REMOVED_TYPE: Final = "scoreboard.user.removed.v1"
+USER_RESTORED_TYPE: Final = "scoreboard.user.restored.v1"
 
 MAX_POINTS: Final = 1_000_000
 """The most one action may be worth (a command's points, so a change's delta)."""
@@ -54,6 +56,7 @@ class Topics:
     DLQ = "scoreboard.score-commands.dlq.v1"
     FLAGGED = "scoreboard.player-flagged.v1"
     PERIOD_CLOSED = "scoreboard.period-closed.v1"
+    REMOVALS = "scoreboard.user-removals.v1"
 
     def __init__(self, prefix: str = "") -> None:
         self.commands = prefix + self.COMMANDS
@@ -61,6 +64,7 @@ class Topics:
         self.dlq = prefix + self.DLQ
         self.flagged = prefix + self.FLAGGED
         self.period_closed = prefix + self.PERIOD_CLOSED
+        self.removals = prefix + self.REMOVALS
 
 
 class _Message(BaseModel):
@@ -312,6 +316,71 @@ class PeriodClosedEvent(_Envelope):
         )
 
 
+class UserRemoved(_Message):
+    """``user_id`` is off every board and window: ``banned`` (until a UserRestored) or
+    ``deleted`` (for good).
+
+    ``seq`` is the entry's place in the moderation log (common.moderation): it orders removals
+    and restorations across users; per user they also arrive in order (keyed by user id).
+    """
+
+    user_id: uuid.UUID
+    reason: Literal["banned", "deleted"]
+    seq: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    at: AwareDatetime
+
+
+class UserRestored(_Message):
+    """``user_id``'s ban was lifted: their entries are on the boards again, as they were."""
+
+    user_id: uuid.UUID
+    reason: Literal["unbanned"] = "unbanned"
+    seq: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    at: AwareDatetime
+
+
+class UserRemovedEvent(_Envelope):
+    """CloudEvent on ``scoreboard.user-removals.v1``; ``id`` is ``moderation:<seq>``."""
+
+    type: Literal["scoreboard.user.removed.v1"] = USER_REMOVED_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/user-removed.v1.json#/$defs/UserRemoved"
+    ] = "https://scoreboard.dev/schemas/user-removed.v1.json#/$defs/UserRemoved"
+    data: UserRemoved
+
+    @classmethod
+    def wrap(cls, data: UserRemoved, source: str) -> Self:
+        """Envelope a removal; the id names its moderation log entry."""
+        return cls(
+            id=f"moderation:{data.seq}",
+            source=source,
+            time=data.at,
+            subject=str(data.user_id),
+            data=data,
+        )
+
+
+class UserRestoredEvent(_Envelope):
+    """CloudEvent on ``scoreboard.user-removals.v1``; ``id`` is ``moderation:<seq>``."""
+
+    type: Literal["scoreboard.user.restored.v1"] = USER_RESTORED_TYPE
+    dataschema: Literal[
+        "https://scoreboard.dev/schemas/user-restored.v1.json#/$defs/UserRestored"
+    ] = "https://scoreboard.dev/schemas/user-restored.v1.json#/$defs/UserRestored"
+    data: UserRestored
+
+    @classmethod
+    def wrap(cls, data: UserRestored, source: str) -> Self:
+        """Envelope a restoration; the id names its moderation log entry."""
+        return cls(
+            id=f"moderation:{data.seq}",
+            source=source,
+            time=data.at,
+            subject=str(data.user_id),
+            data=data,
+        )
+
+
 class AppliedNotice(BaseModel):
     """Redis channel ``P applied`` (:func:`common.keyspace.applied_channel`): ``action_id`` is on
     the board. Published by the broadcaster for each applied change; the gateway answers a
@@ -348,4 +417,6 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "applied-notice.v1": AppliedNotice,
     "player-flagged.v1": PlayerFlaggedEvent,
     "period-closed.v1": PeriodClosedEvent,
+    "user-removed.v1": UserRemovedEvent,
+    "user-restored.v1": UserRestoredEvent,
 }

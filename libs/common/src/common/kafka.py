@@ -197,6 +197,13 @@ def topic_specs(
             3,
             {"retention.ms": str(90 * 24 * 3600 * 1000), "min.insync.replicas": isr},
         ),
+        # Removals and restorations, keyed by user id and compacted: the topic keeps each
+        # user's latest moderation state for good, so a new integrator can read it whole.
+        TopicSpec(
+            topics.removals,
+            3,
+            {"cleanup.policy": "compact", "min.insync.replicas": isr},
+        ),
     ]
 
 

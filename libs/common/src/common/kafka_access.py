@@ -88,10 +88,11 @@ def grants(prefix: str = "") -> list[Grant]:
     - score: reads commands in its groups (and ScoreChanged, for the flagger); writes
       ScoreChanged through the transactional relay (its transactional id) and reads back the
       topic's committed tail; writes the DLQ and player-flagged; writes period-closed through
-      the same relay (and reads its committed tail back, as for ScoreChanged).
+      the same relay (and reads its committed tail back, as for ScoreChanged), and user-removals
+      likewise.
     - broadcaster: reads ScoreChanged, one group per replica.
-    - integrator: reads ScoreChanged, player-flagged and period-closed, in groups of its own;
-      writes nothing.
+    - integrator: reads ScoreChanged, player-flagged, period-closed and user-removals, in groups
+      of its own; writes nothing.
     """
     topics = Topics(prefix)
     flagged = prefix + FLAGGED_TOPIC
@@ -108,11 +109,13 @@ def grants(prefix: str = "") -> list[Grant]:
         *_topic(SCORE, topics.dlq, write, describe),
         *_topic(SCORE, flagged, write, describe),
         *_topic(SCORE, topics.period_closed, write, read, describe),
+        *_topic(SCORE, topics.removals, write, read, describe),
         *_topic(BROADCASTER, topics.changed, read, describe),
         *_groups(BROADCASTER, prefix + BROADCASTER_GROUPS, prefixed),
         *_topic(INTEGRATOR, topics.changed, read, describe),
         *_topic(INTEGRATOR, flagged, read, describe),
         *_topic(INTEGRATOR, topics.period_closed, read, describe),
+        *_topic(INTEGRATOR, topics.removals, read, describe),
         *_groups(INTEGRATOR, prefix + INTEGRATOR_GROUPS, prefixed),
     ]
 

@@ -16,6 +16,8 @@ import uuid
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from common import moderation
+
 REMOVALS_CHANNEL = "board_removals"
 
 
@@ -34,4 +36,6 @@ async def record_removal(conn: asyncpg.Connection | PoolConnectionProxy, user_id
         version or 0,
     )
     await conn.execute("SELECT pg_notify($1, $2)", REMOVALS_CHANNEL, str(user_id))
+    # Integrators learn of it from Kafka (the moderation log, announced by the score service).
+    await moderation.record(conn, user_id, "deleted")
     return version or 0

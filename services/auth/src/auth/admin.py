@@ -19,6 +19,7 @@ import asyncpg
 import structlog
 
 from auth.revocations import Revocations
+from common import moderation
 from common.keyspace import USER_BANNED, USER_DELETED
 from common.removals import record_removal
 
@@ -105,15 +106,10 @@ class Admin:
         self._revocations = revocations
 
     async def ban(self, username: str) -> AdminResult:
-        """Ban the account and end all its sessions (tokens in flight get 403 at once)."""
+        """Ban the account and end all its sessions (tokens in flight get 403 at once); the
+        boards drop the player (common.moderation)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """UPDATE users SET banned = true WHERE lower(username) = lower($1)
-                   RETURNING user_id, username""",
-                username,
-            )
-            if row is None:
-                raise UnknownUser(username)
+            row = await self._moderate(conn, username, banned=True)
             sessions = await conn.fetch(
                 """UPDATE login_sessions SET revoked_at = now()
                    WHERE user_id = $1 AND revoked_at IS NULL RETURNING session_id""",
@@ -126,17 +122,33 @@ class Admin:
         return AdminResult(row["user_id"], row["username"], len(session_ids))
 
     async def unban(self, username: str) -> AdminResult:
-        """Lift a ban (the user logs in again; old sessions stay ended)."""
-        row = await self._pool.fetchrow(
-            """UPDATE users SET banned = false WHERE lower(username) = lower($1)
-               RETURNING user_id, username""",
+        """Lift a ban (the user logs in again; old sessions stay ended); the boards show the
+        player's entries again."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._moderate(conn, username, banned=False)
+        await self._revocations.set_user_status(row["user_id"], None)
+        log.info("user_unbanned", user_id=str(row["user_id"]))
+        return AdminResult(row["user_id"], row["username"], 0)
+
+    @staticmethod
+    async def _moderate(
+        conn: asyncpg.pool.PoolConnectionProxy, username: str, *, banned: bool
+    ) -> asyncpg.Record:
+        """Set the ban flag; log the change in the moderation log only if it was one (running
+        the command again changes and announces nothing)."""
+        row = await conn.fetchrow(
+            """SELECT user_id, username, banned FROM users WHERE lower(username) = lower($1)
+               FOR UPDATE""",
             username,
         )
         if row is None:
             raise UnknownUser(username)
-        await self._revocations.set_user_status(row["user_id"], None)
-        log.info("user_unbanned", user_id=str(row["user_id"]))
-        return AdminResult(row["user_id"], row["username"], 0)
+        if row["banned"] != banned:
+            await conn.execute(
+                "UPDATE users SET banned = $2 WHERE user_id = $1", row["user_id"], banned
+            )
+            await moderation.record(conn, row["user_id"], "banned" if banned else "unbanned")
+        return row
 
     async def delete(self, username: str) -> AdminResult:
         """Delete the account with its sessions and tokens (its score rows cascade too), and
@@ -206,6 +218,14 @@ class Admin:
             if current is None:
                 raise UnknownFlag(str(flag_id))
             if current == "open":
+                if status == "cleared":
+                    # The held points go onto the board: one more step of its version (0007).
+                    await conn.execute(
+                        """UPDATE board_hold_steps SET steps = steps + 1 WHERE EXISTS
+                           (SELECT 1 FROM player_flags WHERE flag_id = $1
+                            AND held_score IS NOT NULL)""",
+                        flag_id,
+                    )
                 await conn.execute(
                     """UPDATE player_flags SET status = $2, reviewed_at = now(), reviewed_by = $3
                        WHERE flag_id = $1""",

@@ -4,7 +4,7 @@ The HTTP server is only for operators: /healthz, /readyz (PostgreSQL answers, pa
 assigned, no batch is stuck retrying) and /metrics. The real work runs as background tasks started
 and stopped in a cleanup context: the command consumer, the outbox relay, (unless
 flags_enabled is off) the anomaly flagger and (unless period_close_enabled is off) the period
-closer, which works only while its replica leads the relay.
+closer and the moderation announcer, which work only while their replica leads the relay.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from score.consumer import CommandConsumer
 from score.flag_store import FlagStore
 from score.flags import PlayerFlagger
 from score.metrics import FlagMetrics, ScoreMetrics
+from score.moderation import ModerationAnnouncer
 from score.relay import OutboxRelay
 from score.settings import Settings
 from score.store import ScoreStore
@@ -39,6 +40,7 @@ CONSUMER_TASK = "score-consumer"
 RELAY_TASK = "score-relay"
 FLAGS_TASK = "score-flags"
 CLOSER_TASK = "score-closer"
+MODERATION_TASK = "score-moderation"
 
 
 class NoPartitionsAssigned(Exception):
@@ -97,6 +99,7 @@ async def _service(
             )
             if settings.period_close_enabled
             else None,
+            moderation=ModerationAnnouncer(pool, settings),
         )
         # On the way out (SIGTERM) the stop event is set first: the batch in progress finishes
         # and commits, the relay ends its round; whatever still runs after the grace is cancelled.
@@ -106,6 +109,8 @@ async def _service(
             background[FLAGS_TASK] = parts.flagger.run(stop)
         if parts.closer is not None:
             background[CLOSER_TASK] = parts.closer.run(stop, lambda: relay.leading)
+        if parts.moderation is not None:
+            background[MODERATION_TASK] = parts.moderation.run(stop, lambda: relay.leading)
         tasks = await stack.enter_async_context(
             running(
                 background,

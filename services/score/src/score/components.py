@@ -11,6 +11,7 @@ from score.closer import PeriodCloser
 from score.consumer import CommandConsumer
 from score.flags import PlayerFlagger
 from score.metrics import ScoreMetrics
+from score.moderation import ModerationAnnouncer
 from score.relay import OutboxRelay
 from score.settings import Settings
 
@@ -26,6 +27,7 @@ class Components:
     relay: OutboxRelay
     flagger: PlayerFlagger | None = None  # None when flags_enabled is off
     closer: PeriodCloser | None = None  # None when period_close_enabled is off
+    moderation: ModerationAnnouncer | None = None
 
 
 components_key = web.AppKey("score_components", Components)

@@ -1,8 +1,9 @@
 """The outbox table as the relay sees it: unsent rows in id order, marking, retention.
 
-Each row names its stream (migration 0006): ``score-changed`` (what the apply writes) or
-``period-closed`` (a closed period's final standings, score/closer.py). The relay publishes both
-in the same Kafka transactions, in id order.
+Each row names its stream (migration 0006): ``score-changed`` (what the apply writes),
+``period-closed`` (a closed period's final standings, score/closer.py) or ``user-removals``
+(bans, unbans and deletions, score/moderation.py). The relay publishes them all in the same
+Kafka transactions, in id order.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ OUTBOX_ID_HEADER = "x-outbox-id"
 
 CHANGED_STREAM: Final = "score-changed"
 PERIOD_CLOSED_STREAM: Final = "period-closed"
+REMOVALS_STREAM: Final = "user-removals"
 
 
 def stream_topics(prefix: str) -> dict[str, str]:
     """Each outbox stream's topic in the deployment of ``prefix``."""
     topics = Topics(prefix)
-    return {CHANGED_STREAM: topics.changed, PERIOD_CLOSED_STREAM: topics.period_closed}
+    return {
+        CHANGED_STREAM: topics.changed,
+        PERIOD_CLOSED_STREAM: topics.period_closed,
+        REMOVALS_STREAM: topics.removals,
+    }
 
 
 _UNSENT = """

@@ -83,3 +83,6 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     period_close_enabled: bool = True
     period_close_grace_s: float = Field(default=30.0, ge=0)
     period_close_interval_s: float = Field(default=10.0, gt=0)
+    # How often the relay's leader announces new bans, unbans and deletions on
+    # scoreboard.user-removals.v1 (score/moderation.py).
+    moderation_poll_s: float = Field(default=1.0, gt=0)
