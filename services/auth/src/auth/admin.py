@@ -218,14 +218,6 @@ class Admin:
             if current is None:
                 raise UnknownFlag(str(flag_id))
             if current == "open":
-                if status == "cleared":
-                    # The held points go onto the board: one more step of its version (0007).
-                    await conn.execute(
-                        """UPDATE board_hold_steps SET steps = steps + 1 WHERE EXISTS
-                           (SELECT 1 FROM player_flags WHERE flag_id = $1
-                            AND held_score IS NOT NULL)""",
-                        flag_id,
-                    )
                 await conn.execute(
                     """UPDATE player_flags SET status = $2, reviewed_at = now(), reviewed_by = $3
                        WHERE flag_id = $1""",
