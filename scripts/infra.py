@@ -406,8 +406,9 @@ def launch_kafka(
             for name, password in KAFKA_USERS.items()
             for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
         ]
-        run([*java, "kafka.tools.StorageTool", "format", "-t", kraft_id, "-c", str(props),
-             "--ignore-formatted", *scram], stdout=subprocess.DEVNULL)  # fmt: skip
+        # --cluster-id=: a base64 id may begin with "-", which would read as an option.
+        fmt = ["kafka.tools.StorageTool", "format", f"--cluster-id={kraft_id}", "-c", str(props)]
+        run([*java, *fmt, "--ignore-formatted", *scram], stdout=subprocess.DEVNULL)
         users_marker.write_text("\n".join(KAFKA_USERS) + "\n")
     log = open(state / "kafka.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
