@@ -235,3 +235,30 @@ async def test_bans_unbans_and_deletions_are_logged_once_each_in_order(
         uuid.UUID(user_id),
     )
     assert [r["action"] for r in rows] == ["banned", "unbanned", "banned", "deleted"]
+
+
+async def test_clearing_a_held_flag_is_one_step_of_the_board(
+    client: Client, admin: Admin, pg: asyncpg.Connection
+) -> None:
+    """Shadow quarantine (0007): clearing a flag that holds points releases them, which the
+    board version counts; a flag that holds nothing, or one confirmed, moves nothing."""
+    _, held_id = await new_user(client)
+    _, plain_id = await new_user(client)
+    _, cheat_id = await new_user(client)
+    held, plain, cheat = (
+        await raise_flag(pg, held_id),
+        await raise_flag(pg, plain_id),
+        await raise_flag(pg, cheat_id),
+    )
+    await pg.execute(
+        "UPDATE player_flags SET held_score = 10 WHERE flag_id = ANY($1::uuid[])", [held, cheat]
+    )
+    steps = "SELECT steps FROM board_hold_steps"
+    before = await pg.fetchval(steps)
+    cleared = await admin.clear_flag(held, "test")
+    assert (cleared.status, cleared.held_score) == ("cleared", 10)
+    assert await pg.fetchval(steps) == before + 1
+    await admin.clear_flag(held, "test")  # again: already cleared, nothing moves
+    await admin.clear_flag(plain, "test")
+    await admin.confirm_flag(cheat, "test")  # still held: the points never show
+    assert await pg.fetchval(steps) == before + 1

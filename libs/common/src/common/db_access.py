@@ -38,6 +38,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         # to read its version; a timestamp is the least it can do with that.
         "scores": "SELECT, UPDATE (updated_at)",
         "player_flags": "SELECT, UPDATE",  # review-flag
+        "board_hold_steps": "SELECT, UPDATE",  # clear-flag releases a hold (0007)
         "moderation_events": "SELECT, INSERT",  # ban, unban, delete-user (common.moderation)
     },
     "score": {
@@ -46,6 +47,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "actions": "SELECT, INSERT",
         "outbox": "SELECT, INSERT, UPDATE, DELETE",
         "player_flags": "SELECT, INSERT, UPDATE",
+        "board_hold_steps": "SELECT, UPDATE",  # a flag raised under quarantine holds (0007)
         "boards": "SELECT, INSERT, UPDATE",
         "board_scores": "SELECT, INSERT, UPDATE, DELETE",
         "closed_periods": "SELECT, INSERT, UPDATE",  # the period closer (score/closer.py)
@@ -58,6 +60,8 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "boards": "SELECT",
         "board_scores": "SELECT",
         "board_entries": "SELECT",  # a view over board_scores and users
+        "board_holds": "SELECT",  # a view over player_flags: what the board holds (0007)
+        "board_hold_steps": "SELECT",
         "moderation_events": "SELECT",  # bans and unbans on the live boards
     },
 }

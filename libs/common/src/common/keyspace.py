@@ -92,7 +92,9 @@ class BoardKeys:
     - ``rank``: sorted set of members by points; ``users``: hash user id -> entry;
       ``version``: the board version; ``built``: a rebuild finished; ``lock``: the one
       replica that rebuilds holds it; ``removed``: deleted users' ids (tombstones);
-      ``applied``: the :func:`applied_channel`.
+      ``applied``: the :func:`applied_channel`; ``held``: hash user id -> ``"<held>|<real>"``
+      for players in shadow quarantine (broadcaster.holds); ``hold_steps``: how many holds and
+      releases the board version counts.
     """
 
     rank: str
@@ -102,6 +104,8 @@ class BoardKeys:
     lock: str
     applied: str
     removed: str
+    held: str
+    hold_steps: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> BoardKeys:
@@ -114,12 +118,17 @@ class BoardKeys:
             lock=f"{prefix}board:rebuild-lock",
             applied=applied_channel(prefix),
             removed=f"{prefix}board:removed",
+            held=f"{prefix}board:held",
+            hold_steps=f"{prefix}board:hold-steps",
         )
 
     @property
     def board(self) -> list[str]:
         """The keys that hold the board itself (what a rebuild recreates)."""
-        return [self.rank, self.users, self.version, self.built, self.removed]
+        return [
+            self.rank, self.users, self.version, self.built, self.removed, self.held,
+            self.hold_steps,
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class Flag:
     flagged_at: datetime
     reviewed_at: datetime | None
     reviewed_by: str | None
+    # Shadow quarantine: the most the public board shows of the player meanwhile (None: no hold).
+    held_score: int | None
 
     def to_json(self) -> dict[str, Any]:
         """The flag as JSON-ready values (ids and times as strings)."""
@@ -76,14 +78,14 @@ class Flag:
 
 _LIST_FLAGS = """
 SELECT f.flag_id, f.user_id, u.username, f.status, f.reason, f.rate, f.z, f.median, f.mad,
-       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by
+       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by, f.held_score
 FROM player_flags f JOIN users u USING (user_id)
 WHERE $1::text IS NULL OR f.status = $1
 ORDER BY f.flagged_at DESC LIMIT $2
 """
 _ONE_FLAG = """
 SELECT f.flag_id, f.user_id, u.username, f.status, f.reason, f.rate, f.z, f.median, f.mad,
-       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by
+       f.active_players, f.flagged_at, f.reviewed_at, f.reviewed_by, f.held_score
 FROM player_flags f JOIN users u USING (user_id)
 WHERE f.flag_id = $1
 """
@@ -218,6 +220,14 @@ class Admin:
             if current is None:
                 raise UnknownFlag(str(flag_id))
             if current == "open":
+                if status == "cleared":
+                    # The held points go onto the board: one more step of its version (0007).
+                    await conn.execute(
+                        """UPDATE board_hold_steps SET steps = steps + 1 WHERE EXISTS
+                           (SELECT 1 FROM player_flags WHERE flag_id = $1
+                            AND held_score IS NOT NULL)""",
+                        flag_id,
+                    )
                 await conn.execute(
                     """UPDATE player_flags SET status = $2, reviewed_at = now(), reviewed_by = $3
                        WHERE flag_id = $1""",

@@ -24,6 +24,7 @@ from broadcaster.board_reader import BoardReader
 from broadcaster.components import Components, components_key
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
+from broadcaster.holds import HoldWatcher
 from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.period_boards import PeriodBoards
 from broadcaster.postgres_boards import PostgresBoards
@@ -74,6 +75,7 @@ def _lifetime(settings: Settings, metrics: BroadcasterMetrics) -> CleanupCtx:
                 {
                     "board-consumer": parts.consumer.run(),
                     "board-removals": parts.removals.run(),
+                    "board-holds": parts.holds.run(),
                     "fanout-ticker": parts.fanout.run(),
                 }
             ):
@@ -133,6 +135,7 @@ async def _components(
                 settings, board, rebuilder, metrics, fanout.nudge, periods=periods
             ),
             removals=RemovalWatcher(settings, board, scores, metrics, fanout.nudge),
+            holds=HoldWatcher(settings, board, scores, fanout.nudge),
             periods=periods,
         )
     finally:

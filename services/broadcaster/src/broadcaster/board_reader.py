@@ -125,8 +125,12 @@ class BoardReader:
         while len(self._unknown) > self._settings.unknown_cache_size:
             self._unknown.popitem(last=False)
 
-    async def standing(self, user_id: uuid.UUID) -> Standing:
-        """A player's score and rank; :class:`UnknownPlayer` when there is no such user."""
+    async def standing(self, user_id: uuid.UUID, *, own: bool = False) -> Standing:
+        """A player's score and rank; :class:`UnknownPlayer` when there is no such user.
+
+        ``own``: as the player sees themselves (a held player's real score; see
+        :meth:`RedisBoard.standings`). From PostgreSQL, the real score in either case.
+        """
         if self._known_unknown(user_id):
             self._metrics.cache_hits.labels("unknown_user").inc()
             raise UnknownPlayer(f"no player with id {user_id}")
@@ -134,7 +138,7 @@ class BoardReader:
         reason = "redis_unavailable"
         if self._now() >= self._skip_redis_until:
             try:
-                found = await self._board.standings([key])
+                found = await self._board.standings([key], own=own)
             except RedisError as exc:
                 self._redis_failed("user", exc)
             else:
@@ -158,11 +162,12 @@ class BoardReader:
         return standing
 
     async def standings(self, user_ids: list[str]) -> tuple[int, dict[str, Standing]] | None:
-        """Board version and standings of the players on the board; None when Redis can't say."""
+        """Board version and the players' own standings (their ``me`` frames); None when Redis
+        can't say."""
         if self._now() < self._skip_redis_until:
             return None
         try:
-            return await self._board.standings(user_ids)
+            return await self._board.standings(user_ids, own=True)
         except RedisError as exc:
             self._redis_failed("standings", exc)
             return None

@@ -10,6 +10,7 @@ from broadcaster.board_periods import BoardPeriods
 from broadcaster.board_reader import BoardReader
 from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
+from broadcaster.holds import HoldWatcher
 from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
@@ -31,6 +32,7 @@ class Components:
     fanout: Fanout
     consumer: ChangeConsumer
     removals: RemovalWatcher
+    holds: HoldWatcher
     periods: BoardPeriods
 
 

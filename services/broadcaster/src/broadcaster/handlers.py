@@ -90,5 +90,5 @@ async def me(request: web.Request) -> web.Response:
     user_id = header_user_id(request)
     if user_id is None:
         raise NotSignedIn()
-    standing = await request.app[components_key].reader.standing(user_id)
+    standing = await request.app[components_key].reader.standing(user_id, own=True)
     return json_response(standing.as_json())

@@ -17,26 +17,39 @@ from broadcaster.standings import Entry, Removal, ScoreRow, Standing, TopSnapsho
 
 # Both in the order of scores_rank_idx: score DESC, reached_at ASC, user_id ASC.
 _ROWS = """
-    SELECT s.user_id, u.username, s.score, s.version, s.reached_at
-    FROM scores s JOIN users u USING (user_id)
+    SELECT s.user_id, u.username, s.score, s.version, s.reached_at, h.held_score
+    FROM scores s JOIN users u USING (user_id) LEFT JOIN board_holds h USING (user_id)
     WHERE s.version > 0
     ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
 """
 
+# Held players (shadow quarantine, broadcaster.holds) show at most their held score, so they can
+# only move down: the public top $1 is among the real top $1 + (players held).
 _TOP = """
-    SELECT s.user_id, u.username, s.score
-    FROM scores s JOIN users u USING (user_id)
-    WHERE s.version > 0
-    ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
+    WITH top AS (
+        SELECT s.user_id, u.username, least(s.score, h.held_score) AS score, s.reached_at
+        FROM scores s JOIN users u USING (user_id) LEFT JOIN board_holds h USING (user_id)
+        WHERE s.version > 0 AND NOT u.banned
+        ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
+        LIMIT $1 + (SELECT count(*) FROM board_holds)
+    )
+    SELECT user_id, username, score FROM top
+    ORDER BY score DESC, reached_at ASC, user_id ASC
     LIMIT $1
 """
 
 # The board version is the sum of the users' versions, removed users' included, each of those
-# plus one for the removal (see broadcaster.redis_board and common.removals).
+# plus one for the removal (see broadcaster.redis_board and common.removals), plus one for each
+# hold and release (broadcaster.holds).
 _VERSION = """
     SELECT (SELECT coalesce(sum(version), 0) FROM scores WHERE version > 0)
          + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
+         + (SELECT count(*) FROM moderation_events WHERE action <> 'deleted')
+         + (SELECT coalesce(sum(steps), 0) FROM board_hold_steps)
 """
+
+_HOLDS = "SELECT user_id, held_score FROM board_holds"
+_HOLD_STEPS = "SELECT coalesce(sum(steps), 0) FROM board_hold_steps"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -50,13 +63,13 @@ _REMOVALS = """
 _USER = """
     SELECT u.user_id, u.username, s.score, s.version, s.reached_at
     FROM users u LEFT JOIN scores s USING (user_id)
-    WHERE u.user_id = $1
+    WHERE u.user_id = $1 AND NOT u.banned
 """
 
 # Players ahead of ($2 score, $3 reached_at, $1 user_id) in the board's order.
 _AHEAD = """
     SELECT count(*) FROM scores
-    WHERE version > 0
+    WHERE version > 0 AND user_id NOT IN (SELECT user_id FROM users WHERE banned)
       AND (score > $2
            OR (score = $2 AND (reached_at < $3 OR (reached_at = $3 AND user_id < $1))))
 """
@@ -96,6 +109,14 @@ class PostgresScores:
             ahead = await conn.fetchval(_AHEAD, user_id, row["score"], row["reached_at"])
         return Standing(str(user_id), row["username"], int(row["score"]), int(ahead) + 1)
 
+    async def holds(self) -> dict[uuid.UUID, int]:
+        """The players the board holds (shadow quarantine) and the most it shows of each."""
+        return {r[0]: int(r[1]) for r in await self._pool.fetch(_HOLDS)}
+
+    async def hold_steps(self) -> int:
+        """How many holds and releases the board version counts (board_hold_steps)."""
+        return int(await self._pool.fetchval(_HOLD_STEPS))
+
     async def removals(self, since: datetime | None = None) -> list[Removal]:
         """The users removed from the board at or after ``since`` (None: all), oldest first."""
         rows = await self._pool.fetch(_REMOVALS, since or _EPOCH)
@@ -116,6 +137,7 @@ class PostgresScores:
                         score=int(r["score"]),
                         version=int(r["version"]),
                         reached_at=r["reached_at"],
+                        held=None if r["held_score"] is None else int(r["held_score"]),
                     )
                 )
                 if len(chunk) >= batch:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -40,11 +41,14 @@ class Rebuilder:
         board: RedisBoard,
         scores: PostgresScores,
         metrics: BroadcasterMetrics,
+        before_built: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._settings = settings
         self._board = board
         self._scores = scores
         self._metrics = metrics
+        # Run last, before the marker: the moderation state (broadcaster.moderation).
+        self._before_built = before_built
         self._running = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
         # When the last rebuild this process completed began reading PostgreSQL (loop time).
@@ -117,6 +121,9 @@ class Rebuilder:
         started = time.perf_counter()
         users = applied = 0
         ttl = self._settings.rebuild_lock_ttl_s
+        # Read before the rows: the holds in their snapshot are merged without steps, so the
+        # version counts at most what PostgreSQL does (broadcaster.holds).
+        hold_steps = await self._scores.hold_steps()
         async with contextlib.aclosing(self._scores.rows(self._settings.rebuild_batch)) as rows:
             async for batch in rows:
                 result = await self._board.merge_rows(batch)
@@ -131,6 +138,9 @@ class Rebuilder:
         chunk = self._settings.rebuild_batch
         for start in range(0, len(removals), chunk):
             await self._board.remove_users(removals[start : start + chunk], require_built=False)
+        await self._board.sync_hold_steps(hold_steps)
+        if self._before_built is not None:
+            await self._before_built()
         await self._board.mark_built(
             {
                 "at": utcnow().isoformat(),

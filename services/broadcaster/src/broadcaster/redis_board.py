@@ -27,6 +27,7 @@ marks the action's done marker :data:`common.keyspace.DONE_APPLIED`.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -52,10 +53,11 @@ local function user_of(member)
 end
 """
 
-# KEYS: rank, users, version, built, applied channel, removed, then per change its action's
-#       done marker and ticket (common.keyspace), or none for rows read from PostgreSQL.
+# KEYS: rank, users, version, built, applied channel, removed, held, then per change its
+#       action's done marker and ticket (common.keyspace), or none for rows read from PostgreSQL.
 # ARGV: require_built ("1"/"0"), publish ("1"/"0"), applied marker TTL (s), then per change:
-#       user_id, version, score, member, username, action_id.
+#       user_id, version, score, member, username, action_id, held score ('' = as the held
+#       hash says: shadow quarantine, broadcaster.holds).
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
 # A ScoreChanged means its action is applied in PostgreSQL: its done marker becomes DONE_APPLIED
 # (keeping the gateway's TTL, or ARGV[3] seconds when there was none: a claim released after a
@@ -66,10 +68,11 @@ if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
 end
 local publish = ARGV[2] == '1'
 local applied = 0
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  local action_keys = 7 + (i - 4) / 3
+  local held = ARGV[i + 6]
+  local action_keys = 8 + (i - 4) / 7 * 2
   if KEYS[action_keys] then
     if redis.call('EXISTS', KEYS[action_keys]) == 1 then
       redis.call('SET', KEYS[action_keys], @DONE_APPLIED, 'KEEPTTL')
@@ -86,16 +89,32 @@ for i = 4, #ARGV, 6 do
     old_version, old_member = tonumber(v), m
   end
   if new_version > old_version and redis.call('SISMEMBER', KEYS[6], user_id) == 0 then
+    -- Shadow quarantine: the public entry shows at most the held score, the real one is kept
+    -- in the held hash (the player's own standing reads it).
+    local shown = score
+    if held == '' then
+      held = string.match(redis.call('HGET', KEYS[7], user_id) or '', '^(%d+)|') or ''
+    end
+    if held ~= '' then
+      if tonumber(held) < tonumber(score) then
+        shown = held
+      end
+      redis.call('HSET', KEYS[7], user_id, held .. '|' .. score)
+    end
     if old_member and old_member ~= member then
       redis.call('ZREM', KEYS[1], old_member)
     end
-    redis.call('ZADD', KEYS[1], score, member)
-    local value = version .. '|' .. score .. '|' .. member .. '|' .. username
+    redis.call('ZADD', KEYS[1], shown, member)
+    local value = version .. '|' .. shown .. '|' .. member .. '|' .. username
     redis.call('HSET', KEYS[2], user_id, value)
     redis.call('INCRBY', KEYS[3], string.format('%d', new_version - old_version))
     applied = applied + 1
     if publish then
-      local rank = redis.call('ZREVRANK', KEYS[1], member) + 1
+      -- The notice goes to the player's own request: their real score, ranked as if shown.
+      local rank = redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf') + 1
+      if shown == score then
+        rank = redis.call('ZREVRANK', KEYS[1], member) + 1
+      end
       redis.call('PUBLISH', KEYS[5], '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
         .. '","username":"' .. username .. '","score":' .. score .. ',"version":' .. version
         .. ',"rank":' .. string.format('%d', rank) .. '}')
@@ -150,16 +169,22 @@ return out
 """
 )
 
-# KEYS: rank, users, version, built. ARGV: user ids.
+# KEYS: rank, users, version, built, held. ARGV: own ("1": the players' own standings, which
+#       show a held player's real score, ranked as if it were on the board), then user ids.
 # Returns nil when not built, else {version, value, rank0, value, rank0, ...} ('' / -1 unknown).
 _STANDINGS = """
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return false
 end
 local out = {redis.call('GET', KEYS[3]) or '0'}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local value = redis.call('HGET', KEYS[2], ARGV[i])
-  if value then
+  local real = ARGV[1] == '1' and value
+    and string.match(redis.call('HGET', KEYS[5], ARGV[i]) or '', '|(%d+)$')
+  if real then
+    out[#out + 1] = string.gsub(value, '^(%d+)|%d+|', '%1|' .. real .. '|', 1)
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[1], '(' .. real, '+inf')
+  elseif value then
     out[#out + 1] = value
     out[#out + 1] = redis.call('ZREVRANK', KEYS[1], string.match(value, '^%d+|%d+|([^|]+)|')) or -1
   else
@@ -168,6 +193,64 @@ for i = 1, #ARGV do
   end
 end
 return out
+"""
+
+# KEYS: rank, users, version, built, held, hold-steps. ARGV: user_id, held score ('' releases).
+# Holds (or releases) a player's public entry: shown = min(real, held). Returns 1 when the entry
+# moved (the board version and the step count grow by one), 0 when nothing changed on the board,
+# -1 when the board is not built (the rebuild reads the holds itself).
+_HOLD = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return -1
+end
+local user_id, held = ARGV[1], ARGV[2]
+local entry = redis.call('HGET', KEYS[5], user_id)
+local was = entry and string.match(entry, '^(%d+)|')
+if (held == '' and not entry) or (held ~= '' and was == held) then
+  return 0
+end
+local current = redis.call('HGET', KEYS[2], user_id)
+if not current then
+  -- Not on the board (never scored, or taken off): the next change they make finds the hold.
+  if held == '' then
+    redis.call('HDEL', KEYS[5], user_id)
+  else
+    redis.call('HSET', KEYS[5], user_id, held .. '|0')
+  end
+  return 0
+end
+local version, shown, member, username = string.match(current, '^(%d+)|(%d+)|([^|]+)|(.*)$')
+local real = entry and string.match(entry, '|(%d+)$') or shown
+local now_shown = real
+if held == '' then
+  redis.call('HDEL', KEYS[5], user_id)
+else
+  if tonumber(held) < tonumber(real) then
+    now_shown = held
+  end
+  redis.call('HSET', KEYS[5], user_id, held .. '|' .. real)
+end
+if now_shown == shown then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now_shown, member)
+local value = version .. '|' .. now_shown .. '|' .. member .. '|' .. username
+redis.call('HSET', KEYS[2], user_id, value)
+redis.call('INCRBY', KEYS[3], 1)
+redis.call('INCRBY', KEYS[6], 1)
+return 1
+"""
+
+# KEYS: version, hold-steps. ARGV: the steps PostgreSQL counts (board_hold_steps). Brings the
+# board version up to count them (a rebuild: the holds of its snapshot were merged without steps).
+_SYNC_STEPS = """
+local have = tonumber(redis.call('GET', KEYS[2]) or '0')
+local want = tonumber(ARGV[1])
+if want > have then
+  redis.call('INCRBY', KEYS[1], string.format('%d', want - have))
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return 0
 """
 
 _REFRESH_LOCK = """
@@ -215,6 +298,8 @@ class RedisBoard:
         self._remove = redis.register_script(_REMOVE)
         self._top = redis.register_script(_TOP)
         self._standings = redis.register_script(_STANDINGS)
+        self._hold = redis.register_script(_HOLD)
+        self._sync_steps = redis.register_script(_SYNC_STEPS)
         self._refresh_lock = redis.register_script(_REFRESH_LOCK)
         self._release_lock = redis.register_script(_RELEASE_LOCK)
 
@@ -227,7 +312,7 @@ class RedisBoard:
         action_keys: list[str] = []
         for c in changes:
             member = member_for(c.user_id, c.occurred_at)
-            args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id)]
+            args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id), ""]
             action_keys += [
                 done_key(self._prefix, c.action_id),
                 ticket_key(self._prefix, c.action_id),
@@ -239,7 +324,8 @@ class RedisBoard:
         args: list[str | int] = ["0", "0", APPLIED_TTL_S]
         for r in rows:
             member = member_for(r.user_id, r.reached_at)
-            args += [str(r.user_id), r.version, r.score, member, r.username, ""]
+            held = "" if r.held is None else r.held
+            args += [str(r.user_id), r.version, r.score, member, r.username, "", held]
         result = await self._run_apply(args, len(rows))
         assert result is not None  # merges do not require the marker
         return result
@@ -249,7 +335,7 @@ class RedisBoard:
     ) -> ApplyResult | None:
         k = self.keys
         applied, version = await self._apply(
-            keys=[k.rank, k.users, k.version, k.built, k.applied, k.removed, *action_keys],
+            keys=[k.rank, k.users, k.version, k.built, k.applied, k.removed, k.held, *action_keys],
             args=args,
         )
         if int(applied) == _NOT_BUILT:
@@ -297,13 +383,19 @@ class RedisBoard:
             entries.append(Entry(len(entries) + 1, _text(reply[i]), username, score))
         return TopSnapshot(version=int(reply[0]), entries=tuple(entries))
 
-    async def standings(self, user_ids: Sequence[str]) -> tuple[int, dict[str, Standing]] | None:
-        """The board version and the standings of those ``user_ids`` on the board.
+    async def standings(
+        self, user_ids: Sequence[str], *, own: bool = False
+    ) -> tuple[int, dict[str, Standing]] | None:
+        """The board version and the standings of those ``user_ids`` on the board; ``own``: as
+        the players see themselves (a held player's real score, ranked as if it were shown).
 
         None when the board is not built.
         """
         k = self.keys
-        reply = await self._standings(keys=[k.rank, k.users, k.version, k.built], args=user_ids)
+        reply = await self._standings(
+            keys=[k.rank, k.users, k.version, k.built, k.held],
+            args=["1" if own else "0", *user_ids],
+        )
         if reply is None:
             return None
         found: dict[str, Standing] = {}
@@ -313,6 +405,26 @@ class RedisBoard:
                 _version, score, username = _parse_value(value)
                 found[user_id] = Standing(user_id, username, score, rank + 1)
         return int(reply[0]), found
+
+    async def hold(self, user_id: uuid.UUID, held: int | None) -> int:
+        """Hold the player's public entry at ``held`` points at most (None: release it); 1 when
+        the board moved, 0 when it did not, -1 when it is not built."""
+        k = self.keys
+        return int(
+            await self._hold(
+                keys=[k.rank, k.users, k.version, k.built, k.held, k.hold_steps],
+                args=[str(user_id), "" if held is None else held],
+            )
+        )
+
+    async def holds(self) -> dict[uuid.UUID, int]:
+        """The players held on the board and their held scores."""
+        raw = await self._redis.hgetall(self.keys.held)
+        return {uuid.UUID(_text(u)): int(_text(v).split("|", 1)[0]) for u, v in raw.items()}
+
+    async def sync_hold_steps(self, steps: int) -> None:
+        """Count ``steps`` holds and releases in the board version (after a rebuild)."""
+        await self._sync_steps(keys=[self.keys.version, self.keys.hold_steps], args=[steps])
 
     async def is_built(self) -> bool:
         """True when a rebuild completed since the board keys were last lost."""

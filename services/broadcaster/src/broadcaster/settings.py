@@ -55,6 +55,8 @@ class Settings(CommonSettings):
     unknown_cache_size: int = Field(default=10_000, ge=0)
     # Deleted users leave the board on PostgreSQL's notification, or at the latest this often.
     removals_poll_s: float = Field(default=5.0, gt=0)
+    # Holds and releases of flagged players' board entries (shadow quarantine) are read this often.
+    holds_poll_s: float = Field(default=1.0, gt=0)
     # After a Redis failure, reads go straight to PostgreSQL for this long (no 2 s connect waits).
     redis_retry_after_s: float = Field(default=1.0, ge=0)
 

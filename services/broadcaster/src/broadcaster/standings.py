@@ -102,3 +102,5 @@ class ScoreRow:
     score: int
     version: int
     reached_at: datetime
+    # Shadow quarantine: the most the public board shows of ``score`` (None: not held).
+    held: int | None = None

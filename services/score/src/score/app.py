@@ -90,7 +90,10 @@ async def _service(
             relay=relay,
             # Anomaly flags: a task of its own on the ScoreChanged topic (score/flags.py).
             flagger=PlayerFlagger(
-                settings, producer, FlagStore(pool), FlagMetrics.create(app[registry_key])
+                settings,
+                producer,
+                FlagStore(pool, quarantine=settings.flags_quarantine),
+                FlagMetrics.create(app[registry_key]),
             )
             if settings.flags_enabled
             else None,

@@ -14,12 +14,22 @@ import asyncpg
 
 from common.events import PlayerFlagged
 
+# With quarantine ($11) the flag holds the player's score as it is now (the public board shows at
+# most that until review), and the hold is one more step of the board (board_hold_steps, 0007).
 _RAISE = """
-INSERT INTO player_flags
-    (flag_id, user_id, reason, rate, z, median, mad, active_players, tau_s, flagged_at)
-SELECT $1, user_id, $2, $3, $4, $5, $6, $7, $8, $9 FROM users WHERE user_id = $10
-ON CONFLICT (user_id) WHERE status = 'open' DO NOTHING
-RETURNING flag_id
+WITH flag AS (
+    INSERT INTO player_flags (flag_id, user_id, reason, rate, z, median, mad, active_players,
+                              tau_s, flagged_at, held_score)
+    SELECT $1, u.user_id, $2, $3, $4, $5, $6, $7, $8, $9,
+           CASE WHEN $11::boolean THEN coalesce(s.score, 0) END
+    FROM users u LEFT JOIN scores s USING (user_id) WHERE u.user_id = $10
+    ON CONFLICT (user_id) WHERE status = 'open' DO NOTHING
+    RETURNING flag_id, held_score
+), step AS (
+    UPDATE board_hold_steps SET steps = steps + 1
+    WHERE EXISTS (SELECT 1 FROM flag WHERE held_score IS NOT NULL)
+)
+SELECT flag_id FROM flag
 """
 
 _UNPUBLISHED = """
@@ -33,10 +43,12 @@ LIMIT $2
 
 
 class FlagStore:
-    """Raises flags and tracks their publication."""
+    """Raises flags and tracks their publication; with ``quarantine``, a flag holds the
+    player's board score (shadow quarantine, migration 0007)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, quarantine: bool = False) -> None:
         self._pool = pool
+        self._quarantine = quarantine
 
     async def raise_flag(self, flag: PlayerFlagged) -> bool:
         """Record ``flag`` as open; False when the player already has an open flag (one review
@@ -53,6 +65,7 @@ class FlagStore:
             flag.tau_s,
             flag.flagged_at,
             flag.user_id,
+            self._quarantine,
         )
         return flag_id is not None
 

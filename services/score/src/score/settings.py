@@ -75,6 +75,10 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # when it is given partitions, to know their players' rates at once.
     flags_active_window_s: float = Field(default=30.0, gt=0)
     flags_min_active: int = Field(default=5, ge=1)
+    # Shadow quarantine: a flag raised with this on records the player's score (player_flags.
+    # held_score), and the public board shows them at most that until the flag is cleared; the
+    # player's own standing keeps the real score (docs/architecture.md, "Anomaly flags").
+    flags_quarantine: bool = False
 
     # Closing board periods (score/closer.py): a period closes once its end plus the grace has
     # passed and every command produced before then is applied; its final standings go out on
