@@ -146,7 +146,13 @@ class Broadcaster(Server):
         )
 
     def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.port}/metrics").decode()
+        """The broadcaster's metrics; empty when it cannot answer (a server busy with 20,000
+        sockets may reset the scrape): the trial then goes without them."""
+        try:
+            return http_get(f"http://127.0.0.1:{self.port}/metrics").decode()
+        except OSError as exc:
+            print(f"   (no metrics: {exc!r})", file=sys.stderr, flush=True)
+            return ""
 
     async def stop(self) -> None:
         if self._proc is not None:
@@ -432,14 +438,16 @@ async def trial(
             "load_avg_1m_before": round(load_before, 2),
         },
     }
-    if metrics_after:
+    if metrics_before and metrics_after:
 
         def delta(name: str) -> float:
             return _metric(metrics_after, name) - _metric(metrics_before, name)
 
         ticks = delta("scoreboard_broadcaster_ws_tick_seconds_count")
         result["broadcaster"] = {
-            "tick_ms_mean": round(1000 * delta("scoreboard_broadcaster_ws_tick_seconds_sum") / ticks, 2)
+            "tick_ms_mean": round(
+                1000 * delta("scoreboard_broadcaster_ws_tick_seconds_sum") / ticks, 2
+            )
             if ticks
             else None,
             "apply_lag_ms_mean": round(
