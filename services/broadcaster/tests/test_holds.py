@@ -191,6 +191,22 @@ async def test_a_confirmed_flag_keeps_the_points_off_the_board(
         await asyncio.sleep(0.2)  # a few polls of the holds
         assert await public_score(client, cheat) == base + 100
 
+        # Something writes the entry unheld (an unban putting the player back): held again.
+        board = client.app[components_key].board
+        redis, keys = board._redis, board.keys
+        raw = await redis.hget(keys.users, str(cheat.user_id))
+        assert isinstance(raw, bytes)
+        value = raw.decode()
+        version, _, member, name = value.split("|")
+        await redis.zadd(keys.rank, {member: cheat.score})
+        await redis.hset(keys.users, str(cheat.user_id), f"{version}|{cheat.score}|{member}|{name}")
+
+        async def held_again() -> bool:
+            return await public_score(client, cheat) == base + 100
+
+        await until(held_again)
+        assert await own_score(client, cheat) == cheat.score
+
 
 async def test_a_flag_without_a_hold_changes_nothing(
     make_settings: SettingsFactory, pg: asyncpg.Connection, send: Send

@@ -16,7 +16,9 @@ of its snapshot with the rows, so a rebuilt board shows the same.
 Why the version stays honest: PostgreSQL counts a step for every flag raised with a hold and
 every such flag cleared (``board_hold_steps``, never decreasing); Redis steps only for a change
 it saw there, at most one per PostgreSQL step, and a rebuild brings its count up to
-PostgreSQL's. So a rebuilt board's version is never below the live one.
+PostgreSQL's. So a rebuilt board's version is never below the live one. (One exception: a held
+entry put back unheld by something else, an unban, is held again with a step of its own, so
+Redis may count one more than PostgreSQL: the versions still only grow.)
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class HoldWatcher:
         public entry moved."""
         wanted = await self._scores.holds()
         held = await self._board.holds()
-        changes: dict[uuid.UUID, int | None] = {
-            user_id: score for user_id, score in wanted.items() if held.get(user_id) != score
-        }
+        # Every hold, not just the new ones (a few players: one cheap call each): an entry
+        # written around the apply script (an unban putting the player back) is held again.
+        changes: dict[uuid.UUID, int | None] = dict(wanted)
         changes.update((user_id, None) for user_id in held.keys() - wanted.keys())
         moved: list[uuid.UUID] = []
         for user_id, score in changes.items():
@@ -80,12 +82,13 @@ class HoldWatcher:
                 return moved
             if result:
                 moved.append(user_id)
-            log.info(
-                "board_hold" if score is not None else "board_hold_released",
-                user_id=str(user_id),
-                held_score=score,
-                moved=bool(result),
-            )
+            if result or held.get(user_id) != score:
+                log.info(
+                    "board_hold" if score is not None else "board_hold_released",
+                    user_id=str(user_id),
+                    held_score=score,
+                    moved=bool(result),
+                )
         if moved:
             self._on_change(moved)
         return moved

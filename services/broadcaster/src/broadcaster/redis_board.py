@@ -198,15 +198,15 @@ return out
 # KEYS: rank, users, version, built, held, hold-steps. ARGV: user_id, held score ('' releases).
 # Holds (or releases) a player's public entry: shown = min(real, held). Returns 1 when the entry
 # moved (the board version and the step count grow by one), 0 when nothing changed on the board,
-# -1 when the board is not built (the rebuild reads the holds itself).
+# -1 when the board is not built (the rebuild reads the holds itself). Idempotent, and it also
+# corrects an entry something else wrote unheld (an unban putting the player back).
 _HOLD = """
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return -1
 end
 local user_id, held = ARGV[1], ARGV[2]
 local entry = redis.call('HGET', KEYS[5], user_id)
-local was = entry and string.match(entry, '^(%d+)|')
-if (held == '' and not entry) or (held ~= '' and was == held) then
+if held == '' and not entry then
   return 0
 end
 local current = redis.call('HGET', KEYS[2], user_id)
@@ -220,7 +220,12 @@ if not current then
   return 0
 end
 local version, shown, member, username = string.match(current, '^(%d+)|(%d+)|([^|]+)|(.*)$')
-local real = entry and string.match(entry, '|(%d+)$') or shown
+-- The entry shows at most the real score; one written unheld shows the real score itself.
+local real = shown
+local kept = entry and string.match(entry, '|(%d+)$')
+if kept and tonumber(kept) > tonumber(shown) then
+  real = kept
+end
 local now_shown = real
 if held == '' then
   redis.call('HDEL', KEYS[5], user_id)
