@@ -150,7 +150,10 @@ async def test_top_falls_back_to_postgres_when_redis_is_down(
         assert (await ready.json())["checks"]["redis"].startswith("failed")
         registry = app[registry_key]
         fallbacks = _sample(
-            registry, "scoreboard_broadcaster_fallbacks_total", query="top", reason="redis_unavailable"
+            registry,
+            "scoreboard_broadcaster_fallbacks_total",
+            query="top",
+            reason="redis_unavailable",
         )
         assert fallbacks >= 1
 

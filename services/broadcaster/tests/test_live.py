@@ -257,7 +257,8 @@ async def test_replicas_share_one_board_and_announce_each_change_once(
 
         # Both replicas consume the event: the first applies it, the other finds it there.
         await eventually(
-            lambda: counts("scoreboard_broadcaster_board_events_stale_total") == [0.0, 1.0], wait_s=5
+            lambda: counts("scoreboard_broadcaster_board_events_stale_total") == [0.0, 1.0],
+            wait_s=5,
         )
         applied = counts("scoreboard_broadcaster_board_events_applied_total")
     await save_scores(pg, players)

@@ -89,7 +89,9 @@ async def test_flushed_board_is_rebuilt_identical_to_postgres(
                     + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
                     + (SELECT steps FROM board_hold_steps)"""
         )
-        rebuilds = client.app[registry_key].get_sample_value("scoreboard_broadcaster_board_rebuilds_total")
+        rebuilds = client.app[registry_key].get_sample_value(
+            "scoreboard_broadcaster_board_rebuilds_total"
+        )
         assert rebuilds is not None
         assert rebuilds >= 2  # the merge at start (new group) and the rebuild after the loss
 
@@ -116,7 +118,9 @@ async def test_only_one_replica_rebuilds(
         ]
         rebuilt = await asyncio.gather(*(r.ensure_built() for r in replicas))
         assert sorted(rebuilt) == [False, False, True]
-        counts = [r.get_sample_value("scoreboard_broadcaster_board_rebuilds_total") for r in registries]
+        counts = [
+            r.get_sample_value("scoreboard_broadcaster_board_rebuilds_total") for r in registries
+        ]
         assert sorted(c or 0.0 for c in counts) == [0.0, 0.0, 1.0]
         board = RedisBoard(redis_client, settings.redis_prefix)
         assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]

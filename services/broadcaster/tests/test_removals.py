@@ -61,7 +61,9 @@ async def test_a_deleted_player_leaves_every_board_and_stays_off(
             assert _ids(first)[0] == str(victim.user_id)
 
             registry = client.app[registry_key]
-            removed_before = registry.get_sample_value("scoreboard_broadcaster_board_users_removed_total")
+            removed_before = registry.get_sample_value(
+                "scoreboard_broadcaster_board_users_removed_total"
+            )
             assert await _delete(pg, victim.user_id) == victim.version
             gone = await frame_where(
                 ws, lambda f: f["type"] == "top" and str(victim.user_id) not in _ids(f)
