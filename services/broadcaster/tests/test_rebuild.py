@@ -31,7 +31,7 @@ T0 = datetime(2026, 1, 15, tzinfo=UTC)
 _PG_ORDER = """
     SELECT s.user_id::text, u.username, s.score
     FROM scores s JOIN users u USING (user_id)
-    WHERE s.version > 0
+    WHERE s.version > 0 AND NOT u.banned
     ORDER BY s.score DESC, s.reached_at ASC, s.user_id ASC
 """
 
@@ -81,13 +81,15 @@ async def test_flushed_board_is_rebuilt_identical_to_postgres(
         assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
         # The version did not go back: it is PostgreSQL's again (the sum of the users'
         # versions, removed users' plus one each: other tests delete users in this database;
-        # plus the holds and releases of shadow quarantine, test_holds.py).
+        # plus the holds and releases of shadow quarantine, test_holds.py, and one per ban and
+        # unban, test_moderation.py).
         version = await board.poll() or 0
         assert version >= before
         assert version == await pg.fetchval(
             """SELECT (SELECT sum(version) FROM scores WHERE version > 0)
                     + (SELECT coalesce(sum(version + 1), 0) FROM removed_users)
-                    + (SELECT steps FROM board_hold_steps)"""
+                    + (SELECT steps FROM board_hold_steps)
+                    + (SELECT count(*) FROM moderation_events WHERE action <> 'deleted')"""
         )
         rebuilds = client.app[registry_key].get_sample_value(
             "scoreboard_broadcaster_board_rebuilds_total"
