@@ -54,7 +54,7 @@ GRANTS: Final[dict[str, dict[str, str]]] = {
         "moderation_events": "SELECT, UPDATE (published_at)",  # score/moderation.py
     },
     "broadcaster": {
-        "users": "SELECT (user_id, username)",
+        "users": "SELECT (user_id, username, banned)",  # banned players are off the boards
         "scores": "SELECT",
         "removed_users": "SELECT",
         "boards": "SELECT",

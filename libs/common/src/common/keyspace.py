@@ -170,6 +170,25 @@ class PeriodBoardKeys:
         return [self.rank, self.users, self.version, self.built]
 
 
+@dataclass(frozen=True)
+class ModerationKeys:
+    """The main board's moderation state (broadcaster.moderation), beside :class:`BoardKeys`.
+
+    - ``hidden``: hash user id -> the version a banned player had when they left the board (they
+      are also in ``BoardKeys.removed``, so no event brings them back until the unban);
+    - ``state``: hash, ``seq`` = the last moderation log entry applied to the board. Missing on
+      a board built without it: the broadcaster then syncs the bans from PostgreSQL.
+    """
+
+    hidden: str
+    state: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> ModerationKeys:
+        """Keys under ``prefix`` (``settings.redis_prefix``)."""
+        return cls(hidden=f"{prefix}board:hidden", state=f"{prefix}board:moderation")
+
+
 _LUA_VALUES: Final = {
     "DONE_CLAIMED": DONE_CLAIMED,
     "DONE_PUBLISHED": DONE_PUBLISHED,

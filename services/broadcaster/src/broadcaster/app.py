@@ -9,6 +9,7 @@ stop, then the clients close.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,7 @@ from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
 from broadcaster.holds import HoldWatcher
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.moderation import ModerationBoard, ModerationWatcher, sync_board
 from broadcaster.period_boards import PeriodBoards
 from broadcaster.postgres_boards import PostgresBoards
 from broadcaster.postgres_scores import PostgresScores
@@ -75,6 +77,7 @@ def _lifetime(settings: Settings, metrics: BroadcasterMetrics) -> CleanupCtx:
                 {
                     "board-consumer": parts.consumer.run(),
                     "board-removals": parts.removals.run(),
+                    "board-moderation": parts.moderation.run(),
                     "board-holds": parts.holds.run(),
                     "fanout-ticker": parts.fanout.run(),
                 }
@@ -116,7 +119,10 @@ async def _components(
 ) -> AsyncIterator[Components]:
     board = RedisBoard(redis, settings.redis_prefix)
     scores = PostgresScores(pool)
-    rebuilder = Rebuilder(settings, board, scores, metrics)
+    moderation = ModerationBoard(redis, board, settings.redis_prefix)
+    # Every rebuild syncs the bans before the board is marked built.
+    sync = functools.partial(sync_board, moderation, pool, rebuild=True)
+    rebuilder = Rebuilder(settings, board, scores, metrics, before_built=sync)
     reader = BoardReader(settings, board, scores, rebuilder, metrics)
     fanout = Fanout(settings, board, reader, metrics)
     periods = BoardPeriods(
@@ -137,6 +143,9 @@ async def _components(
             removals=RemovalWatcher(settings, board, scores, metrics, fanout.nudge),
             holds=HoldWatcher(settings, board, scores, fanout.nudge),
             periods=periods,
+            moderation=ModerationWatcher(
+                settings, moderation, pool, periods, fanout.nudge, reader.forget_unknown
+            ),
         )
     finally:
         # What the parts started of their own: close handshakes, a background rebuild.

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -131,6 +131,9 @@ class BoardPeriods:
         self._loading = asyncio.Lock()
         self._rebuilding: dict[PeriodBoardKeys, asyncio.Task[None]] = {}
         self._rebuild_locks: dict[PeriodBoardKeys, asyncio.Lock] = {}
+        self.hidden: set[uuid.UUID] = set()
+        """Banned (or deleted) players, whose late events must not put them back on a period
+        (broadcaster.moderation keeps it; PostgreSQL's board_entries leaves them out)."""
 
     # -- the catalog ------------------------------------------------------------------------
 
@@ -255,6 +258,8 @@ class BoardPeriods:
         groups: dict[PeriodBoardKeys, tuple[Target, list[PeriodEntry]]] = {}
         catalog = await self.catalog()
         for c in changes:
+            if c.user_id in self.hidden:
+                continue
             member = ""
             for b in c.boards:
                 board = catalog.boards.get(b.board)
@@ -294,6 +299,52 @@ class BoardPeriods:
                 continue
             applied += done
         return applied
+
+    async def forget_user(self, user_id: uuid.UUID, *, back: bool = False) -> int:
+        """Drop every period Redis keeps where ``user_id``'s entry must go (banned, deleted: the
+        periods Redis has them in) or come back (``back``, unbanned: the periods PostgreSQL
+        has them in), so its next read or event rebuilds it from PostgreSQL; returns how many.
+        The default board's all-time window is the main board's (broadcaster.moderation
+        changes it in place)."""
+        kept = self._kept_periods(await self.catalog(max_age_s=0.0), utcnow())
+        if back:
+            rows = await self._pool.fetch(
+                "SELECT board_id, window_id, period FROM board_scores WHERE user_id = $1",
+                user_id,
+            )
+            theirs = {(r[0], r[1], r[2]) for r in rows}
+            chosen = [t for t in kept if t.ids in theirs]
+        else:
+            chosen = [t for t in kept if await self._redis.has_user(t.keys, str(user_id))]
+        for t in chosen:
+            await self._redis.drop(t.keys)
+        return len(chosen)
+
+    def _kept_periods(self, catalog: Catalog, now: datetime) -> list[Target]:
+        """Every period of every board that Redis may keep now (the current one and the last
+        ``redis_past_periods``), the main board's aside. Found by stepping back from now:
+        board_scores cannot say, as a deleted player's rows are gone with them."""
+        found: list[Target] = []
+        for board in catalog.boards.values():
+            for window in board.definition.windows:
+                if board.id == DEFAULT_BOARD and window == ALL_TIME:
+                    continue
+                if window == "season":
+                    periods = [board.parse_period(window, s.id) for s in board.definition.seasons]
+                else:
+                    periods = []
+                    period = board.period_at(window, now)
+                    for _ in range(board.definition.redis_past_periods + 1):
+                        if period is None:
+                            break
+                        periods.append(period)
+                        if period.starts_at is None:
+                            break
+                        period = board.period_at(window, period.starts_at - timedelta(seconds=1))
+                found.extend(
+                    t for p in periods if (t := self.target(board, window, p, now)).in_redis
+                )
+        return found
 
     async def _forget(self, t: Target) -> None:
         try:

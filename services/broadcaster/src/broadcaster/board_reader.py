@@ -117,6 +117,10 @@ class BoardReader:
         del self._unknown[user_id]
         return False
 
+    def forget_unknown(self, user_id: uuid.UUID) -> None:
+        """``user_id`` is a player again (an unban): no more 404s from the cache."""
+        self._unknown.pop(user_id, None)
+
     def _remember_unknown(self, user_id: uuid.UUID) -> None:
         if self._settings.unknown_cache_size <= 0:
             return

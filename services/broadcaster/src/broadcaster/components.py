@@ -12,6 +12,7 @@ from broadcaster.consumer import ChangeConsumer
 from broadcaster.fanout import Fanout
 from broadcaster.holds import HoldWatcher
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.moderation import ModerationWatcher
 from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
@@ -34,6 +35,7 @@ class Components:
     removals: RemovalWatcher
     holds: HoldWatcher
     periods: BoardPeriods
+    moderation: ModerationWatcher
 
 
 components_key = web.AppKey("broadcaster_components", Components)

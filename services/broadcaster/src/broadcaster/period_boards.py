@@ -316,6 +316,16 @@ class PeriodBoards:
         """Drop the built marker: the period is no longer known complete (a failed apply)."""
         await self._redis.delete(keys.built)
 
+    async def has_user(self, keys: PeriodBoardKeys, user_id: str) -> bool:
+        """True when the period holds an entry of ``user_id``."""
+        return bool(await self._redis.hexists(keys.users, user_id))
+
+    async def drop(self, keys: PeriodBoardKeys) -> None:
+        """Delete the period's keys (a banned player's entry must go): the next read or event
+        rebuilds it from PostgreSQL. Its version starts again from PostgreSQL's entries (a
+        period's version is not served to clients)."""
+        await self._redis.delete(*keys.board)
+
     async def acquire_lock(self, keys: PeriodBoardKeys, token: str, ttl_s: float) -> bool:
         """Take the period's rebuild lock unless another replica holds it."""
         return bool(await self._redis.set(keys.lock, token, nx=True, px=int(ttl_s * 1000)))

@@ -153,5 +153,10 @@ class PostgresBoards:
                 yield chunk
 
     async def user_exists(self, user_id: uuid.UUID) -> bool:
-        """True when there is such a user (on any board or none)."""
-        return bool(await self._pool.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))
+        """True when there is such a user (on any board or none), not banned (a banned player
+        is on no board: broadcaster.moderation)."""
+        return bool(
+            await self._pool.fetchval(
+                "SELECT 1 FROM users WHERE user_id = $1 AND NOT banned", user_id
+            )
+        )
