@@ -153,3 +153,31 @@ async def test_a_ban_takes_a_player_off_every_board_and_an_unban_brings_them_bac
         version, ids = await _truth(client)
         assert ids[0] == uid
         assert await parts.board.poll() == version  # Redis and PostgreSQL count alike
+
+
+async def test_replicas_apply_each_entry_once(
+    make_settings: SettingsFactory, pg: asyncpg.Connection
+) -> None:
+    """Two replicas on one board both see every entry; the board moves once per entry, so its
+    version stays PostgreSQL's."""
+    base = await high_score(pg)
+    players = [new_player("r") for _ in range(3)]
+    for i, p in enumerate(players):
+        p.gain(base + 10 * i)
+    await seed(pg, players)
+    victim = players[-1]
+    first = make_settings()
+    second = make_settings(redis_prefix=first.redis_prefix)  # the same board, another replica
+    async with serve(first) as a, serve(second) as b:
+        replicas = [a.app[components_key], b.app[components_key]]
+        for banned in (True, False, True):
+            await _moderate(pg, victim.user_id, banned=banned)
+            for parts in replicas:  # each looks (again), whatever the other did
+                await parts.moderation.apply_new()
+            version, ids = await _truth(a)
+            top = await replicas[0].board.top(10)
+            assert top is not None
+            assert [e.user_id for e in top.entries] == ids
+            assert (str(victim.user_id) in ids) is not banned
+            assert top.version == version
+        await _moderate(pg, victim.user_id, banned=False)  # leave no banned player behind

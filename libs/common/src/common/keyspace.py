@@ -94,7 +94,9 @@ class BoardKeys:
       replica that rebuilds holds it; ``removed``: deleted users' ids (tombstones);
       ``applied``: the :func:`applied_channel`; ``held``: hash user id -> ``"<held>|<real>"``
       for players in shadow quarantine (broadcaster.holds); ``hold_steps``: how many holds and
-      releases the board version counts.
+      releases the board version counts; ``hidden``: hash user id -> the version a banned
+      player had when they left the board; ``moderation``: hash, ``seq`` = the last moderation
+      log entry the board applied (broadcaster.moderation; missing: not synced yet).
     """
 
     rank: str
@@ -106,6 +108,8 @@ class BoardKeys:
     removed: str
     held: str
     hold_steps: str
+    hidden: str
+    moderation: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> BoardKeys:
@@ -120,6 +124,8 @@ class BoardKeys:
             removed=f"{prefix}board:removed",
             held=f"{prefix}board:held",
             hold_steps=f"{prefix}board:hold-steps",
+            hidden=f"{prefix}board:hidden",
+            moderation=f"{prefix}board:moderation",
         )
 
     @property
@@ -127,7 +133,7 @@ class BoardKeys:
         """The keys that hold the board itself (what a rebuild recreates)."""
         return [
             self.rank, self.users, self.version, self.built, self.removed, self.held,
-            self.hold_steps,
+            self.hold_steps, self.hidden, self.moderation,
         ]  # fmt: skip
 
 
@@ -168,25 +174,6 @@ class PeriodBoardKeys:
     def board(self) -> list[str]:
         """The keys a rebuild recreates (and that expire together)."""
         return [self.rank, self.users, self.version, self.built]
-
-
-@dataclass(frozen=True)
-class ModerationKeys:
-    """The main board's moderation state (broadcaster.moderation), beside :class:`BoardKeys`.
-
-    - ``hidden``: hash user id -> the version a banned player had when they left the board (they
-      are also in ``BoardKeys.removed``, so no event brings them back until the unban);
-    - ``state``: hash, ``seq`` = the last moderation log entry applied to the board. Missing on
-      a board built without it: the broadcaster then syncs the bans from PostgreSQL.
-    """
-
-    hidden: str
-    state: str
-
-    @classmethod
-    def for_prefix(cls, prefix: str) -> ModerationKeys:
-        """Keys under ``prefix`` (``settings.redis_prefix``)."""
-        return cls(hidden=f"{prefix}board:hidden", state=f"{prefix}board:moderation")
 
 
 _LUA_VALUES: Final = {

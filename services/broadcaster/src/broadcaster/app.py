@@ -119,7 +119,7 @@ async def _components(
 ) -> AsyncIterator[Components]:
     board = RedisBoard(redis, settings.redis_prefix)
     scores = PostgresScores(pool)
-    moderation = ModerationBoard(redis, board, settings.redis_prefix)
+    moderation = ModerationBoard(redis, board)
     # Every rebuild syncs the bans before the board is marked built.
     sync = functools.partial(sync_board, moderation, pool, rebuild=True)
     rebuilder = Rebuilder(settings, board, scores, metrics, before_built=sync)

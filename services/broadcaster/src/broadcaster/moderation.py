@@ -21,11 +21,13 @@ order:
 
 Why the version stays honest (never below what clients saw, after any rebuild): PostgreSQL's
 board version counts every scored player's version, banned ones included, plus one per ban and
-unban entry (broadcaster.postgres_scores). Redis steps by one per entry it applies, plus the
-versions the player gained meanwhile; a board built without the state (a rebuild after Redis
-lost it, or the first start of this version) is synced from one PostgreSQL snapshot: the bans
-as of its last entry, and that many steps. Every rebuild syncs before it marks the board built
-(so a rebuilt board never shows a banned player, even for a moment).
+unban entry (broadcaster.postgres_scores). Redis steps by one per entry it applies (once, by
+whichever replica is first), plus the versions the player gained meanwhile; a board without the
+state (rebuilt after Redis lost it: the state is one of its keys, or built by the version
+before this one) is synced from one PostgreSQL snapshot: the bans as of its last entry, and
+that many steps. A rebuild syncs before it marks the board built, so a rebuilt board never
+shows a banned player, even for a moment; a rebuild that merges into a live board (a new
+replica's start) keeps the state it finds.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from broadcaster.standings import member_for
 from common.backoff import Backoff
-from common.keyspace import ModerationKeys
 from common.moderation import MODERATION_CHANNEL
 
 log = structlog.get_logger(__name__)
@@ -118,19 +119,17 @@ return 1
 """
 )
 
-# The moderation state from a PostgreSQL snapshot: in every rebuild (ARGV[1] "1", before the
-# built marker: the board is new), or on a built board without it (the first start of this
-# version; "0"). Then ARGV: the snapshot's last seq, its ban and unban entries (steps), then per
-# banned player: user_id, version. Returns 1 when synced now, 0 when it already was, -1 when
-# not built.
+# The moderation state from a PostgreSQL snapshot, on a board without it: a rebuild's (before
+# its built marker; the state goes with the board's other keys, common.keyspace.BoardKeys), or a
+# built board of the version before moderation (its first start). A board that has the state
+# (a rebuild merging into a live board, a new replica starting) keeps it: the live entries keep
+# it current. ARGV: "1" from a rebuild (the board need not be built), the snapshot's last seq,
+# its ban and unban entries (steps), then per banned player: user_id, version. Returns 1 when
+# synced now, 0 when it already was, -1 when not built (and not from a rebuild).
 _SYNC = (
     """
-if ARGV[1] == '1' then
-  redis.call('DEL', KEYS[6], KEYS[7])
-else
-  if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-  if redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
-end
+if redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
 """
     + _HIDE_ONE
     + """
@@ -176,12 +175,10 @@ class Entry:
 class ModerationBoard:
     """The main board's moderation scripts."""
 
-    def __init__(self, redis: aioredis.Redis, board: RedisBoard, prefix: str) -> None:
-        self.keys = ModerationKeys.for_prefix(prefix)
+    def __init__(self, redis: aioredis.Redis, board: RedisBoard) -> None:
+        self.keys = k = board.keys
         self._redis = redis
-        k = board.keys
-        self._keys = [k.rank, k.users, k.version, k.built, k.removed, self.keys.hidden]
-        self._keys.append(self.keys.state)
+        self._keys = [k.rank, k.users, k.version, k.built, k.removed, k.hidden, k.moderation]
         self._ban = redis.register_script(_BAN)
         self._unban = redis.register_script(_UNBAN)
         self._sync = redis.register_script(_SYNC)
@@ -210,7 +207,7 @@ class ModerationBoard:
 
     async def applied_seq(self) -> int | None:
         """The last entry the board applied (None: not synced)."""
-        raw = await self._redis.hget(self.keys.state, "seq")
+        raw = await self._redis.hget(self.keys.moderation, "seq")
         return None if raw is None else int(raw)
 
 
