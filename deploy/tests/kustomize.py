@@ -1,9 +1,9 @@
 """Render a kustomization: with the real kustomize when one is installed, else in Python.
 
 The Python builder implements exactly the kustomize features ``deploy/k8s`` uses (resources,
-namespace, images, config map and secret generators, strategic-merge patches) and refuses any
-other field, so it can never silently ignore part of a kustomization. When a real kustomize is
-available, ``test_k8s.py`` checks that both produce the same objects.
+components, namespace, images, config map and secret generators, strategic-merge patches) and
+refuses any other field, so it can never silently ignore part of a kustomization. When a real
+kustomize is available, ``test_k8s.py`` checks that both produce the same objects.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SUPPORTED_FIELDS = frozenset(
         "apiVersion",
         "kind",
         "resources",
+        "components",
         "namespace",
         "images",
         "configMapGenerator",
@@ -107,16 +108,19 @@ def build_with_tool(command: list[str], directory: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
-def build_fallback(directory: Path) -> Build:
-    """Render ``directory``'s kustomization.yaml the way kustomize does, minus name hashes."""
-    spec = yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
+def _load_spec(directory: Path, kind: str) -> Manifest:
+    spec: Manifest = yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
     unknown = set(spec) - SUPPORTED_FIELDS
     if unknown:
         raise UnsupportedKustomization(
             f"{directory}: the Python builder does not implement {sorted(unknown)}"
         )
+    if spec.get("kind", "Kustomization") != kind:
+        raise UnsupportedKustomization(f"{directory}: expected a {kind}, found {spec['kind']}")
+    return spec
 
-    build = Build(objects=[])
+
+def _add_resources(build: Build, directory: Path, spec: Manifest) -> None:
     for entry in spec.get("resources", []):
         target = directory / entry
         if target.is_dir():
@@ -126,13 +130,22 @@ def build_fallback(directory: Path) -> Build:
         else:
             build.objects.extend(load_documents(target))
 
-    for generator in spec.get("configMapGenerator", []):
-        _generate(build, "ConfigMap", generator, secret=False, directory=directory)
-    for generator in spec.get("secretGenerator", []):
-        _generate(build, "Secret", generator, secret=True, directory=directory)
 
-    for patch in spec.get("patches", []):
-        _apply_patch_entry(build.objects, directory, patch)
+def build_fallback(directory: Path) -> Build:
+    """Render ``directory``'s kustomization.yaml the way kustomize does, minus name hashes."""
+    spec = _load_spec(directory, "Kustomization")
+    build = Build(objects=[])
+    _add_resources(build, directory, spec)
+    # A Component adds its resources to the parent's, and its generators and patches act on
+    # everything accumulated so far (before the parent's own generators and transformers).
+    for entry in spec.get("components", []):
+        component_dir = directory / entry
+        component = _load_spec(component_dir, "Component")
+        if {"namespace", "images", "components"} & set(component):
+            raise UnsupportedKustomization(f"{component_dir}: only resources, generators, patches")
+        _add_resources(build, component_dir, component)
+        _generate_and_patch(build, component_dir, component)
+    _generate_and_patch(build, directory, spec)
 
     namespace = spec.get("namespace")
     if namespace:
@@ -144,6 +157,16 @@ def build_fallback(directory: Path) -> Build:
         for obj in build.objects:
             _set_image(obj, image)
     return build
+
+
+def _generate_and_patch(build: Build, directory: Path, spec: Manifest) -> None:
+    for generator in spec.get("configMapGenerator", []):
+        _generate(build, "ConfigMap", generator, secret=False, directory=directory)
+    for generator in spec.get("secretGenerator", []):
+        _generate(build, "Secret", generator, secret=True, directory=directory)
+
+    for patch in spec.get("patches", []):
+        _apply_patch_entry(build.objects, directory, patch)
 
 
 def _parse_literal(literal: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from common.health import registry_key
+from deploy.prometheus import rules as prometheus_rules
 from deploy.tests.markdown import anchors, github_anchor
 
 Manifest = dict[str, Any]
@@ -71,14 +72,36 @@ def test_every_alert_is_complete() -> None:
 
 
 def test_every_alert_links_to_its_runbook_section() -> None:
-    """runbook_url points at a heading of docs/operations.md named after the alert."""
+    """runbook_url is absolute (Alertmanager shows it out of context), every link shares the one
+    configured base, and its anchor is a heading of docs/operations.md named after the alert."""
     headings = anchors(RUNBOOK)
+    base = prometheus_rules.current_base(ALERTS.read_text())
+    assert re.fullmatch(r"https://[^\s#]+/docs/operations\.md", base), base
     for rule in rules():
         url = rule["annotations"]["runbook_url"]
         path, _, anchor = url.partition("#")
-        assert path == "docs/operations.md", url
+        assert path == base, url
         assert anchor == github_anchor(rule["alert"]), url
         assert anchor in headings, f"docs/operations.md has no heading for {rule['alert']}"
+
+
+def test_runbook_base_is_rewritten_in_one_place(tmp_path: Path) -> None:
+    """The generator moves every link to a new base and leaves the rest of the file alone."""
+    text = ALERTS.read_text()
+    moved = prometheus_rules.with_runbook_base(text, "https://docs.example.org/ops.md")
+    assert prometheus_rules.current_base(moved) == "https://docs.example.org/ops.md"
+    assert len(prometheus_rules.runbook_urls(moved)) == len(rules())
+    assert moved.count("\n") == text.count("\n")
+    back = prometheus_rules.with_runbook_base(moved, prometheus_rules.current_base(text))
+    assert back == text
+
+
+def test_committed_prometheus_rule_is_the_generated_one() -> None:
+    """deploy/k8s/components/monitoring/prometheusrule.yaml is rules.py's output for alerts.yml."""
+    expected = prometheus_rules.prometheus_rule(ALERTS.read_text())
+    assert prometheus_rules.PROMETHEUS_RULE.read_text() == expected, (
+        "run `uv run python deploy/prometheus/rules.py`"
+    )
 
 
 def test_runbook_documents_no_alert_that_does_not_exist() -> None:

@@ -134,8 +134,8 @@ def test_every_manifest_file_parses_and_is_used() -> None:
     assert kustomizations
     for kfile in kustomizations:
         spec = yaml.safe_load(kfile.read_text())
-        assert spec["kind"] == "Kustomization", kfile
-        for entry in spec.get("resources", []):
+        assert spec["kind"] in ("Kustomization", "Component"), kfile
+        for entry in [*spec.get("resources", []), *spec.get("components", [])]:
             referenced.add((kfile.parent / entry).resolve())
         for patch in spec.get("patches", []):
             referenced.add((kfile.parent / patch["path"]).resolve())
@@ -710,3 +710,45 @@ def test_dev_redis_declares_each_service_user_with_its_acl() -> None:
         password = f"$(REDIS_{service.upper()}_PASSWORD)"
         assert rules == redis_access.acl_rules(service, "sb:", password)[1:]
     assert args[args.index("--requirepass") + 1] == "$(REDISCLI_AUTH)"
+
+
+# --- monitoring (components/monitoring, for the Prometheus Operator) ----------------------
+
+
+def test_prod_carries_the_alert_rules_exactly_as_alerts_yml() -> None:
+    """The PrometheusRule's groups are deploy/prometheus/alerts.yml's, rule for rule."""
+    rule = find(rendered("prod"), "PrometheusRule", "scoreboard")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == NAMESPACE["prod"]
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+
+
+def test_prod_pod_monitor_scrapes_every_service_admin_port_as_its_job() -> None:
+    """It selects each service's pods (and nothing else), on the port named `admin` that
+    serves /metrics, with job = the service name the alert rules match on."""
+    objects = rendered("prod")
+    monitor = find(objects, "PodMonitor", "scoreboard")
+    spec = monitor["spec"]
+    assert monitor["metadata"]["namespace"] == NAMESPACE["prod"]
+    [endpoint] = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "admin"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["honorLabels"] is True
+    selected = set()
+    for workload in workloads(objects):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        if selector_matches(spec["selector"], labels):
+            selected.add(workload["metadata"]["name"])
+            assert labels[spec["jobLabel"]] == workload["metadata"]["name"]
+            admin = {p["name"]: p["containerPort"] for p in main_container(workload)["ports"]}
+            assert admin["admin"] == SERVICES[workload["metadata"]["name"]] + 1000
+    assert selected == set(SERVICES)
+    alerts = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert 'job=~"gateway|auth|score|broadcaster"' in alerts
+
+
+def test_monitoring_component_is_optional_for_dev() -> None:
+    """dev (kind, minikube) has no Prometheus Operator CRDs, so it must not carry their kinds."""
+    kinds = {o["kind"] for o in rendered("dev")}
+    assert not kinds & {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
