@@ -35,6 +35,7 @@ from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
 from broadcaster.removals import RemovalWatcher
 from broadcaster.settings import Settings
+from broadcaster.subscriptions import Subscriptions
 from common.health import ReadinessCheck, readiness_key, registry_key
 from common.postgres import create_pool
 from common.redis_client import create_redis
@@ -128,6 +129,7 @@ async def _components(
     periods = BoardPeriods(
         settings, PeriodBoards(redis), PostgresBoards(pool), pool, board.keys, rebuilder
     )
+    fanout.subscriptions = Subscriptions(settings, redis, periods, metrics, fanout.slow)
     try:
         yield Components(
             settings=settings,

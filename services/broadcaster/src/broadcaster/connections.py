@@ -38,6 +38,7 @@ class Watcher:
     me_pending: bytes | None = None
     stuck_since: float | None = None
     closing: bool = False
+    subscribed: bool = False  # it asked for feeds (broadcaster.subscriptions): no default top
 
     @property
     def writable(self) -> bool:

@@ -32,6 +32,7 @@ from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from broadcaster.slow_clients import SlowClients
+from broadcaster.subscriptions import Subscriptions
 from broadcaster.ticker import Ticker
 
 
@@ -50,6 +51,7 @@ class Fanout:
         self.me = MeLookups(settings, reader, self.connections)
         self.slow = SlowClients(settings, metrics, self.connections)
         self.ticker = Ticker(settings, board, reader, metrics, self.connections, self.me, self.slow)
+        self.subscriptions: Subscriptions | None = None  # the feeds clients ask for (app.py)
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -91,6 +93,8 @@ class Fanout:
 
     def detach(self, w: Watcher) -> None:
         """Forget a connection (its handler ended)."""
+        if self.subscriptions is not None:
+            self.subscriptions.drop(w)
         if self.connections.remove(w) and w.user_id is not None:
             self.me.forget(w.user_id)
 
@@ -102,10 +106,18 @@ class Fanout:
         """
         self.me.nudge(user_ids)
         self.ticker.wake()
+        if self.subscriptions is not None:
+            self.subscriptions.wake()
 
     async def run(self) -> None:
-        """Tick until cancelled (:meth:`broadcaster.ticker.Ticker.run`)."""
-        await self.ticker.run()
+        """Tick until cancelled (:meth:`broadcaster.ticker.Ticker.run`), and the
+        subscriptions' ticker beside it (:meth:`broadcaster.subscriptions.Subscriptions.run`)."""
+        if self.subscriptions is None:
+            await self.ticker.run()
+            return
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.ticker.run())
+            tasks.create_task(self.subscriptions.run())
 
     async def drain(self) -> None:
         """Shutdown: refuse newcomers, close every client with 1012 so it reconnects elsewhere."""

@@ -234,7 +234,7 @@ class Ticker:
                 continue
             behind = False
             transport = w.transport
-            if frame is not None and frame.version > w.top_version:
+            if frame is not None and frame.version > w.top_version and not w.subscribed:
                 if now - w.top_sent_at >= self._min_gap:
                     transport.write(frame.data)
                     w.top_version = frame.version

@@ -2,9 +2,10 @@
 
 Anyone may watch. When the gateway verified a token it passes the user in
 ``X-Scoreboard-User-Id``, and the connection also gets that player's ``me`` frames. Clients need
-not send anything: inbound messages are capped at ``ws_max_message_bytes`` (larger ones close
-with 1009) and by a token bucket (a flood closes with 1008). aiohttp pings every
-``ws_heartbeat_s`` and drops a client that does not answer. Close codes: see broadcaster.frames.
+not send anything; they may subscribe to boards' windows (broadcaster.subscriptions). Inbound
+messages are capped at ``ws_max_message_bytes`` (larger ones close with 1009) and by a token
+bucket (a flood closes with 1008). aiohttp pings every ``ws_heartbeat_s`` and drops a client
+that does not answer. Close codes: see broadcaster.frames.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import WSMsgType, web
 from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER, CLOSE_UNAVAILABLE
 from broadcaster.handlers import header_user_id
+from broadcaster.subscriptions import error_frame
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +90,10 @@ async def scoreboard_ws(request: web.Request) -> web.StreamResponse:
                 log.info("ws_closed_flood", user_id=watcher.user_id)
                 await ws.close(code=CLOSE_POLICY, message=b"too many messages")
                 break
+            if msg.type == WSMsgType.TEXT and fanout.subscriptions is not None:
+                await fanout.subscriptions.handle(watcher, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                watcher.transport.write(error_frame("bad_request", "send JSON text messages"))
     finally:
         fanout.detach(watcher)
     return ws

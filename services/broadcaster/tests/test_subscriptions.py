@@ -1,0 +1,260 @@
+"""Live subscriptions on /ws/scoreboard (real Redis, PostgreSQL and Kafka): snapshot on subscribe,
+tagged top frames as a period's top changes (at most tick_hz a second per connection), a period
+frame at the reset (injected clock), error frames that keep the connection, the cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType
+
+from broadcaster.components import components_key
+from broadcaster.subscriptions import MAX_SUBSCRIPTIONS
+from common.boards import BoardDefinition, save_definitions
+from common.events import BoardChange, ScoreChanged
+from testkit.broadcaster import Client, Player, Send, SettingsFactory, new_player, seed, serve
+
+pytestmark = pytest.mark.integration
+
+N = 12
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+WINDOWS = ("all-time", "daily", "weekly", "monthly")
+
+
+def _today() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def board_ids(pg_module: asyncpg.Connection) -> AsyncIterator[list[str]]:
+    """Two UTC boards with four windows each; retired afterwards."""
+    ids = [f"s-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    await save_definitions(
+        pg_module,
+        [
+            BoardDefinition(board_id=b, title="Live", windows=WINDOWS, redis_past_periods=1)
+            for b in ids
+        ],
+    )
+    yield ids
+    await pg_module.execute("UPDATE boards SET retired = true WHERE board_id = ANY($1)", ids)
+
+
+@pytest.fixture(scope="module")
+async def players(pg_module: asyncpg.Connection, board_ids: list[str]) -> list[Player]:
+    """N players on both boards: today's daily period 100, 99, ...; yesterday's the other way
+    round (the first player last)."""
+    people = [new_player("s") for _ in range(N)]
+    await seed(pg_module, people)
+    today = _today().date()
+    rows = []
+    for i, p in enumerate(people):
+        reached = T0 + timedelta(seconds=i)
+        rows.append((board_ids[0], "daily", today.isoformat(), p.user_id, 100 - i, 1, 1, reached))
+        yesterday = (today - timedelta(days=1)).isoformat()
+        rows.append((board_ids[0], "daily", yesterday, p.user_id, 50 + i, 1, 1, reached))
+        rows.append((board_ids[1], "daily", today.isoformat(), p.user_id, 100 - i, 1, 1, reached))
+        rows.append((board_ids[1], "daily", yesterday, p.user_id, 50 + i, 1, 1, reached))
+    await pg_module.executemany(
+        "INSERT INTO board_scores VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows
+    )
+    return people
+
+
+@pytest.fixture(scope="module")
+async def client(players: list[Player], make_settings: SettingsFactory) -> AsyncIterator[Client]:
+    async with serve(make_settings()) as client:
+        yield client
+
+
+async def _frame(ws: ClientWebSocketResponse, kind: str, wait_s: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(wait_s):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == WSMsgType.TEXT, msg
+            frame: dict[str, Any] = json.loads(msg.data)
+            if frame["type"] == kind:
+                return frame
+
+
+async def _subscribe(
+    ws: ClientWebSocketResponse, board: str, window: str, **extra: Any
+) -> dict[str, Any]:
+    await ws.send_str(json.dumps({"type": "subscribe", "board": board, "window": window, **extra}))
+    async with asyncio.timeout(5.0):
+        while True:
+            frame = json.loads((await ws.receive()).data)
+            if frame["type"] == "error" or frame.get("board") == board:
+                return dict(frame)
+
+
+def _change(p: Player, board: str, score: int, version: int) -> ScoreChanged:
+    return ScoreChanged(
+        action_id=uuid.uuid4(),
+        user_id=p.user_id,
+        username=p.username,
+        delta=1,
+        score=1,
+        version=version,
+        occurred_at=datetime.now(UTC),
+        boards=(
+            BoardChange(
+                board=board,
+                window="daily",
+                period=_today().date().isoformat(),
+                score=score,
+                entries=2,
+            ),
+        ),
+    )
+
+
+async def test_snapshot_then_tagged_frames_as_the_period_top_changes(
+    client: Client, players: list[Player], board_ids: list[str], send: Send
+) -> None:
+    board = board_ids[0]
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        await _frame(ws, "top")  # the default board's frame, untagged, as ever
+        snap = await _subscribe(ws, board, "daily", around=5)
+        assert snap["type"] == "top"
+        assert (snap["board"], snap["window"]) == (board, "daily")
+        assert snap["period"] == _today().date().isoformat()
+        assert [e["user_id"] for e in snap["entries"]] == [str(p.user_id) for p in players[:10]]
+        assert snap["entries"][0] == {
+            "rank": 1,
+            "user_id": str(players[0].user_id),
+            "username": players[0].username,
+            "score": 100,
+            "entries": 1,
+        }
+        # The 11th player jumps to the top: one tagged frame says so.
+        mover = players[10]
+        await send(_change(mover, board, 1000, version=2))
+        frame = await _frame(ws, "top")
+        assert frame["board"] == board
+        assert frame["period"] == snap["period"]
+        assert frame["entries"][0]["user_id"] == str(mover.user_id)
+        assert frame["entries"][0]["score"] == 1000
+        assert frame["version"] > snap["version"]
+        # A second connection subscribing now gets the same state at once.
+        async with client.ws_connect("/ws/scoreboard") as other:
+            again = await _subscribe(other, board, "daily")
+        assert again["entries"] == frame["entries"]
+
+
+async def test_frames_to_one_connection_stay_within_tick_hz(
+    client: Client, players: list[Player], board_ids: list[str], send: Send
+) -> None:
+    board = board_ids[0]
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        await _subscribe(ws, board, "daily")
+        await _subscribe(ws, board, "all-time")
+        arrivals: list[float] = []
+        loop = asyncio.get_running_loop()
+        last: dict[str, Any] = {}
+
+        async def changes() -> None:  # 40 changes as fast as Kafka takes them, each a new top
+            for i in range(40):
+                await send(_change(players[i % N], board, 2000 + i, version=10 + i))
+
+        async def frames() -> None:
+            nonlocal last
+            while True:
+                frame = json.loads((await ws.receive()).data)
+                if frame["type"] == "top":
+                    arrivals.append(loop.time())
+                    last = frame
+
+        sending = asyncio.create_task(changes())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await frames()
+        await sending
+    assert last["entries"][0]["score"] == 2039  # coalesced into the newest state
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # tick_hz = 10: frames are 100 ms apart at the server (the client's reads jitter a little)
+    assert all(g >= 0.07 for g in gaps), gaps
+    assert len(arrivals) <= 3.0 * 10 + 1
+
+
+async def test_bad_requests_get_error_frames_and_the_connection_stays(
+    client: Client, players: list[Player], board_ids: list[str]
+) -> None:
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        for request, code in [
+            ({"type": "subscribe", "board": "no-such-board", "window": "daily"}, "unknown_board"),
+            ({"type": "subscribe", "board": board_ids[0], "window": "hourly"}, "unknown_window"),
+            ({"type": "subscribe", "board": board_ids[0], "window": "season"}, "unknown_window"),
+            (
+                {"type": "subscribe", "board": board_ids[0], "window": "daily", "around": 99},
+                "bad_request",
+            ),
+            ({"type": "dance"}, "bad_request"),
+            ({"type": "subscribe", "board": 3, "window": "daily"}, "bad_request"),
+        ]:
+            await ws.send_str(json.dumps(request))
+            error = await _frame(ws, "error")
+            assert error["code"] == code, (request, error)
+        await ws.send_str("{not json")
+        assert (await _frame(ws, "error"))["code"] == "bad_request"
+        # Still open, and it works.
+        assert (await _subscribe(ws, board_ids[0], "daily"))["type"] == "top"
+
+
+async def test_at_most_max_subscriptions_then_unsubscribe_frees_one(
+    client: Client, players: list[Player], board_ids: list[str]
+) -> None:
+    feeds = [(b, w) for b in board_ids for w in WINDOWS]
+    assert len(feeds) == MAX_SUBSCRIPTIONS
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        for b, w in feeds:
+            frame = await _subscribe(ws, b, w)
+            assert frame["type"] == "top"
+            assert frame["window"] == w
+        assert (await _subscribe(ws, b, w))["type"] == "top"  # again: a fresh snapshot
+        extra = await _subscribe(ws, "global", "all-time")
+        assert extra["type"] == "error"
+        assert extra["code"] == "too_many_subscriptions"
+        await asyncio.sleep(1.1)  # 10 messages were the burst ws_inbound_rate lets through
+        await ws.send_str(json.dumps({"type": "unsubscribe", "board": b, "window": w}))
+        assert (await _frame(ws, "unsubscribed"))["window"] == w
+        top = await _subscribe(ws, "global", "all-time")
+        assert top["type"] == "top"
+        assert top["period"] == "all"
+
+
+async def test_the_reset_sends_a_period_frame_then_the_new_period(
+    client: Client, players: list[Player], board_ids: list[str]
+) -> None:
+    subs = client.app[components_key].fanout.subscriptions
+    assert subs is not None
+    today = _today()
+    board = board_ids[1]  # a feed of its own (the clock is this test's)
+    subs.clock = lambda: today - timedelta(milliseconds=500)
+    try:
+        async with client.ws_connect("/ws/scoreboard") as ws:
+            before = await _subscribe(ws, board, "daily")
+            yesterday = (today - timedelta(days=1)).date().isoformat()
+            assert before["period"] == yesterday
+            assert before["entries"][0]["user_id"] == str(players[-1].user_id)
+            subs.clock = lambda: today + timedelta(milliseconds=500)
+            rolled = await _frame(ws, "period")
+            assert rolled["board"] == board
+            assert rolled["closed"] == yesterday
+            assert rolled["current"]["period"] == today.date().isoformat()
+            assert datetime.fromisoformat(rolled["next_reset"]) == today + timedelta(days=1)
+            after = await _frame(ws, "top")
+            assert after["period"] == today.date().isoformat()
+            assert after["entries"][0]["user_id"] == str(players[0].user_id)
+    finally:
+        subs.clock = lambda: datetime.now(UTC)
