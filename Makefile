@@ -42,8 +42,13 @@ endif
 demo: up ## `make up` plus simulated players, so the board moves
 	$(UV) run --frozen python bench/simulate.py --players 25 --duration 600
 
+.PHONY: observe
+observe: ## a real Prometheus next to `make up` (local processes): alert rules loaded, http://127.0.0.1:9090/
+	$(PY) scripts/observe.py start
+
 .PHONY: down
 down: ## stop what `make up` started (data stays)
+	-$(PY) scripts/observe.py stop
 ifeq ($(DOCKER_ENGINE),yes)
 	docker compose down
 else

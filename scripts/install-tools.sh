@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What `make test` needs besides the Python environment, installed if missing: Debian's PostgreSQL,
 # Redis, a JRE and Maven (for Apache Kafka's jars), Chromium (the browser test), promtool (the
-# alert-rule test), uv, kustomize (the k8s overlays) and the AsyncAPI parser (Node.js, the contract
-# test). `make test` and `.ci/run` both run it,
+# alert-rule test), Prometheus (`make observe`, the alert-firing test), uv, kustomize (the k8s
+# overlays) and the AsyncAPI parser (Node.js, the contract test). `make test` and `.ci/run` both run it,
 # so a fresh machine skips no test. Safe to run again: it installs only what is missing.
 # Debian packages need root (or sudo); everything else installs as the current user.
 set -euo pipefail
@@ -47,6 +47,10 @@ if ! command -v promtool >/dev/null; then
   as_root install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
   rm -rf "$tmp"
 fi
+
+# The Prometheus server that `make observe` and tests/e2e/test_prometheus.py run: the same Debian
+# package with its web UI's JavaScript packages, extracted into ~/.cache/scoreboard/prometheus.
+python3 "$(dirname "$0")/observe.py" fetch
 
 # The AsyncAPI reference parser validates docs/asyncapi.yaml in libs/common/tests/test_asyncapi.py:
 # npm packages locked in scripts/asyncapi/, installed into a cache (not the work tree).
