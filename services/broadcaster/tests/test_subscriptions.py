@@ -258,3 +258,34 @@ async def test_the_reset_sends_a_period_frame_then_the_new_period(
             assert after["entries"][0]["user_id"] == str(players[0].user_id)
     finally:
         subs.clock = lambda: datetime.now(UTC)
+
+
+async def test_around_follows_the_players_own_rank_and_neighbours(
+    client: Client, players: list[Player], board_ids: list[str], send: Send
+) -> None:
+    board = board_ids[1]
+    me = players[6]  # 7th today on board 1 (score 94)
+    headers = {"X-Scoreboard-User-Id": str(me.user_id)}
+    async with client.ws_connect("/ws/scoreboard", headers=headers) as ws:
+        await _subscribe(ws, board, "daily", around=2)
+        first = await _frame(ws, "around")
+        assert first["board"] == board
+        assert first["rank"] == 7
+        assert [e["rank"] for e in first["entries"]] == [5, 6, 7, 8, 9]
+        assert first["entries"][2]["user_id"] == str(me.user_id)
+        # The player climbs to second: a new around frame, clipped at rank 1.
+        await send(_change(me, board, 100, version=5))  # ties the leader, reached later
+        moved = await _frame(ws, "around")
+        assert moved["rank"] == 2
+        assert [e["rank"] for e in moved["entries"]] == [1, 2, 3, 4]
+        assert moved["entries"][1]["user_id"] == str(me.user_id)
+        # Someone far below moves but stays below: the player's neighbourhood is unchanged,
+        # so no around frame (the top list changes nothing either: no frames at all).
+        await send(_change(players[11], board, 90, version=5))
+        with pytest.raises(TimeoutError):
+            await _frame(ws, "around", wait_s=0.6)
+    # An anonymous subscriber asking for around gets the top only.
+    async with client.ws_connect("/ws/scoreboard") as anon:
+        await _subscribe(anon, board, "daily", around=2)
+        with pytest.raises(TimeoutError):
+            await _frame(anon, "around", wait_s=0.3)

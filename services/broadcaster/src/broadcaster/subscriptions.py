@@ -1,7 +1,7 @@
 """Live subscriptions: a WebSocket client asks for (board, window) feeds besides the default top.
 
-A client sends ``{"type":"subscribe","board":B,"window":W}`` (``around`` is accepted, 0..50, and
-not served yet) and ``{"type":"unsubscribe","board":B,"window":W}``; it may hold
+A client sends ``{"type":"subscribe","board":B,"window":W,"around":N}`` (``around`` optional,
+0..50) and ``{"type":"unsubscribe","board":B,"window":W}``; it may hold
 ``MAX_SUBSCRIPTIONS`` at once. Its first subscribe ends the default board's untagged top frames
 for that connection (it now says what it wants; ``global``/``all-time`` can be asked for like any
 other). Per subscription it gets:
@@ -10,7 +10,10 @@ other). Per subscription it gets:
   snapshot; also what re-subscribing or reconnecting gives);
 - a new top frame whenever that period's top list changes;
 - when the period ends, a ``period`` frame (the closed period, the new one and its next reset),
-  then the new period's top frame.
+  then the new period's top frame;
+- with ``around`` > 0 on a signed-in connection, an ``around`` frame (its rank and N players
+  either side) at once and whenever that slice changes: one around read per such subscriber
+  when the feed's version moved, at most once per ``1 / tick_hz`` per feed.
 
 The cost does not grow with the subscribers: one :class:`Feed` per (board, window) that anyone
 here subscribes to polls its period's version in Redis once a tick (one pipelined round trip for
@@ -32,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,7 +56,7 @@ from broadcaster.board_periods import (
 from broadcaster.connections import Watcher
 from broadcaster.frames import text_frame
 from broadcaster.metrics import BroadcasterMetrics
-from broadcaster.period_boards import Ranked
+from broadcaster.period_boards import Ranked, Slice
 from broadcaster.settings import Settings
 from broadcaster.slow_clients import SlowClients
 from common.events import utcnow
@@ -87,6 +91,20 @@ def _top_doc(t: Target, version: int, entries: tuple[Ranked, ...]) -> bytes:
         "period": t.period.id,
         "version": version,
         "entries": [e.as_json() for e in entries],
+    }
+    return text_frame(_dumps(doc))
+
+
+def _around_doc(t: Target, found: Slice) -> bytes:
+    doc = {
+        "type": "around",
+        "board": t.board.id,
+        "window": t.window,
+        "period": t.period.id,
+        "version": found.version,
+        "players": found.players,
+        "rank": found.found,
+        "entries": [e.as_json() for e in found.entries],
     }
     return text_frame(_dumps(doc))
 
@@ -133,7 +151,21 @@ class Feed:
     changed_at: float = -math.inf
     rolled: bytes | None = None
     rolled_seq: int = 0  # the first seq of the current period
+    version: int = 0  # the last top frame's (it only grows within a period)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    around: dict[Watcher, Around] = field(default_factory=dict)  # players who asked for it
+    around_due: bool = False  # the version moved since their slices were last read
+    around_at: float = -math.inf
+
+
+@dataclass(eq=False, slots=True)
+class Around:
+    """A signed-in subscriber's own rank and ``n`` players either side: what it last got."""
+
+    user_id: uuid.UUID
+    n: int
+    last: tuple[int | None, tuple[Ranked, ...]] | None = None
+    pending: bytes | None = None
 
 
 class Subscriptions:
@@ -193,14 +225,15 @@ class Subscriptions:
                 raise BadSubscription(
                     "bad_request", f"around must be a whole number 0..{MAX_AROUND}"
                 )
-            await self.subscribe(w, board, window)
+            await self.subscribe(w, board, window, around)
         except BadSubscription as exc:
             if w.writable:
                 w.transport.write(error_frame(exc.code, exc.detail, request))
                 self._metrics.ws_frames.labels("error").inc()
 
-    async def subscribe(self, w: Watcher, board_id: str, window: str) -> None:
-        """Add (or renew) a subscription and send its snapshot at once."""
+    async def subscribe(self, w: Watcher, board_id: str, window: str, around: int = 0) -> None:
+        """Add (or renew) a subscription and send its snapshot at once (and the player's
+        ``around`` frame, when signed in and ``around`` > 0)."""
         mine = self._of.setdefault(w, {})
         key = (board_id, window)
         if key not in mine and len(mine) >= MAX_SUBSCRIPTIONS:
@@ -241,6 +274,14 @@ class Subscriptions:
             w.transport.write(feed.data)
             w.top_sent_at = asyncio.get_running_loop().time()
             self._metrics.ws_frames.labels("top").inc()
+        feed.around.pop(w, None)
+        if around > 0 and w.user_id is not None:
+            mine_around = feed.around[w] = Around(uuid.UUID(w.user_id), around)
+            await self._read_around(feed, [mine_around])
+            if mine_around.pending is not None and w.writable:
+                w.transport.write(mine_around.pending)
+                mine_around.pending = None
+                self._metrics.ws_frames.labels("around").inc()
 
     def unsubscribe(self, w: Watcher, key: FeedKey) -> None:
         """Drop one subscription (nothing happens when there was none)."""
@@ -260,6 +301,7 @@ class Subscriptions:
 
     def _leave(self, w: Watcher, feed: Feed) -> None:
         feed.subscribers.pop(w, None)
+        feed.around.pop(w, None)
         if not feed.subscribers and feed.loaded.is_set():
             self._feeds.pop(feed.key, None)
 
@@ -312,8 +354,31 @@ class Subscriptions:
                         await self._refresh(f, now)
                 elif version != f.seen_version:
                     f.seen_version = version
+                    f.around_due = True
                     await self._refresh(f, now)
+            for f in live:
+                if f.around and f.around_due and now - f.around_at >= self._min_gap:
+                    f.around_due, f.around_at = False, now
+                    await self._read_around(f, list(f.around.values()))
+                    self._owing.update(w for w, a in f.around.items() if a.pending is not None)
         self._deliver(now)
+
+    async def _read_around(self, f: Feed, players: list[Around]) -> None:
+        """Re-read these players' neighbourhoods (concurrently); stage the ones that changed."""
+        t = f.target
+        if t is None or not players:
+            return
+        found = await asyncio.gather(
+            *(self._periods.around(t, a.user_id, a.n) for a in players), return_exceptions=True
+        )
+        for a, got in zip(players, found, strict=True):
+            if isinstance(got, BaseException):
+                log.warning("subscription_around_failed", board=t.board.id, error=repr(got))
+                continue
+            state = (got.found, got.entries)
+            if state != a.last and f.target is t:
+                a.last = state
+                a.pending = _around_doc(t, got)
 
     def _roll_over(self, f: Feed, instant: datetime) -> None:
         t = f.target
@@ -329,6 +394,10 @@ class Subscriptions:
         f.data = b""  # until the new period's top is read
         f.changed_at = -math.inf
         f.next_fallback = 0.0
+        f.version = 0
+        f.around_due, f.around_at = True, -math.inf
+        for a in f.around.values():
+            a.last = a.pending = None
         self._owing.update(f.subscribers)
         log.info(
             "subscription_period_rolled", board=t.board.id, window=t.window, closed=t.period.id
@@ -346,28 +415,39 @@ class Subscriptions:
             return
         if f.target is not t or (not force and top.entries == f.entries):
             return
-        f.entries, f.data = top.entries, _top_doc(t, top.version, top.entries)
+        # A period dropped and rebuilt (a ban) restarts its version from PostgreSQL; frames
+        # keep growing.
+        f.version = max(top.version, f.version + 1)
+        f.entries, f.data = top.entries, _top_doc(t, f.version, top.entries)
         f.seq += 1
         f.changed_at = now
         self._owing.update(f.subscribers)
 
     def _deliver(self, now: float) -> None:
         """Write to each owing client the newest frame of the feed owed longest (one per gap)."""
-        sent = skipped = 0
+        sent = skipped = sent_around = 0
         for w in list(self._owing):
             if not w.writable:
                 self._owing.discard(w)
                 continue
-            behind = [
-                f for f in self._of.get(w, {}).values() if f.subscribers.get(w, f.seq) < f.seq
-            ]
+            feeds = self._of.get(w, {}).values()
+            behind = [f for f in feeds if f.subscribers.get(w, f.seq) < f.seq]
+            arounds = [a for f in feeds if (a := f.around.get(w)) and a.pending is not None]
+            if not behind and not arounds:
+                self._owing.discard(w)
+                continue
+            if not self._slow.can_take(w, now):
+                skipped += 1
+                continue
+            for a in arounds:  # as ``me`` frames: made at most once per 1 / tick_hz per feed
+                assert a.pending is not None
+                w.transport.write(a.pending)
+                a.pending = None
+                sent_around += 1
             if not behind:
                 self._owing.discard(w)
                 continue
             if now - w.top_sent_at < self._min_gap:
-                continue
-            if not self._slow.can_take(w, now):
-                skipped += 1
                 continue
             f = min(behind, key=lambda f: f.changed_at)
             last = f.subscribers[w]
@@ -382,6 +462,8 @@ class Subscriptions:
                 self._owing.discard(w)
         if sent:
             self._metrics.ws_frames.labels("top").inc(sent)
+        if sent_around:
+            self._metrics.ws_frames.labels("around").inc(sent_around)
         if skipped:
             self._metrics.ws_slow_skips.inc(skipped)
 
