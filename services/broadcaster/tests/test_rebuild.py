@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from broadcaster.components import components_key
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.moderation import ModerationBoard, sync_board
 from broadcaster.postgres_scores import PostgresScores
 from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
@@ -109,15 +111,17 @@ async def test_only_one_replica_rebuilds(
     pool = await create_pool(settings)
     try:
         registries = [CollectorRegistry() for _ in range(3)]
-        replicas = [
-            Rebuilder(
-                settings,
-                RedisBoard(redis_client, settings.redis_prefix),
-                PostgresScores(pool),
-                BroadcasterMetrics.create(registry),
+
+        def replica(registry: CollectorRegistry) -> Rebuilder:
+            board = RedisBoard(redis_client, settings.redis_prefix)
+            # As the app wires it: the bans synced before the board is marked built.
+            sync = functools.partial(
+                sync_board, ModerationBoard(redis_client, board), pool, rebuild=True
             )
-            for registry in registries
-        ]
+            metrics = BroadcasterMetrics.create(registry)
+            return Rebuilder(settings, board, PostgresScores(pool), metrics, before_built=sync)
+
+        replicas = [replica(registry) for registry in registries]
         rebuilt = await asyncio.gather(*(r.ensure_built() for r in replicas))
         assert sorted(rebuilt) == [False, False, True]
         counts = [

@@ -39,6 +39,13 @@ END = DAY + timedelta(days=1)
 GRACE = timedelta(seconds=30)
 
 
+@pytest.fixture(autouse=True)
+async def _no_leftover_outbox(pg: asyncpg.Connection) -> AsyncIterator[None]:
+    start = await pg.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+    yield
+    await pg.execute("DELETE FROM outbox WHERE id > $1 AND sent_at IS NULL", start)
+
+
 @pytest.fixture
 async def board_id(pg: asyncpg.Connection) -> AsyncIterator[str]:
     """A daily UTC board (top 3) fed by this file's action type, created before ``DAY``."""

@@ -37,9 +37,10 @@ def _cmds(users: list[uuid.UUID], points: list[int]) -> list[Command]:
 
 async def _outbox(conn: asyncpg.Connection, users: list[uuid.UUID]) -> list[asyncpg.Record]:
     return await conn.fetch(
+        # Keys compared as bytes: rows of other streams are keyed by other things (board ids).
         "SELECT id, event_key, payload, headers FROM outbox"
-        " WHERE convert_from(event_key, 'UTF8')::uuid = ANY($1) ORDER BY id",
-        users,
+        " WHERE event_key = ANY($1::bytea[]) ORDER BY id",
+        [str(u).encode() for u in users],
     )
 
 
