@@ -1,9 +1,10 @@
 """Render a kustomization: with the real kustomize when one is installed, else in Python.
 
 The Python builder implements exactly the kustomize features ``deploy/k8s`` uses (resources,
-components, namespace, images, config map and secret generators, strategic-merge patches) and
-refuses any other field, so it can never silently ignore part of a kustomization. When a real
-kustomize is available, ``test_k8s.py`` checks that both produce the same objects.
+components, namespace, images, config map and secret generators, strategic-merge patches,
+replacements between fields of named objects) and refuses any other field, so it can never
+silently ignore part of a kustomization. When a real kustomize is available, ``test_k8s.py``
+checks that both produce the same objects.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SUPPORTED_FIELDS = frozenset(
         "configMapGenerator",
         "secretGenerator",
         "patches",
+        "replacements",
     }
 )
 
@@ -156,7 +158,78 @@ def build_fallback(directory: Path) -> Build:
     for image in spec.get("images", []):
         for obj in build.objects:
             _set_image(obj, image)
+    # kustomize runs replacements after its other transformers (so they see the final image).
+    for replacement in spec.get("replacements", []):
+        _replace(build.objects, replacement)
     return build
+
+
+def _only(entry: Manifest, allowed: set[str], what: str) -> None:
+    if set(entry) - allowed:
+        raise UnsupportedKustomization(f"{what} fields {sorted(set(entry) - allowed)}")
+
+
+def _one(objects: list[Manifest], select: Manifest) -> Manifest:
+    hits = [
+        o
+        for o in objects
+        if o["kind"] == select["kind"] and o["metadata"]["name"] == select["name"]
+    ]
+    if len(hits) != 1:
+        raise UnsupportedKustomization(f"replacement {select} matches {len(hits)} objects")
+    return hits[0]
+
+
+def _path(obj: Manifest, field_path: str) -> tuple[Any, str | int]:
+    """The parent node and key of a kustomize field path (``a.b.[name=x].c``)."""
+    parts = field_path.split(".")
+    node: Any = obj
+    for part in parts[:-1]:
+        match = re.fullmatch(r"\[(?P<key>[^=\]]+)=(?P<value>[^\]]*)\]", part)
+        if match:
+            items = [i for i in node if str(i.get(match["key"])) == match["value"]]
+            if len(items) != 1:
+                raise UnsupportedKustomization(f"field path {field_path}: {part} is not one item")
+            node = items[0]
+        else:
+            node = node[part]
+    last = parts[-1]
+    if last.startswith("["):
+        raise UnsupportedKustomization(f"field path {field_path} ends in a selector")
+    return node, last
+
+
+def _replace(objects: list[Manifest], replacement: Manifest) -> None:
+    """A replacement: a source field's value (or one delimited part of it) into target fields."""
+    _only(replacement, {"source", "targets"}, "replacement")
+    source = replacement["source"]
+    _only(source, {"kind", "name", "fieldPath", "options"}, "replacement source")
+    parent, key = _path(_one(objects, source), source["fieldPath"])
+    value = str(parent[key])
+    options = source.get("options", {})
+    _only(options, {"delimiter", "index"}, "replacement source options")
+    if "delimiter" in options:
+        value = value.split(options["delimiter"])[options.get("index", 0)]
+    for target in replacement["targets"]:
+        _only(target, {"select", "fieldPaths", "options"}, "replacement target")
+        _only(target["select"], {"kind", "name"}, "replacement select")
+        obj = _one(objects, target["select"])
+        target_options = target.get("options", {})
+        _only(target_options, {"delimiter", "index"}, "replacement target options")
+        for field_path in target["fieldPaths"]:
+            node, name = _path(obj, field_path)
+            if "delimiter" in target_options:
+                pieces = str(node[name]).split(target_options["delimiter"])
+                index = target_options.get("index", 0)
+                if index >= len(pieces):  # as kustomize: past the end appends, below 0 prepends
+                    pieces.append(value)
+                elif index < 0:
+                    pieces.insert(0, value)
+                else:
+                    pieces[index] = value
+                node[name] = target_options["delimiter"].join(pieces)
+            else:
+                node[name] = value
 
 
 def _generate_and_patch(build: Build, directory: Path, spec: Manifest) -> None:

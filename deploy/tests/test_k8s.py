@@ -12,6 +12,7 @@ import copy
 import functools
 import importlib
 import re
+import shutil
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ OVERLAYS = ["dev", "prod"]
 NAMESPACE = {"dev": "scoreboard-dev", "prod": "scoreboard"}
 # The cross-service agreement on ports.
 SERVICES = {"gateway": 8080, "auth": 8081, "score": 8082, "broadcaster": 8083}
+OVERLAY_TAG = {"dev": "dev", "prod": "0.1.0"}
 EXPECTED_IMAGE = {
     "dev": "scoreboard:dev",
     "prod": "registry.example.com/scoreboard/scoreboard:0.1.0",
@@ -543,8 +545,14 @@ NEEDS = {
 def _network(overlay: str) -> tuple[list[Manifest], dict[str, Pod]]:
     objects = rendered(overlay)
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    pods = {w["metadata"]["name"]: pods_from_template(w) for w in workloads(objects)}
+    pods = {_workload_name(w): pods_from_template(w) for w in workloads(objects)}
     return policies, pods
+
+
+def _workload_name(workload: Manifest) -> str:
+    """Its name, without the migration Job's per-release suffix."""
+    name: str = workload["metadata"]["name"]
+    return "scoreboard-migrate" if workload["kind"] == "Job" else name
 
 
 def _datastore(overlay: str, pods: dict[str, Pod], name: str) -> Pod:
@@ -648,7 +656,7 @@ def test_ingress_reaches_the_gateway_with_websocket_timeouts(overlay: str) -> No
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_migration_job_migrates_then_creates_topics(overlay: str) -> None:
     """One Job runs both idempotent one-shots, hardened like the services, and gives up in time."""
-    job = find(rendered(overlay), "Job", "scoreboard-migrate")
+    job = find(rendered(overlay), "Job", f"scoreboard-migrate-{OVERLAY_TAG[overlay]}")
     spec = pod_spec(job)
     (container,) = spec["containers"]
     assert container["image"] == EXPECTED_IMAGE[overlay]
@@ -752,3 +760,42 @@ def test_monitoring_component_is_optional_for_dev() -> None:
     """dev (kind, minikube) has no Prometheus Operator CRDs, so it must not carry their kinds."""
     kinds = {o["kind"] for o in rendered("dev")}
     assert not kinds & {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+
+
+# --- the migration Job, safe to re-apply ----------------------------------------------------
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_migration_job_is_named_after_its_image_tag(overlay: str) -> None:
+    """A Job's pod template is immutable: one name per release lets `kubectl apply -k` create a
+    new Job for a new tag, while re-applying a release finds its Job unchanged. The name must
+    stay a valid Job name (its pods carry it as a label value: 63 characters at most)."""
+    jobs = [o for o in rendered(overlay) if o["kind"] == "Job"]
+    assert len(jobs) == 1
+    [job] = jobs
+    tag = pod_spec(job)["containers"][0]["image"].rsplit(":", 1)[1]
+    assert tag == OVERLAY_TAG[overlay]
+    assert job["metadata"]["name"] == f"scoreboard-migrate-{tag}"
+    assert _DNS_LABEL.match(job["metadata"]["name"])
+
+
+def test_a_new_image_tag_renames_the_migration_job(tmp_path: Path) -> None:
+    """`kustomize edit set image ...:<version>` (docs/operations.md, "Deploy") moves the Job's
+    name with it: prod with another tag renders scoreboard-migrate-<that tag>."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    prod = tree / "overlays" / "prod"
+    spec = yaml.safe_load((prod / "kustomization.yaml").read_text())
+    spec["images"][0]["newTag"] = "0.2.0"
+    (prod / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    command = kustomize.kustomize_command()
+    objects = (
+        kustomize.build_fallback(prod).objects
+        if command is None
+        else kustomize.build_with_tool(command, prod)
+    )
+    [job] = [o for o in objects if o["kind"] == "Job"]
+    assert job["metadata"]["name"] == "scoreboard-migrate-0.2.0"
+    assert pod_spec(job)["containers"][0]["image"].endswith(":0.2.0")
