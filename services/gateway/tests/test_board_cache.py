@@ -46,7 +46,7 @@ def _cache(ttl: float = 0.1, **kw: int) -> tuple[BoardCache, Clock, Counter]:
 
 
 def _count(counter: Counter, result: str) -> float:
-    return counter.labels(result)._value.get()
+    return float(counter.labels(result)._value.get())
 
 
 async def test_an_answer_is_kept_for_the_ttl_then_asked_again() -> None:
