@@ -18,10 +18,22 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from broadcaster.components import components_key
+from broadcaster.frames import CLOSE_TOO_SLOW
 from broadcaster.subscriptions import MAX_SUBSCRIPTIONS
 from common.boards import BoardDefinition, save_definitions
 from common.events import BoardChange, ScoreChanged
-from testkit.broadcaster import Client, Player, Send, SettingsFactory, new_player, seed, serve
+from common.wsframes import decode_close, encode_frame
+from testkit.broadcaster import (
+    Client,
+    Player,
+    RawWebSocket,
+    Send,
+    SettingsFactory,
+    new_player,
+    parse_frames,
+    seed,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +301,45 @@ async def test_around_follows_the_players_own_rank_and_neighbours(
         await _subscribe(anon, board, "daily", around=2)
         with pytest.raises(TimeoutError):
             await _frame(anon, "around", wait_s=0.3)
+
+
+async def test_a_stuck_subscriber_is_skipped_then_closed_and_delays_no_one(
+    make_settings: SettingsFactory, players: list[Player], board_ids: list[str], send: Send
+) -> None:
+    board = board_ids[0]
+    settings = make_settings(
+        ws_stuck_timeout_s=2.0,
+        ws_slow_buffer_bytes=8192,
+        ws_socket_sndbuf=8192,
+        ws_close_grace_s=10.0,  # the close frame waits behind what it did not read
+    )
+    request = json.dumps({"type": "subscribe", "board": board, "window": "daily"}).encode()
+    async with serve(settings) as client:
+        assert client.server.port is not None
+        stuck = await RawWebSocket.connect(client.server.port, rcvbuf=4096)
+        try:
+            await asyncio.get_running_loop().sock_sendall(
+                stuck.sock, encode_frame(0x1, request, mask=True)
+            )
+            async with client.ws_connect("/ws/scoreboard") as normal:
+                await _subscribe(normal, board, "daily")
+                loop = asyncio.get_running_loop()
+                lags: list[float] = []
+                for i in range(60):  # six seconds at ten a second, each a new leader
+                    sent = loop.time()
+                    await send(_change(players[i % N], board, 3000 + i, version=100 + i))
+                    frame = await _frame(normal, "top")
+                    while frame["entries"][0]["score"] != 3000 + i:
+                        frame = await _frame(normal, "top")
+                    lags.append(loop.time() - sent)
+                    await asyncio.sleep(max(0.0, sent + 0.1 - loop.time()))
+            frames = parse_frames(await stuck.read_all(wait_s=10))
+        finally:
+            stuck.close()
+    assert frames[-1][0] == 0x8
+    assert decode_close(frames[-1][1]) == (CLOSE_TOO_SLOW, "too slow")
+    tops = [json.loads(p) for op, p in frames if op == 0x1]
+    assert "board" not in tops[0]  # the default frame on connect
+    assert all(t["board"] == board for t in tops[1:])  # then only its subscription's
+    assert len(tops) < 60  # skipped, not queued for
+    assert max(lags) < 0.5, lags  # the reading subscriber never waited on it
