@@ -20,7 +20,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_TOO_SLOW
 from broadcaster.subscriptions import MAX_SUBSCRIPTIONS
-from common.boards import BoardDefinition, save_definitions
+from common.boards import BoardDefinition, Season, save_definitions
 from common.events import BoardChange, ScoreChanged
 from common.wsframes import decode_close, encode_frame
 from testkit.broadcaster import (
@@ -343,3 +343,41 @@ async def test_a_stuck_subscriber_is_skipped_then_closed_and_delays_no_one(
     assert all(t["board"] == board for t in tops[1:])  # then only its subscription's
     assert len(tops) < 60  # skipped, not queued for
     assert max(lags) < 0.5, lags  # the reading subscriber never waited on it
+
+
+async def test_a_season_window_goes_quiet_between_seasons_and_wakes_for_the_next(
+    client: Client, pg_module: asyncpg.Connection
+) -> None:
+    subs = client.app[components_key].fanout.subscriptions
+    assert subs is not None
+    start = _today() + timedelta(days=1)
+    first_end, second = start + timedelta(days=7), start + timedelta(days=10)
+    board = f"z-{uuid.uuid4().hex[:12]}"
+    seasons = (
+        Season(id="s1", starts_at=start, ends_at=first_end),
+        Season(id="s2", starts_at=second, ends_at=second + timedelta(days=7)),
+    )
+    definition = BoardDefinition(
+        board_id=board, title="Seasons", windows=("season",), seasons=seasons
+    )
+    await save_definitions(pg_module, [definition])
+    try:
+        subs.clock = lambda: first_end - timedelta(milliseconds=500)
+        async with client.ws_connect("/ws/scoreboard") as ws:
+            assert (await _subscribe(ws, board, "season"))["period"] == "s1"
+            subs.clock = lambda: first_end + timedelta(hours=1)
+            gap = await _frame(ws, "period")
+            assert gap["closed"] == "s1"
+            assert gap["current"] is None
+            assert gap["next_reset"] is None
+            subs.clock = lambda: second + timedelta(milliseconds=500)
+            woke = await _frame(ws, "period")
+            assert woke["closed"] is None
+            assert woke["current"]["period"] == "s2"
+            assert datetime.fromisoformat(woke["next_reset"]) == second + timedelta(days=7)
+            top = await _frame(ws, "top")
+            assert top["period"] == "s2"
+            assert top["entries"] == []
+    finally:
+        subs.clock = lambda: datetime.now(UTC)
+        await pg_module.execute("UPDATE boards SET retired = true WHERE board_id = $1", board)

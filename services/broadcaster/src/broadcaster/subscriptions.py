@@ -109,12 +109,12 @@ def _around_doc(t: Target, found: Slice) -> bytes:
     return text_frame(_dumps(doc))
 
 
-def _period_doc(closed: Target, t: Target | None) -> bytes:
+def _period_doc(base: Target, closed: str | None, t: Target | None) -> bytes:
     doc = {
         "type": "period",
-        "board": closed.board.id,
-        "window": closed.window,
-        "closed": closed.period.id,
+        "board": base.board.id,
+        "window": base.window,
+        "closed": closed,
         "current": None if t is None else t.period.as_json(),
         "next_reset": None
         if t is None or t.period.ends_at is None
@@ -141,7 +141,8 @@ class Feed:
     """
 
     key: FeedKey
-    target: Target | None
+    target: Target | None  # None: a season window between seasons
+    last: Target  # the last period it had (its board and window, between seasons)
     subscribers: dict[Watcher, int] = field(default_factory=dict)  # -> seq last sent
     seq: int = 0
     data: bytes = b""
@@ -251,7 +252,7 @@ class Subscriptions:
                 raise BadSubscription(_code(exc), exc.detail or exc.title) from None
             feed = self._feeds.get(key)  # another subscriber may have made it meanwhile
             if feed is None:
-                feed = self._feeds[key] = Feed(key, t)
+                feed = self._feeds[key] = Feed(key, t, t)
                 try:
                     await self._refresh(feed, asyncio.get_running_loop().time(), force=True)
                 finally:
@@ -334,8 +335,7 @@ class Subscriptions:
         if feeds:
             instant = self.clock()
             for f in feeds:
-                if f.target is not None:
-                    self._roll_over(f, instant)
+                self._roll_over(f, instant)
             live = [f for f in feeds if f.target is not None]
             versions: list[Any] = [None] * len(live)
             if live:
@@ -382,12 +382,19 @@ class Subscriptions:
 
     def _roll_over(self, f: Feed, instant: datetime) -> None:
         t = f.target
-        assert t is not None
-        if t.period.contains(instant):
+        if t is not None and t.period.contains(instant):
             return
-        period = t.board.period_at(t.window, instant)
-        nxt = None if period is None else self._periods.target(t.board, t.window, period, instant)
-        f.rolled = _period_doc(t, nxt)
+        base = t or f.last  # a season window between seasons waits for the next one
+        period = base.board.period_at(base.window, instant)
+        if t is None and period is None:
+            return
+        nxt = (
+            None
+            if period is None
+            else self._periods.target(base.board, base.window, period, instant)
+        )
+        f.rolled = _period_doc(base, None if t is None else t.period.id, nxt)
+        f.last = nxt or base
         f.target, f.entries, f.seen_version = nxt, None, None
         f.seq += 1
         f.rolled_seq = f.seq
@@ -400,7 +407,10 @@ class Subscriptions:
             a.last = a.pending = None
         self._owing.update(f.subscribers)
         log.info(
-            "subscription_period_rolled", board=t.board.id, window=t.window, closed=t.period.id
+            "subscription_period_rolled",
+            board=base.board.id,
+            window=base.window,
+            closed=None if t is None else t.period.id,
         )
 
     async def _refresh(self, f: Feed, now: float, *, force: bool = False) -> None:
