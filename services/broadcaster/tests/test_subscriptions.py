@@ -20,6 +20,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from broadcaster.components import components_key
 from broadcaster.frames import CLOSE_TOO_SLOW
 from broadcaster.subscriptions import MAX_SUBSCRIPTIONS
+from common import moderation
 from common.boards import BoardDefinition, Season, save_definitions
 from common.events import BoardChange, ScoreChanged
 from common.wsframes import decode_close, encode_frame
@@ -381,3 +382,46 @@ async def test_a_season_window_goes_quiet_between_seasons_and_wakes_for_the_next
     finally:
         subs.clock = lambda: datetime.now(UTC)
         await pg_module.execute("UPDATE boards SET retired = true WHERE board_id = $1", board)
+
+
+async def test_a_ban_takes_the_player_off_a_subscribed_period_live(
+    client: Client, board_ids: list[str], pg_module: asyncpg.Connection
+) -> None:
+    async def moderate(user_id: uuid.UUID, *, banned: bool) -> None:
+        async with pg_module.transaction():
+            await pg_module.execute(
+                "UPDATE users SET banned = $2 WHERE user_id = $1", user_id, banned
+            )
+            await moderation.record(pg_module, user_id, "banned" if banned else "unbanned")
+
+    board = board_ids[0]
+
+    async def truth() -> list[str]:
+        """The period's top 10 in PostgreSQL, banned players left out (the rebuild's source;
+        the changes this module sent straight to Kafka are not in it)."""
+        rows = await pg_module.fetch(
+            """SELECT b.user_id FROM board_scores b JOIN users u USING (user_id)
+               WHERE b.board_id = $1 AND b.window_id = 'daily' AND b.period = $2
+                 AND NOT u.banned
+               ORDER BY b.score DESC, b.reached_at, b.user_id LIMIT 10""",
+            board,
+            _today().date().isoformat(),
+        )
+        return [str(r[0]) for r in rows]
+
+    async with client.ws_connect("/ws/scoreboard") as ws:
+        before = await _subscribe(ws, board, "daily")
+        leader = uuid.UUID((await truth())[0])  # the leader in PostgreSQL
+        await moderate(leader, banned=True)
+        try:
+            after = await _frame(ws, "top", wait_s=10.0)
+            ids = [e["user_id"] for e in after["entries"]]
+            assert str(leader) not in ids
+            assert ids == await truth()  # the period was dropped and rebuilt without them
+            assert after["version"] > before["version"]
+        finally:
+            await moderate(leader, banned=False)
+        back = await _frame(ws, "top", wait_s=10.0)
+        assert back["entries"][0]["user_id"] == str(leader)
+        assert [e["user_id"] for e in back["entries"]] == await truth()
+        assert back["version"] > after["version"]
