@@ -30,6 +30,7 @@ from testkit.broadcaster import (
     RawWebSocket,
     Send,
     SettingsFactory,
+    eventually,
     new_player,
     parse_frames,
     seed,
@@ -432,3 +433,28 @@ async def test_a_ban_takes_the_player_off_a_subscribed_period_live(
         assert back["entries"][0]["user_id"] == str(leader)
         assert [e["user_id"] for e in back["entries"]] == await truth()
         assert back["version"] > after["version"]
+
+
+async def test_one_feed_serves_every_subscriber_the_same_bytes(
+    client: Client, players: list[Player], board_ids: list[str], send: Send
+) -> None:
+    subs = client.app[components_key].fanout.subscriptions
+    assert subs is not None
+    board = board_ids[1]
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(client.ws_connect("/ws/scoreboard")) for _ in range(20)
+        ]
+        for ws in sockets:
+            await _subscribe(ws, board, "daily")
+        assert len(subs) == 1  # one feed, whatever the subscribers
+        await send(_change(players[5], board, 5000, version=300))
+        texts = set()
+        for ws in sockets:
+            while True:
+                msg = await ws.receive(timeout=5)
+                if json.loads(msg.data)["entries"][0]["score"] == 5000:
+                    texts.add(msg.data)
+                    break
+        assert len(texts) == 1  # one serialisation, the same frame to all
+    await eventually(lambda: len(subs) == 0, wait_s=5)  # dropped with its last subscriber
