@@ -23,6 +23,7 @@ from broadcaster.subscriptions import MAX_SUBSCRIPTIONS
 from common import moderation
 from common.boards import BoardDefinition, Season, save_definitions
 from common.events import BoardChange, ScoreChanged
+from common.health import registry_key
 from common.wsframes import decode_close, encode_frame
 from testkit.broadcaster import (
     Client,
@@ -448,6 +449,9 @@ async def test_one_feed_serves_every_subscriber_the_same_bytes(
         for ws in sockets:
             await _subscribe(ws, board, "daily")
         assert len(subs) == 1  # one feed, whatever the subscribers
+        registry = client.app[registry_key]
+        assert registry.get_sample_value("scoreboard_broadcaster_ws_feeds") == 1
+        assert registry.get_sample_value("scoreboard_broadcaster_ws_subscriptions") == 20
         await send(_change(players[5], board, 5000, version=300))
         texts = set()
         for ws in sockets:
@@ -458,3 +462,4 @@ async def test_one_feed_serves_every_subscriber_the_same_bytes(
                     break
         assert len(texts) == 1  # one serialisation, the same frame to all
     await eventually(lambda: len(subs) == 0, wait_s=5)  # dropped with its last subscriber
+    assert client.app[registry_key].get_sample_value("scoreboard_broadcaster_ws_feeds") == 0

@@ -21,6 +21,8 @@ class BroadcasterMetrics:
     rebuilds: Counter
     users_removed: Counter
     ws_clients: Gauge
+    ws_feeds: Gauge
+    ws_subscriptions: Gauge
     ws_frames: Counter
     ws_slow_skips: Counter
     ws_slow_closes: Counter
@@ -84,6 +86,17 @@ class BroadcasterMetrics:
             ws_clients=Gauge(
                 "scoreboard_broadcaster_ws_clients",
                 "Connected WebSocket clients",
+                registry=registry,
+            ),
+            ws_feeds=Gauge(
+                "scoreboard_broadcaster_ws_feeds",
+                "(board, window) feeds clients here subscribe to (one top read and serialisation "
+                "per change each)",
+                registry=registry,
+            ),
+            ws_subscriptions=Gauge(
+                "scoreboard_broadcaster_ws_subscriptions",
+                "Board subscriptions of the WebSocket clients here",
                 registry=registry,
             ),
             ws_frames=Counter(

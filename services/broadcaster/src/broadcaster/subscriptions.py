@@ -271,6 +271,7 @@ class Subscriptions:
         w.subscribed = True
         mine[key] = feed
         feed.subscribers[w] = feed.seq
+        self._count()
         if w.writable and feed.data:
             w.transport.write(feed.data)
             w.top_sent_at = asyncio.get_running_loop().time()
@@ -305,6 +306,11 @@ class Subscriptions:
         feed.around.pop(w, None)
         if not feed.subscribers and feed.loaded.is_set():
             self._feeds.pop(feed.key, None)
+        self._count()
+
+    def _count(self) -> None:
+        self._metrics.ws_feeds.set(len(self._feeds))
+        self._metrics.ws_subscriptions.set(sum(len(f.subscribers) for f in self._feeds.values()))
 
     # -- the ticker ---------------------------------------------------------------------------
 
