@@ -210,7 +210,10 @@ async def test_hostile_commands_are_dead_lettered_and_the_consumer_keeps_going(
     async def caught_up() -> bool:
         score = await pg.fetchval("SELECT score FROM scores WHERE user_id = $1", alice)
         dead = sum([await metric(service, DEAD, reason=r) for r in REASONS])
-        return bool(score == before + 3 and dead == dead_before + len(batch))
+        # At least: the DLQ is at-least-once (a batch redelivered after a rebalance, which a
+        # busy machine's session timeout can cause, dead-letters its poison again); the probe
+        # must count exactly once.
+        return bool(score == before + 3 and dead >= dead_before + len(batch))
 
     await eventually(caught_up)
 
