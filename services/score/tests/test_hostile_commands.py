@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -22,9 +22,12 @@ from aiohttp import test_utils
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
 
 from common.command_signing import HEADER, CommandSigner, parse_key
 from common.events import ScoreCommandEvent, Topics, encode
+from common.tracing import instrument, uninstrument
 from score.commands import PoisonReason
 from score.settings import Settings
 from services.score.tests.support import (
@@ -155,6 +158,18 @@ odd_headers = st.lists(
     ),
     max_size=3,
 )
+
+
+@pytest.fixture(autouse=True)
+def instrumented() -> Iterator[None]:
+    """OpenTelemetry's instrumentations on, as in a deployment that traces: the aiokafka one
+    reads every record's trace headers inside ``getmany`` (a non-UTF-8 ``traceparent`` once
+    killed the consumer there)."""
+    already = AIOKafkaInstrumentor().is_instrumented_by_opentelemetry
+    instrument(TracerProvider())
+    yield
+    if not already:
+        uninstrument()
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+from opentelemetry.instrumentation.aiokafka import utils as aiokafka_utils
+from opentelemetry.instrumentation.aiokafka.utils import AIOKafkaContextGetter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -112,6 +114,25 @@ def make_tracer_provider(
     return provider
 
 
+class _LenientKafkaGetter(AIOKafkaContextGetter):
+    """The aiokafka instrumentation's header getter, without its strict UTF-8 decode.
+
+    Upstream's ``get`` calls ``value.decode()``: a record whose ``traceparent`` is not UTF-8
+    raised UnicodeDecodeError inside the instrumented ``getmany``, after the fetch, which killed
+    the score consumer's task (services/score/tests/test_hostile_commands.py found it). A header
+    that does not decode carries no trace context here; the record itself is judged as usual.
+    """
+
+    def get(self, carrier: Sequence[tuple[str, bytes | None]], key: str) -> list[str] | None:
+        for item_key, value in carrier:
+            if item_key == key and isinstance(value, bytes):
+                try:
+                    return [value.decode("ascii")]
+                except UnicodeDecodeError:
+                    return None
+        return None
+
+
 def instrument(provider: trace.TracerProvider | None = None) -> None:
     """Turn OpenTelemetry's instrumentations on (idempotent), with ``provider`` or the global.
 
@@ -119,6 +140,8 @@ def instrument(provider: trace.TracerProvider | None = None) -> None:
     app factory (:func:`common.runner.serve` does).
     """
     os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS)
+    # The instrumentation looks its getter up at each call: a lenient one for hostile headers.
+    aiokafka_utils._aiokafka_getter = _LenientKafkaGetter()
     for instrumentor in instrumentors():
         if not instrumentor.is_instrumented_by_opentelemetry:
             with warnings.catch_warnings():
