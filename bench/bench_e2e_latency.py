@@ -1,14 +1,16 @@
-"""End-to-end latency: HTTP 202 from the gateway → the WebSocket frame showing the new score.
+"""End-to-end latency: the update request → its 202 → the WebSocket frame showing the new score.
 
 Starts the four services on a fresh slice of the local servers (its own database, topics, Redis
 prefix), signs up players, opens one WebSocket per player through the gateway (so each gets its
 `me` frames), pre-issues action tickets, then submits updates open-loop at the target rate and
-measures, per player, the time from the k-th 202 to the first `me` frame with score >= k.
+measures, per player, the time from the k-th 202 to the first `me` frame with score >= k, and
+the player's whole wait ("click to screen"): from sending that update request to the same frame.
 
     uv run python bench/bench_e2e_latency.py [--rate 1000] [--seconds 10] [--players 200]
-                                             [--gateways 2] [--rates 50,300,500,1000]
+                                             [--gateways 2] [--rates 250,1000,2000]
 
-Prints one JSON line. Target (issue 5): p99 <= 250 ms at 1,000 updates/s. Everything runs on this
+Prints one JSON line. Targets: click to screen p99 <= 250 ms at 1,000 updates/s (and 202 to
+screen p99 <= 250 ms). Everything runs on this
 one 2-core machine (Kafka, PostgreSQL, Redis, four services and this load generator), so the
 achieved rate is reported next to the asked one, and ``cpu_ms_per_update`` shows who used the
 cores during the measured window (``load_generator`` is this process).
@@ -60,6 +62,8 @@ class Track:
 
     token: str
     accepted_at: list[float] = field(default_factory=list)
+    # (202 time, send time) per accepted update: the player's wait starts at the send.
+    sent_of: dict[float, float] = field(default_factory=dict)
     accepted_ids: dict[str, float] = field(default_factory=dict)  # action id -> 202 time
     seen: list[tuple[float, int]] = field(default_factory=list)  # (time, score) of `me` frames
 
@@ -161,6 +165,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
         statuses: dict[int | str, int] = {}
 
         async def submit(track: Track, action_id: str, raw: bytes) -> None:
+            sent = time.perf_counter()
             try:
                 status, _, at = await client.send_timed(raw)
             except (HttpConnectionClosed, HttpProtocolError) as exc:
@@ -170,6 +175,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
             statuses[status] = statuses.get(status, 0) + 1
             if status == 202:
                 track.accepted_at.append(at)
+                track.sent_of[at] = sent
                 track.accepted_ids[action_id] = at
 
         meter = CpuMeter(
@@ -202,6 +208,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
         await drop_test_env(LOCAL_INFRA, env)
 
     latencies: list[float] = []
+    click_to_screen: list[float] = []  # from sending the request to the frame
     missing = 0
     for track in tracks:
         accepted = sorted(track.accepted_at)
@@ -218,6 +225,7 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
                 missing += 1
                 continue
             latencies.append(max(0.0, times[idx] - t202) * 1000)
+            click_to_screen.append(max(0.0, times[idx] - track.sent_of[t202]) * 1000)
     result: dict[str, object] = {
         "asked_rate": rate,
         "achieved_rate": round(total / elapsed, 1),
@@ -236,11 +244,18 @@ async def run(rate: float, seconds: float, players: int, gateways: int) -> dict[
                 "p50_ms": round(statistics.median(latencies), 1),
                 "p99_ms": round(percentile(latencies, 99), 1),
                 "max_ms": round(max(latencies), 1),
+                # The player's whole wait: the update request sent -> the frame with the score.
+                "click_to_screen_p50_ms": round(statistics.median(click_to_screen), 1),
+                "click_to_screen_p99_ms": round(percentile(click_to_screen, 99), 1),
             }
         )
         result["stages_ms"] = stages
-        result["headline"] = {"p99_ms": result["p99_ms"], "achieved_rate": result["achieved_rate"]}
-        result["targets"] = {"p99_ms": 250, "achieved_rate": rate}
+        result["headline"] = {
+            "click_to_screen_p99_ms": result["click_to_screen_p99_ms"],
+            "p99_ms": result["p99_ms"],
+            "achieved_rate": result["achieved_rate"],
+        }
+        result["targets"] = {"click_to_screen_p99_ms": 250, "p99_ms": 250, "achieved_rate": rate}
     return result
 
 
@@ -344,7 +359,15 @@ def main() -> None:
         rows.append(
             {
                 key: result.get(key)
-                for key in ("asked_rate", "achieved_rate", "p50_ms", "p99_ms", "max_ms")
+                for key in (
+                    "asked_rate",
+                    "achieved_rate",
+                    "click_to_screen_p50_ms",
+                    "click_to_screen_p99_ms",
+                    "p50_ms",
+                    "p99_ms",
+                    "max_ms",
+                )
             }
             | {
                 "cores_busy": round(cpu["total"] / cpu["wall"], 2),
