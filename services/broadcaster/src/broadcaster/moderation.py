@@ -32,8 +32,6 @@ replica's start) keeps the state it finds.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from broadcaster.settings import Settings
 from broadcaster.standings import member_for
 from common.backoff import Backoff
 from common.moderation import MODERATION_CHANNEL
+from common.postgres import follow_channel
 
 log = structlog.get_logger(__name__)
 
@@ -248,29 +247,14 @@ class ModerationWatcher:
 
     async def run(self) -> None:
         """Listen and apply until cancelled; failures are logged and retried with backoff."""
-        wake = asyncio.Event()
-        backoff = Backoff(self._settings.retry_base_s, self._settings.retry_cap_s)
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._settings.postgres_dsn, timeout=10)
-                await conn.add_listener(MODERATION_CHANNEL, lambda *_: wake.set())
-                while True:
-                    wake.clear()  # before reading: a commit after this point wakes the next look
-                    await self.apply_new()
-                    backoff.reset()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._settings.removals_poll_s):
-                            await wake.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("board_moderation_failing", error=repr(exc), attempt=backoff.attempt)
-                await backoff.sleep()
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=5))
+        await follow_channel(
+            self._settings.postgres_dsn,
+            MODERATION_CHANNEL,
+            self.apply_new,
+            poll_s=self._settings.removals_poll_s,
+            backoff=Backoff(self._settings.retry_base_s, self._settings.retry_cap_s),
+            failing="board_moderation_failing",
+        )
 
     async def apply_new(self) -> int:
         """Apply the entries after the cursor; how many changed something here."""

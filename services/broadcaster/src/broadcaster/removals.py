@@ -14,13 +14,10 @@ recorded removal itself (:class:`broadcaster.rebuild.Rebuilder`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-import asyncpg
 import structlog
 
 from broadcaster.metrics import BroadcasterMetrics
@@ -28,6 +25,7 @@ from broadcaster.postgres_scores import PostgresScores
 from broadcaster.redis_board import RedisBoard
 from broadcaster.settings import Settings
 from common.backoff import Backoff
+from common.postgres import follow_channel
 from common.removals import REMOVALS_CHANNEL
 
 log = structlog.get_logger(__name__)
@@ -55,29 +53,14 @@ class RemovalWatcher:
 
     async def run(self) -> None:
         """Listen and apply until cancelled; failures are logged and retried with backoff."""
-        wake = asyncio.Event()
-        backoff = Backoff(self._settings.retry_base_s, self._settings.retry_cap_s)
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._settings.postgres_dsn, timeout=10)
-                await conn.add_listener(REMOVALS_CHANNEL, lambda *_: wake.set())
-                while True:
-                    wake.clear()  # before reading: a commit after this point wakes the next look
-                    await self.apply_new()
-                    backoff.reset()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._settings.removals_poll_s):
-                            await wake.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("board_removals_failing", error=repr(exc), attempt=backoff.attempt + 1)
-                await backoff.sleep()
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=5))
+        await follow_channel(
+            self._settings.postgres_dsn,
+            REMOVALS_CHANNEL,
+            self.apply_new,
+            poll_s=self._settings.removals_poll_s,
+            backoff=Backoff(self._settings.retry_base_s, self._settings.retry_cap_s),
+            failing="board_removals_failing",
+        )
 
     async def apply_new(self) -> int:
         """Apply the removals recorded since the last look; how many users left the board."""
