@@ -27,6 +27,7 @@ import base64
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -157,6 +158,7 @@ def launch_postgres(state: Path, port: int) -> None:
     state.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(state, "postgres", "postgres")
+        _let_others_traverse(state)
     if not (data / "PG_VERSION").exists():
         cmd = [str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
         run(_as_postgres([*cmd, "-E", "UTF8", "--no-sync"]), cwd="/", stdout=subprocess.DEVNULL)
@@ -167,6 +169,15 @@ def launch_postgres(state: Path, port: int) -> None:
             )
     pg_ctl(state, "start", "-w", "-t", "120", "-l", str(state / "postgres.log"))
     _create_role_and_database(port, state)
+
+
+def _let_others_traverse(path: Path) -> None:
+    """The postgres user must pass through every directory above its data: add the search bit
+    (o+x, no listing) where one lacks it, as a checkout under a 0700 ``mktemp -d`` does."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
 
 
 def postgres_up() -> None:
