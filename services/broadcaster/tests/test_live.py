@@ -121,7 +121,9 @@ async def test_a_burst_reaches_each_watcher_at_most_ten_times_a_second(
     # for this in-process client reading a frame late (it shares the server's event loop).
     spans = [times[i + 10] - times[i] for i in range(len(times) - 10)]
     assert min(spans, default=1.0) >= 0.9, spans
-    assert len(times) <= 10 * (times[-1] - times[0]) + 1
+    # ...and no fewer than the pacing allows: the burst is not starved (about 10 a second while
+    # changes keep coming, 2 s of them).
+    assert len(times) >= 15, times
 
 
 async def _me_frames_during(

@@ -9,7 +9,6 @@ not taken it within ``ws_close_grace_s`` has its socket aborted.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterable, Iterator, KeysView
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from broadcaster.frames import CLOSE_RESTART
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.pacing import Pace, Pacing
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +32,8 @@ class Watcher:
     ws: web.WebSocketResponse
     transport: asyncio.Transport
     user_id: str | None
+    pace: Pace  # its top frames (broadcaster.pacing)
     top_version: int = -1
-    top_sent_at: float = -math.inf
     me_state: MeState | None = None
     me_pending: bytes | None = None
     stuck_since: float | None = None
@@ -49,8 +49,9 @@ class Watcher:
 class Connections:
     """Who is connected here (and as which player), and who owes a write."""
 
-    def __init__(self, metrics: BroadcasterMetrics, close_grace_s: float) -> None:
+    def __init__(self, metrics: BroadcasterMetrics, close_grace_s: float, pacing: Pacing) -> None:
         self._metrics = metrics
+        self._pacing = pacing
         self._close_grace_s = close_grace_s
         self._all: dict[Watcher, None] = {}  # an ordered set: broadcasts go in connection order
         self._by_user: dict[str, set[Watcher]] = {}
@@ -77,7 +78,7 @@ class Connections:
         self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str | None
     ) -> Watcher:
         """Register a connection (``user_id``: the player it belongs to, if any)."""
-        w = Watcher(ws, transport, user_id)
+        w = Watcher(ws, transport, user_id, self._pacing.pace())
         self._all[w] = None
         if user_id is not None:
             self._by_user.setdefault(user_id, set()).add(w)

@@ -11,7 +11,6 @@ anyone.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Iterable
 
@@ -26,13 +25,18 @@ class MeLookups:
 
     def __init__(self, settings: Settings, reader: BoardReader, connections: Connections) -> None:
         self._limit = settings.me_lookups_per_tick
-        self._min_gap = settings.min_frame_gap_s
+        self._pacing = settings.pacing
         self._reader = reader
         self._connections = connections
         self._queue: dict[str, None] = {}  # an ordered set: round-robin beyond the limit
         self._urgent: set[str] = set()
         self._board_version: int | None = None  # when every player was last queued
-        self.last_rank_round = -math.inf
+        self._rank_rounds = self._pacing.pace()
+
+    @property
+    def next_rank_round_at(self) -> float:
+        """When the next round of rank-only lookups may run (:mod:`broadcaster.pacing`)."""
+        return self._pacing.next_at(self._rank_rounds)
 
     @property
     def queued(self) -> bool:
@@ -67,7 +71,7 @@ class MeLookups:
         """Look up the queued players whose standing may be sent now, and stage their frames.
 
         Players whose own score changed (see :meth:`nudge`) go first, on every tick. The others
-        (their rank alone moved) are looked up in rounds at least ``1 / tick_hz`` apart, so rank
+        (their rank alone moved) are looked up in rounds paced as top frames are, so rank
         churn sends nobody more than ``tick_hz`` frames a second; a player's own changes are
         bounded by the gateway's rate limits. Staged frames go out with the connections'
         ``dirty`` writes.
@@ -75,8 +79,8 @@ class MeLookups:
         limit = self._limit
         urgent = [u for u in self._urgent if u in self._queue]  # the rest went already
         batch, self._urgent = urgent[:limit], set(urgent[limit:])
-        if now - self.last_rank_round >= self._min_gap and len(batch) < limit:
-            self.last_rank_round = now
+        if self._pacing.due(self._rank_rounds, now) and len(batch) < limit:
+            self._pacing.sent(self._rank_rounds, now)
             chosen = set(batch)
             for user_id in self._queue:
                 if len(batch) >= limit:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from broadcaster.pacing import Pacing
 from common.settings import CommonSettings
 
 
@@ -83,10 +84,10 @@ class Settings(CommonSettings):
 
     @property
     def tick_interval_s(self) -> float:
-        """Seconds between ticks: the least spacing of top frames (and rank rounds) per client."""
+        """Seconds between ticks: the average spacing of top frames (and rank rounds) per client."""
         return 1.0 / self.tick_hz
 
     @property
-    def min_frame_gap_s(self) -> float:
-        """The spacing checked for what must be a tick apart (1 % less: absorbs clock rounding)."""
-        return self.tick_interval_s * 0.99
+    def pacing(self) -> Pacing:
+        """The frame rate promised per client: at most ``tick_hz`` in any second."""
+        return Pacing(self.tick_hz)

@@ -56,6 +56,7 @@ from broadcaster.board_periods import (
 from broadcaster.connections import Watcher
 from broadcaster.frames import text_frame
 from broadcaster.metrics import BroadcasterMetrics
+from broadcaster.pacing import Pace
 from broadcaster.period_boards import Ranked, Slice
 from broadcaster.settings import Settings
 from broadcaster.slow_clients import SlowClients
@@ -156,7 +157,7 @@ class Feed:
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     around: dict[Watcher, Around] = field(default_factory=dict)  # players who asked for it
     around_due: bool = False  # the version moved since their slices were last read
-    around_at: float = -math.inf
+    around_pace: Pace | None = None  # its around re-reads (None: none yet this period)
 
 
 @dataclass(eq=False, slots=True)
@@ -183,7 +184,7 @@ class Subscriptions:
     ) -> None:
         self._top_size = settings.top_size
         self._interval = settings.tick_interval_s
-        self._min_gap = settings.min_frame_gap_s
+        self._pacing = settings.pacing
         self._redis = redis
         self._periods = periods
         self._metrics = metrics
@@ -274,7 +275,7 @@ class Subscriptions:
         self._count()
         if w.writable and feed.data:
             w.transport.write(feed.data)
-            w.top_sent_at = asyncio.get_running_loop().time()
+            self._pacing.sent(w.pace, asyncio.get_running_loop().time())
             self._metrics.ws_frames.labels("top").inc()
         feed.around.pop(w, None)
         if around > 0 and w.user_id is not None:
@@ -363,11 +364,21 @@ class Subscriptions:
                     f.around_due = True
                     await self._refresh(f, now)
             for f in live:
-                if f.around and f.around_due and now - f.around_at >= self._min_gap:
-                    f.around_due, f.around_at = False, now
+                if f.around and f.around_due and self._around_due(f, now):
+                    f.around_due = False
                     await self._read_around(f, list(f.around.values()))
                     self._owing.update(w for w, a in f.around.items() if a.pending is not None)
         self._deliver(now)
+
+    def _around_due(self, f: Feed, now: float) -> bool:
+        """May the feed's players' neighbourhoods be re-read now (paced as top frames are)?
+        If so, the re-read is counted."""
+        if f.around_pace is None:
+            f.around_pace = self._pacing.pace()
+        elif not self._pacing.due(f.around_pace, now):
+            return False
+        self._pacing.sent(f.around_pace, now)
+        return True
 
     async def _read_around(self, f: Feed, players: list[Around]) -> None:
         """Re-read these players' neighbourhoods (concurrently); stage the ones that changed."""
@@ -408,7 +419,7 @@ class Subscriptions:
         f.changed_at = -math.inf
         f.next_fallback = 0.0
         f.version = 0
-        f.around_due, f.around_at = True, -math.inf
+        f.around_due, f.around_pace = True, None
         for a in f.around.values():
             a.last = a.pending = None
         self._owing.update(f.subscribers)
@@ -463,7 +474,7 @@ class Subscriptions:
             if not behind:
                 self._owing.discard(w)
                 continue
-            if now - w.top_sent_at < self._min_gap:
+            if not self._pacing.due(w.pace, now):
                 continue
             f = min(behind, key=lambda f: f.changed_at)
             last = f.subscribers[w]
@@ -472,7 +483,7 @@ class Subscriptions:
                 data = f.rolled + data  # the rollover first (also when it lagged past it)
             w.transport.write(data)
             f.subscribers[w] = f.seq
-            w.top_sent_at = now
+            self._pacing.sent(w.pace, now)
             sent += 1
             if len(behind) == 1:
                 self._owing.discard(w)

@@ -1,12 +1,13 @@
 """The ticker: one loop keeps every connection current, one serialisation per change, no waiting.
 
 The ticker runs ``tick_hz`` times a second (10), and sooner when the consumer reports applied
-changes (:meth:`Ticker.wake`), though never sending a top frame within ``1 / tick_hz`` of the
-previous one. Each tick reads the board version from Redis (one cheap round trip); only when it
-moved does it read the top list, and only when the top list changed does it serialise one frame,
-whose bytes are then written to every connection. Waking on changes rather than on the clock
-alone takes most of the tick's phase out of the delivery lag. Top frames to one connection are at
-least ``1 / tick_hz`` apart, so nobody gets more than ``tick_hz`` of them a second; changes in
+changes (:meth:`Ticker.wake`), sending top frames no faster than :mod:`broadcaster.pacing` allows
+(at most ``tick_hz`` in any second; a change after a quiet spell goes at once). Each tick reads
+the board version from Redis (one cheap round trip); only when it moved does it read the top
+list, and only when the top list changed does it serialise one frame, whose bytes are then
+written to every connection. Waking on changes rather than on the clock
+alone takes most of the tick's phase out of the delivery lag. Each connection's top frames are
+paced the same way, so nobody gets more than ``tick_hz`` of them in any second; changes in
 between coalesce into the next frame.
 
 Writes never wait: a connection the slow-client policy skips (:mod:`broadcaster.slow_clients`)
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -75,14 +75,13 @@ class Ticker:
         self._me = me
         self._slow = slow
         self._interval = settings.tick_interval_s
-        # Broadcasts are at least one interval apart; the margin only absorbs clock rounding.
-        self._min_gap = settings.min_frame_gap_s
+        self._pacing = settings.pacing
+        self._broadcasts = self._pacing.pace()  # broadcasts are paced as each connection is
         self._frame: TopFrame | None = None
         self._seen_version: int | None = None  # by the top frame
         self._top_pending = False
         self._next_fallback = 0.0
         self._nudged = asyncio.Event()
-        self._last_broadcast = -math.inf
         # The sampled board applies whose changes the next push carries (its span's links).
         self._applies: list[trace.Link] = []
 
@@ -102,9 +101,8 @@ class Ticker:
         """Tick until cancelled; a failing tick is logged once and retried next tick.
 
         Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`wake`, at least a
-        fifth of that apart (a busy topic must not turn into a busy Redis). A top frame never
-        follows the previous one within ``1 / tick_hz``: a change that has to wait for that is
-        picked up by a tick at the end of the spacing.
+        fifth of that apart (a busy topic must not turn into a busy Redis). A change the pacing
+        holds back is picked up by a tick as soon as the next broadcast is due.
         """
         loop = asyncio.get_running_loop()
         failing = False
@@ -128,9 +126,9 @@ class Ticker:
             soonest = start + self._interval / 5
             wake_at = start + self._interval
             if self._top_pending:
-                wake_at = min(wake_at, max(soonest, self._last_broadcast + self._interval))
+                wake_at = min(wake_at, max(soonest, self._pacing.next_at(self._broadcasts)))
             if self._me.queued:  # rank changes waiting for the next round
-                wake_at = min(wake_at, max(soonest, self._me.last_rank_round + self._interval))
+                wake_at = min(wake_at, max(soonest, self._me.next_rank_round_at))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
@@ -153,7 +151,7 @@ class Ticker:
         """One round: notice board changes, refresh players' standings, deliver what is new."""
         snapshot: TopSnapshot | None = None
         moved = False
-        top_due = now - self._last_broadcast >= self._min_gap
+        top_due = self._pacing.due(self._broadcasts, now)
         try:
             version = await self._board.poll()
         except RedisError:
@@ -178,7 +176,7 @@ class Ticker:
             or (snapshot.version > current.version and snapshot.entries != current.entries)
         ):
             self._frame = TopFrame.of(snapshot)
-            self._last_broadcast = now
+            self._pacing.sent(self._broadcasts, now)
             broadcast = True
 
         connections = self._connections
@@ -235,10 +233,10 @@ class Ticker:
             behind = False
             transport = w.transport
             if frame is not None and frame.version > w.top_version and not w.subscribed:
-                if now - w.top_sent_at >= self._min_gap:
+                if self._pacing.due(w.pace, now):
                     transport.write(frame.data)
                     w.top_version = frame.version
-                    w.top_sent_at = now
+                    self._pacing.sent(w.pace, now)
                     sent_top += 1
                 else:
                     behind = True
