@@ -5,7 +5,13 @@
  * through the DOM API (never innerHTML: usernames are user input).
  *
  * Reads top-down: settings → state → HTTP edge (`request`) → session tokens → live feed
- * (WebSocket) → frame handling → render functions → user actions → boot.
+ * (WebSocket) → the viewed board (catalog, subscription, past periods) → frame handling →
+ * render functions → user actions → boot.
+ *
+ * The board card shows one (board, window) of GET /api/boards: live through a WebSocket
+ * subscription (one per connection; switching drops the old one), or one closed period read
+ * page by page from `?period=` (read-only). The player panel shows the player's rank on that
+ * window with the players around them (the subscription's `around` frames).
  */
 
 // ---------------------------------------------------------------------------------------------
@@ -33,9 +39,34 @@ const MIN_DURATION_MARGIN_MS = 150;
 /** No answer (0) or a gateway/queue outage: the same update may be sent again. */
 const TRANSIENT_STATUSES = new Set([0, 502, 503, 504]);
 const FLASH_CLASSES = ["flash-new", "flash-up", "flash-down", "flash-score"];
+/** The default board's all-time window: what /api/scoreboard/* and the untagged frames show. */
+const DEFAULT_BOARD = "global";
+const DEFAULT_WINDOW = "all-time";
+/** Players either side of the signed-in player in "your rank" (the server allows up to 50). */
+const AROUND_N = 3;
+/**
+ * The broadcaster closes a socket that sends more than 10 messages at once or 2 a second
+ * (1008, for good). Switching sends two (unsubscribe, subscribe); this budget keeps the page
+ * under the server's however fast someone clicks, and a switch it delays is coalesced.
+ */
+const SEND_BUDGET = { burst: 6, perSecond: 1.5 };
+const SUBSCRIBE_RETRY_MS = 3_000;
+/** After a reset time passes without a `period` frame (socket down), ask GET /api/boards. */
+const RESET_GRACE_MS = 3_000;
+/** How many closed periods the period picker offers, newest first. */
+const PAST_PERIODS = { daily: 14, weekly: 12, monthly: 12 };
+const WINDOW_LABELS = {
+  "all-time": "All-time",
+  daily: "Daily",
+  weekly: "Weekly",
+  monthly: "Monthly",
+  season: "Season",
+};
+const DAY_MS = 86_400_000;
 
 const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
 const numberFormat = new Intl.NumberFormat();
+const percentFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
 
 // ---------------------------------------------------------------------------------------------
 // State: the page's whole model; render functions read it, event handlers change it.
@@ -43,8 +74,28 @@ const numberFormat = new Intl.NumberFormat();
 const state = {
   /** phase: "connecting" | "live" | "reconnecting" | "error". */
   connection: { phase: "connecting", retryAt: 0, message: "" },
-  /** connectionId: which socket the shown board came from (see applyTop). */
-  board: { version: -1, entries: [], connectionId: 0, rendered: false },
+  /**
+   * The live top of the viewed window. connectionId: which socket it came from; key and
+   * period: which (board, window) and period; tagged: from a subscription, not the untagged
+   * default frames (see applyTop).
+   */
+  board: { version: -1, entries: [], connectionId: 0, rendered: false, key: "", period: null, tagged: false },
+  /** GET /api/boards: board id → { board, title, windows: [{ window, current, next_reset }], seasons }. */
+  boards: new Map(),
+  /** Server time minus this device's, from GET /api/boards' as_of: the countdown uses it. */
+  clockOffsetMs: 0,
+  /**
+   * What the board card shows: a (board, window), live, or with archive set one closed period:
+   * { period, cursors (one per page, null first), page, nextCursor, entries, players, loaded,
+   *   error, around }.
+   */
+  view: { board: DEFAULT_BOARD, window: DEFAULT_WINDOW, archive: null },
+  /** The viewed window's live period: its id, next reset (ms since epoch; null: never). */
+  live: { period: null, nextReset: null, refreshing: false, unavailable: "" },
+  /** The subscription the server holds on the current socket (sent: null when none). */
+  sub: { connectionId: 0, sent: null },
+  /** The player's live around frame for the viewed window: { period, rank, players, entries }. */
+  around: null,
   /** { accessToken, refreshToken, expiresAt, lifetimeMs, userId, username } or null. */
   session: null,
   /** frames counts "me" frames, so a slower GET /me never overwrites a newer frame. */
@@ -53,7 +104,7 @@ const state = {
   busyActions: new Set(),
 };
 
-const timers = { refresh: 0, countdown: 0, offlinePoll: 0 };
+const timers = { refresh: 0, countdown: 0, offlinePoll: 0, subscribe: 0, resetClock: 0, seasonStart: 0 };
 
 const ui = {
   status: byId("status"),
@@ -76,6 +127,26 @@ const ui = {
   actions: byId("actions"),
   actionsNote: byId("actions-note"),
   result: byId("result"),
+  boardControls: byId("board-controls"),
+  boardSelect: byId("board-select"),
+  windowSwitch: byId("window-switch"),
+  periodSelect: byId("period-select"),
+  periodLabel: byId("period-label"),
+  reset: byId("reset"),
+  resetLabel: byId("reset-label"),
+  countdown: byId("countdown"),
+  archiveBanner: byId("archive-banner"),
+  archiveText: byId("archive-text"),
+  backLive: byId("back-live"),
+  boardHeading: byId("board-heading"),
+  boardCaption: byId("board-caption"),
+  pager: byId("pager"),
+  pagePrev: byId("page-prev"),
+  pageNext: byId("page-next"),
+  pageInfo: byId("page-info"),
+  aroundScope: byId("around-scope"),
+  aroundSummary: byId("around-summary"),
+  aroundList: byId("around-list"),
 };
 
 function byId(id) {
@@ -338,9 +409,12 @@ function startSession(session) {
   renderAccount();
   renderMe();
   if (state.board.rendered) renderBoard(); // mark our own row
+  state.around = null;
+  renderAround();
   ui.playerHeading.focus();
   void loadMe();
-  feed.restart(); // reconnect with the token so the server sends our "me" frames
+  void loadArchiveAround();
+  feed.restart(); // reconnect with the token so the server sends our "me" and "around" frames
 }
 
 /** Forget the session locally (after logout, or when the server no longer accepts it). */
@@ -351,6 +425,8 @@ function endSession(notice) {
   state.session = null;
   saveSession(null);
   state.me = { version: -1, score: null, rank: null, connectionId: 0, frames: 0 };
+  state.around = null;
+  if (state.view.archive) state.view.archive.around = null;
   clearResult();
   ui.authNotice.textContent = notice;
   renderAccount();
@@ -382,7 +458,8 @@ async function restoreSession() {
 
 // ---------------------------------------------------------------------------------------------
 // Live feed: one WebSocket with jittered exponential backoff. Every (re)connect begins with a
-// fresh "top" snapshot, so nothing needs replaying after a gap.
+// fresh "top" snapshot, so nothing needs replaying after a gap; subscriptions are sent again
+// on each connection (onReady).
 
 class LiveFeed {
   #socket = null;
@@ -390,10 +467,26 @@ class LiveFeed {
   #attempt = 0;
   #tokenFailures = 0;
   #timer = 0;
+  #ready = 0;
 
-  /** handlers: onFrame(frame, connectionId), onPhase(phase, {retryAt, message}). */
+  /**
+   * handlers: onFrame(frame, connectionId), onPhase(phase, {retryAt, message}),
+   * onReady(connectionId): the socket delivered its first frame and takes requests.
+   */
   constructor(handlers) {
     this.handlers = handlers;
+  }
+
+  /** The id of the connection that takes requests now; 0 while there is none. */
+  get readyId() {
+    return this.#socket && this.#ready === this.#generation ? this.#ready : 0;
+  }
+
+  /** Send a JSON request on the current connection; false when there is none. */
+  send(message) {
+    if (!this.readyId || this.#socket.readyState !== WebSocket.OPEN) return false;
+    this.#socket.send(JSON.stringify(message));
+    return true;
   }
 
   start() {
@@ -447,7 +540,9 @@ class LiveFeed {
         receivedFrame = true;
         this.#attempt = 0;
         this.#tokenFailures = 0;
+        this.#ready = generation;
         this.handlers.onPhase("live", {});
+        this.handlers.onReady(generation);
       }
       this.handlers.onFrame(frame, generation);
     });
@@ -511,30 +606,397 @@ function parseFrame(data) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The viewed board: the catalog (GET /api/boards), the one subscription that follows the
+// selection, and closed periods.
+
+const viewKey = (board, window) => `${board}/${window}`;
+const currentKey = () => viewKey(state.view.board, state.view.window);
+const DEFAULT_KEY = viewKey(DEFAULT_BOARD, DEFAULT_WINDOW);
+
+/** The catalog's entry for a window of a board, or null. */
+function windowInfo(board, window) {
+  return state.boards.get(board)?.windows.find((w) => w.window === window) ?? null;
+}
+
+function boardTitle(board) {
+  return state.boards.get(board)?.title ?? (board === DEFAULT_BOARD ? "Global" : board);
+}
+
+function windowLabel(window) {
+  return WINDOW_LABELS[window] ?? window;
+}
+
+/** Load the boards, retrying with backoff until the gateway answers. */
+async function loadBoards(attempt = 0) {
+  const outcome = await request("/api/boards");
+  if (outcome.ok && Array.isArray(outcome.data?.boards)) {
+    const asOf = Date.parse(outcome.data.as_of);
+    if (Number.isFinite(asOf)) state.clockOffsetMs = asOf - Date.now();
+    state.boards = new Map(outcome.data.boards.filter(isBoard).map((b) => [b.board, b]));
+    const info = state.boards.get(state.view.board);
+    if (!info) selectView(DEFAULT_BOARD, DEFAULT_WINDOW);
+    else if (!windowInfo(state.view.board, state.view.window)) selectView(state.view.board, info.windows[0].window);
+    else setLivePeriod(windowInfo(state.view.board, state.view.window));
+    renderControls();
+    return;
+  }
+  await sleep(Math.min(30_000, 2_000 * 2 ** attempt));
+  return loadBoards(attempt + 1);
+}
+
+function isBoard(b) {
+  return b && typeof b.board === "string" && Array.isArray(b.windows) && b.windows.length > 0;
+}
+
+/** Take the live period and next reset from a catalog window entry or a `period` frame. */
+function setLivePeriod(entry) {
+  const nextReset = Date.parse(entry?.next_reset ?? "");
+  state.live.period = entry?.current?.period ?? null;
+  state.live.nextReset = Number.isFinite(nextReset) ? nextReset : null;
+  state.live.refreshing = false;
+  scheduleSeasonStart();
+}
+
+/** Show (board, window) live; a window the board lacks falls back to its first one. */
+function selectView(board, window) {
+  const info = state.boards.get(board);
+  const windows = info ? info.windows.map((w) => w.window) : [DEFAULT_WINDOW];
+  const chosen = windows.includes(window) ? window : windows[0];
+  if (board === state.view.board && chosen === state.view.window && !state.view.archive) return;
+  const switched = board !== state.view.board || chosen !== state.view.window;
+  state.view = { board, window: chosen, archive: null };
+  if (switched) {
+    state.board = { ...state.board, version: -1, entries: [], key: "", period: null, tagged: false };
+    state.around = null;
+    state.live.unavailable = "";
+    setLivePeriod(windowInfo(board, chosen));
+  }
+  renderControls();
+  renderBoard();
+  renderAround();
+  if (switched) {
+    syncSubscription();
+    if (state.connection.phase !== "live") void pollTopWhileOffline();
+  }
+}
+
+/** The subscription this page wants now: the viewed window, with `around` when signed in. */
+function wantedSubscription() {
+  return { board: state.view.board, window: state.view.window, around: state.session ? AROUND_N : 0 };
+}
+
+/** A token bucket that keeps requests under the server's message budget. */
+const sendBudget = {
+  tokens: SEND_BUDGET.burst,
+  at: performance.now(),
+  /** Take n tokens; returns 0, or how many ms to wait until n are there (nothing taken). */
+  take(n) {
+    const now = performance.now();
+    this.tokens = Math.min(SEND_BUDGET.burst, this.tokens + ((now - this.at) / 1000) * SEND_BUDGET.perSecond);
+    this.at = now;
+    if (this.tokens >= n) {
+      this.tokens -= n;
+      return 0;
+    }
+    return Math.ceil(((n - this.tokens) / SEND_BUDGET.perSecond) * 1000);
+  },
+};
+
+/**
+ * Make the server's subscription on this socket the wanted one: unsubscribe the old window (its
+ * frames stop), subscribe the new one (a fresh snapshot). Called on each connection, on each
+ * switch, and after an error asked us to retry.
+ */
+function syncSubscription() {
+  clearTimeout(timers.subscribe);
+  const connectionId = feed.readyId;
+  if (!connectionId) return; // onReady calls again
+  if (state.sub.connectionId !== connectionId) state.sub = { connectionId, sent: null };
+  const want = wantedSubscription();
+  const have = state.sub.sent;
+  if (have && have.board === want.board && have.window === want.window && have.around === want.around) return;
+  const messages = [];
+  if (have && (have.board !== want.board || have.window !== want.window)) {
+    messages.push({ type: "unsubscribe", board: have.board, window: have.window });
+  }
+  messages.push({ type: "subscribe", ...want });
+  const wait = sendBudget.take(messages.length);
+  if (wait > 0) {
+    timers.subscribe = setTimeout(syncSubscription, wait);
+    return;
+  }
+  for (const message of messages) if (!feed.send(message)) return;
+  state.sub.sent = want;
+}
+
+/** A season window between seasons: subscribe again when the next season starts. */
+function scheduleSeasonStart() {
+  clearTimeout(timers.seasonStart);
+  if (state.view.window !== "season" || state.live.period !== null) return;
+  const now = Date.now() + state.clockOffsetMs;
+  const starts = (state.boards.get(state.view.board)?.seasons ?? [])
+    .map((season) => Date.parse(season.starts_at))
+    .filter((t) => Number.isFinite(t) && t > now);
+  if (!starts.length) return;
+  const delay = Math.min(...starts) - now + 500;
+  if (delay > 2 ** 31 - 1) return;
+  timers.seasonStart = setTimeout(async () => {
+    await loadBoards();
+    state.live.unavailable = "";
+    if (state.sub.sent?.window === "season") state.sub.sent = null;
+    syncSubscription();
+  }, delay);
+}
+
+/**
+ * The closed periods the picker offers for the viewed window, newest first: the days, ISO
+ * weeks or months before the live one (computed from its id, which is a local date of the
+ * board's zone), or the seasons that have ended.
+ */
+function pastPeriods(board, window, livePeriod) {
+  if (window === "season") {
+    const now = Date.now() + state.clockOffsetMs;
+    return (state.boards.get(board)?.seasons ?? [])
+      .filter((season) => Date.parse(season.ends_at) <= now)
+      .sort((a, b) => Date.parse(b.ends_at) - Date.parse(a.ends_at))
+      .map((season) => season.id);
+  }
+  const count = PAST_PERIODS[window] ?? 0;
+  const ids = [];
+  let id = livePeriod;
+  for (let i = 0; i < count && id; i += 1) {
+    id = previousPeriod(window, id);
+    if (id) ids.push(id);
+  }
+  return ids;
+}
+
+/** The period before `id` of a daily ("2026-12-02"), weekly ("2026-W49") or monthly window. */
+function previousPeriod(window, id) {
+  let match;
+  if (window === "daily" && (match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(id))) {
+    const day = Date.UTC(Number(match[1]), Number(match[2]) - 1, Number(match[3])) - DAY_MS;
+    return new Date(day).toISOString().slice(0, 10);
+  }
+  if (window === "weekly" && (match = /^(\d{4})-W(\d{2})$/.exec(id))) {
+    return isoWeekId(isoWeekMonday(Number(match[1]), Number(match[2])) - 7 * DAY_MS);
+  }
+  if (window === "monthly" && (match = /^(\d{4})-(\d{2})$/.exec(id))) {
+    const year = Number(match[1]);
+    const month = Number(match[2]) - 1; // the previous month, 0-based
+    return month === 0 ? `${year - 1}-12` : `${year}-${String(month).padStart(2, "0")}`;
+  }
+  return null;
+}
+
+/** The Monday (UTC midnight, ms) of ISO week `week` of `year`: week 1 holds January 4th. */
+function isoWeekMonday(year, week) {
+  const jan4 = Date.UTC(year, 0, 4);
+  const weekday = (new Date(jan4).getUTCDay() + 6) % 7; // Monday 0
+  return jan4 - weekday * DAY_MS + (week - 1) * 7 * DAY_MS;
+}
+
+/** The ISO week id ("2026-W49") of a UTC midnight: the week's Thursday decides the year. */
+function isoWeekId(dayMs) {
+  const weekday = (new Date(dayMs).getUTCDay() + 6) % 7;
+  const thursday = new Date(dayMs + (3 - weekday) * DAY_MS);
+  const year = thursday.getUTCFullYear();
+  const week = 1 + Math.round((thursday.getTime() - isoWeekMonday(year, 1) - 3 * DAY_MS) / (7 * DAY_MS));
+  return `${year}-W${String(week).padStart(2, "0")}`;
+}
+
+/** Show one closed period's final standings (read-only pages of GET ...top?period=). */
+async function openArchive(period) {
+  state.view.archive = {
+    period,
+    cursors: [null],
+    page: 0,
+    nextCursor: null,
+    entries: [],
+    players: 0,
+    loaded: false,
+    error: "",
+    around: null,
+  };
+  renderControls();
+  renderBoard();
+  renderAround();
+  await Promise.all([loadArchivePage(0), loadArchiveAround()]);
+}
+
+function boardPath(view) {
+  return `/api/boards/${encodeURIComponent(view.board)}/${encodeURIComponent(view.window)}`;
+}
+
+async function loadArchivePage(page) {
+  const view = state.view;
+  const archive = view.archive;
+  if (!archive) return;
+  const query = new URLSearchParams({ period: archive.period, limit: String(BOARD_SIZE) });
+  const cursor = archive.cursors[page];
+  if (cursor) query.set("cursor", cursor);
+  const outcome = await request(`${boardPath(view)}/top?${query}`);
+  if (state.view.archive !== archive) return; // the player moved on meanwhile
+  if (outcome.ok && Array.isArray(outcome.data?.entries)) {
+    archive.page = page;
+    archive.entries = outcome.data.entries.filter(isEntry);
+    archive.players = Number(outcome.data.players) || 0;
+    archive.nextCursor = outcome.data.next_cursor ?? null;
+    if (archive.nextCursor) archive.cursors[page + 1] = archive.nextCursor;
+    archive.error = "";
+  } else {
+    archive.error = describeFailure(outcome);
+  }
+  archive.loaded = true;
+  renderBoard();
+  renderPager();
+}
+
+/** The signed-in player's final rank in the viewed closed period. */
+async function loadArchiveAround() {
+  const archive = state.view.archive;
+  if (!archive || !state.session) return;
+  const query = new URLSearchParams({ period: archive.period, n: String(AROUND_N) });
+  const outcome = await authedRequest(`${boardPath(state.view)}/around/me?${query}`);
+  if (state.view.archive !== archive || !outcome.ok) return;
+  archive.around = aroundOf(outcome.data, archive.period);
+  renderAround();
+}
+
+function backToLive() {
+  if (!state.view.archive) return;
+  state.view.archive = null;
+  renderControls();
+  renderBoard();
+  renderAround();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Frame handling
 
 function handleFrame(frame, connectionId) {
   if (frame.type === "top") applyTop(frame, connectionId);
   else if (frame.type === "me") applyMe(frame, connectionId);
+  else if (frame.type === "around") applyAround(frame);
+  else if (frame.type === "period") applyPeriod(frame);
+  else if (frame.type === "error") applySubscriptionError(frame);
 }
 
-/** connectionId 0 marks a REST snapshot: it may only move the board forward, never reset it. */
+/**
+ * A top frame of the viewed window (others are late frames of a dropped subscription). Untagged
+ * frames are the default board's all-time top, sent until the first subscribe is answered.
+ * connectionId 0 marks a REST snapshot: it may only move the board forward, never reset it.
+ */
 function applyTop(frame, connectionId) {
   if (!Number.isFinite(frame.version) || !Array.isArray(frame.entries)) return;
-  // Within one connection frames only move forward, so an older version is stale and dropped.
-  // A new connection's first frame is the server's whole current state and replaces ours.
-  const fresh = connectionId !== 0 && state.board.connectionId !== connectionId;
-  if (!fresh && frame.version <= state.board.version) return;
-  state.board.version = frame.version;
-  state.board.connectionId = connectionId;
-  state.board.entries = frame.entries.filter(isEntry).slice(0, BOARD_SIZE);
-  renderBoard();
+  const tagged = typeof frame.board === "string";
+  const key = tagged ? viewKey(frame.board, frame.window) : DEFAULT_KEY;
+  if (key !== currentKey()) return;
+  const board = state.board;
+  if (!tagged && board.tagged && board.connectionId === connectionId) return; // the subscription has it
+  const period = tagged ? String(frame.period) : null;
+  // Within one subscription frames only move forward, so an older version is stale and dropped.
+  // A new connection's, window's, period's or subscription's first frame replaces ours.
+  const fresh =
+    (connectionId !== 0 && board.connectionId !== connectionId) ||
+    board.key !== key ||
+    board.period !== period ||
+    (tagged && !board.tagged);
+  if (!fresh && frame.version <= board.version) return;
+  state.board = {
+    ...board,
+    version: frame.version,
+    connectionId,
+    key,
+    period,
+    tagged,
+    entries: frame.entries.filter(isEntry).slice(0, BOARD_SIZE),
+  };
+  if (tagged) state.live.unavailable = "";
+  if (tagged && period !== state.live.period) {
+    state.live.period = period;
+    renderControls();
+  }
+  if (!state.view.archive) renderBoard();
 }
 
+/** While the socket is down, the REST board keeps the page useful (the viewed window's). */
 async function pollTopWhileOffline() {
   if (state.connection.phase === "live") return;
-  const outcome = await request(`/api/scoreboard/top?limit=${BOARD_SIZE}`);
-  if (outcome.ok && outcome.data && state.connection.phase !== "live") applyTop(outcome.data, 0);
+  const view = state.view;
+  const key = currentKey();
+  if (key === DEFAULT_KEY) {
+    const outcome = await request(`/api/scoreboard/top?limit=${BOARD_SIZE}`);
+    if (outcome.ok && outcome.data && state.connection.phase !== "live") applyTop(outcome.data, 0);
+    return;
+  }
+  const outcome = await request(`${boardPath(view)}/top?limit=${BOARD_SIZE}`);
+  if (!outcome.ok || !Array.isArray(outcome.data?.entries)) return;
+  if (state.connection.phase === "live" || currentKey() !== key) return;
+  // These pages carry no version; the next connection's snapshot replaces them.
+  state.board = {
+    ...state.board,
+    version: -1,
+    connectionId: 0,
+    key,
+    period: String(outcome.data.period),
+    tagged: false,
+    entries: outcome.data.entries.filter(isEntry).slice(0, BOARD_SIZE),
+  };
+  if (!state.view.archive) renderBoard();
+}
+
+/** The signed-in player's rank and neighbours on the viewed window, live. */
+function applyAround(frame) {
+  if (!state.session || viewKey(frame.board, frame.window) !== currentKey()) return;
+  state.around = aroundOf(frame, frame.period);
+  if (!state.view.archive) renderAround();
+}
+
+/** An around frame or GET .../around/me answer as the panel shows it. */
+function aroundOf(data, period) {
+  const rank = Number.isFinite(data?.rank) && data.rank > 0 ? data.rank : null;
+  const entries = Array.isArray(data?.entries) ? data.entries.filter(isEntry) : [];
+  return { period: String(period), rank, players: Number(data?.players) || 0, entries };
+}
+
+/** A window's period ended: the new period and its next reset; its top follows. */
+function applyPeriod(frame) {
+  const entry = windowInfo(frame.board, frame.window);
+  if (entry) {
+    entry.current = frame.current ?? null;
+    entry.next_reset = frame.next_reset ?? null;
+  }
+  if (viewKey(frame.board, frame.window) !== currentKey()) return;
+  setLivePeriod({ current: frame.current, next_reset: frame.next_reset });
+  state.around = null; // nobody is ranked in the new period until their next around frame
+  state.board = { ...state.board, entries: [], version: -1, period: state.live.period };
+  if (frame.closed) {
+    ui.announcer.textContent = `The ${windowLabel(frame.window).toLowerCase()} period ${frame.closed} closed; a new one has started.`;
+  }
+  renderControls();
+  if (!state.view.archive) {
+    renderBoard();
+    renderAround();
+  }
+}
+
+/** An answer to our subscribe that the server could not serve: say so, retry when it helps. */
+function applySubscriptionError(frame) {
+  if (typeof frame.board !== "string" || viewKey(frame.board, frame.window) !== currentKey()) return;
+  const sent = state.sub.sent;
+  if (sent && viewKey(sent.board, sent.window) === currentKey()) state.sub.sent = null; // not held
+  if (frame.code === "no_current_period") {
+    state.live.period = null;
+    state.live.unavailable = "No season is running right now.";
+    scheduleSeasonStart();
+  } else if (frame.code === "unavailable") {
+    state.live.unavailable = "This board cannot be read right now; retrying…";
+    timers.subscribe = setTimeout(syncSubscription, SUBSCRIBE_RETRY_MS);
+  } else {
+    state.live.unavailable = typeof frame.detail === "string" ? frame.detail : "This board is not available.";
+  }
+  if (!state.view.archive) renderBoard();
 }
 
 function isEntry(entry) {
@@ -605,7 +1067,8 @@ function renderConnection() {
   if (ui.statusText.textContent !== text) ui.statusText.textContent = text;
   ui.status.dataset.state = phase;
   ui.reconnect.hidden = phase !== "reconnecting" && phase !== "error";
-  ui.board.closest("table").classList.toggle("is-stale", phase !== "live" && state.board.rendered);
+  const stale = phase !== "live" && state.board.rendered && !state.view.archive;
+  ui.board.closest("table").classList.toggle("is-stale", stale);
 }
 
 function announceConnection(previous, phase, message) {
@@ -614,16 +1077,29 @@ function announceConnection(previous, phase, message) {
   else if (previous === "live") ui.announcer.textContent = "Connection lost. Reconnecting…";
 }
 
+/** What the board card shows now: the live top or a page of a closed period. */
+function shownBoard() {
+  const { archive } = state.view;
+  if (archive) return { id: `${currentKey()}@${archive.period}#${archive.page}`, entries: archive.entries };
+  return { id: currentKey(), entries: state.board.key === currentKey() ? state.board.entries : [] };
+}
+
 /**
  * Render the top 10, reusing each player's row so it can animate: a FLIP slide to its new
- * position, plus a flash for a new entry, a rank change or a score change.
+ * position, plus a flash for a new entry, a rank change or a score change. Another window,
+ * period or page starts from empty rows (nothing to animate from).
  */
 function renderBoard() {
-  const { entries } = state.board;
+  const { id, entries } = shownBoard();
+  if (ui.board.dataset.shown !== id) {
+    ui.board.replaceChildren();
+    ui.board.dataset.shown = id;
+    state.board.rendered = false;
+  }
   const existing = new Map(Array.from(ui.board.rows, (row) => [row.dataset.userId, row]));
   const animate = state.board.rendered;
   const slide = animate && !reducedMotion.matches;
-  const before = slide ? new Map(Array.from(existing, ([id, row]) => [id, topOf(row)])) : null;
+  const before = slide ? new Map(Array.from(existing, ([userId, row]) => [userId, topOf(row)])) : null;
 
   const rows = entries.map((entry) => {
     const row = existing.get(entry.user_id) ?? createRow(entry.user_id);
@@ -634,10 +1110,184 @@ function renderBoard() {
   ui.board.replaceChildren(...rows);
   if (before) slideRows(rows, before);
 
-  state.board.rendered = true;
+  state.board.rendered = shownIsLoaded();
   ui.boardNote.hidden = entries.length > 0;
-  ui.boardNote.textContent = "No scores yet. Complete an action to be the first!";
+  ui.boardNote.textContent = boardNote();
   renderConnection();
+}
+
+function shownIsLoaded() {
+  const { archive } = state.view;
+  return archive ? archive.loaded : state.board.key === currentKey();
+}
+
+function boardNote() {
+  const { archive } = state.view;
+  if (archive) {
+    if (archive.error) return archive.error;
+    return archive.loaded ? "Nobody scored in this period." : "Loading the final standings…";
+  }
+  if (state.live.unavailable) return state.live.unavailable;
+  if (state.board.key !== currentKey()) return "Loading the board…";
+  if (state.view.window === DEFAULT_WINDOW) return "No scores yet. Complete an action to be the first!";
+  return "No scores yet in this period. Complete an action to be the first!";
+}
+
+/** The switchers, the period picker, the period line, the closed-period banner, the countdown. */
+function renderControls() {
+  const { board, window, archive } = state.view;
+  const boards = state.boards.size ? [...state.boards.values()] : [{ board, title: boardTitle(board) }];
+  const options = boards.map((b) => option(b.board, b.title ?? b.board));
+  ui.boardSelect.replaceChildren(...options);
+  ui.boardSelect.value = board;
+
+  const windows = state.boards.get(board)?.windows.map((w) => w.window) ?? [window];
+  ui.windowSwitch.replaceChildren(...windows.map((w) => windowOption(w, w === window)));
+
+  const past = pastPeriods(board, window, state.live.period);
+  if (archive && !past.includes(archive.period)) past.unshift(archive.period);
+  const periods = [option("", window === "all-time" ? "All-time (never resets)" : "Live (current)")];
+  periods.push(...past.map((id) => option(id, `${id} (closed)`)));
+  ui.periodSelect.replaceChildren(...periods);
+  ui.periodSelect.value = archive?.period ?? "";
+  ui.periodSelect.disabled = past.length === 0;
+
+  const scope = `${boardTitle(board)} · ${windowLabel(window)}`;
+  if (archive) {
+    ui.periodLabel.textContent = `${scope} · ${archive.period}`;
+    ui.archiveText.textContent = `Final standings of ${archive.period}. This period has ended; nothing here changes.`;
+    ui.boardCaption.textContent = `Final standings of ${scope}, period ${archive.period} (closed)`;
+  } else {
+    const period = state.live.period && window !== "all-time" ? ` · ${state.live.period}` : "";
+    ui.periodLabel.textContent = `${scope}${period}`;
+    ui.boardCaption.textContent = `The ten highest scores of ${scope}${period}, updated live`;
+  }
+  ui.archiveBanner.hidden = !archive;
+  ui.boardControls.dataset.mode = archive ? "archive" : "live";
+  ui.boardHeading.textContent = archive ? "Final standings" : "Top 10";
+  renderPager();
+  renderCountdown();
+}
+
+function option(value, text) {
+  const element = document.createElement("option");
+  element.value = value;
+  element.textContent = text;
+  return element;
+}
+
+function windowOption(window, checked) {
+  const label = document.createElement("label");
+  label.className = "windows__option";
+  const input = document.createElement("input");
+  input.type = "radio";
+  input.name = "window";
+  input.value = window;
+  input.checked = checked;
+  const text = document.createElement("span");
+  text.textContent = windowLabel(window);
+  label.append(input, text);
+  return label;
+}
+
+function renderPager() {
+  const { archive } = state.view;
+  const pages = archive && (archive.page > 0 || archive.nextCursor);
+  ui.pager.hidden = !pages;
+  if (!pages) return;
+  ui.pagePrev.disabled = archive.page === 0;
+  ui.pageNext.disabled = !archive.nextCursor;
+  const first = archive.page * BOARD_SIZE + 1;
+  const last = archive.page * BOARD_SIZE + archive.entries.length;
+  ui.pageInfo.textContent = `${numberFormat.format(first)}–${numberFormat.format(last)} of ${numberFormat.format(archive.players)}`;
+}
+
+/** The time to the viewed window's next reset, once a second (not live for screen readers). */
+function renderCountdown() {
+  const { archive, window } = state.view;
+  const { nextReset } = state.live;
+  ui.reset.hidden = Boolean(archive);
+  if (archive) return;
+  if (window === "all-time") {
+    setCountdown("Resets", "never", "");
+    return;
+  }
+  if (nextReset === null) {
+    setCountdown("Next reset", state.live.period === null ? "when the next season starts" : "–", "");
+    return;
+  }
+  const left = nextReset - (Date.now() + state.clockOffsetMs);
+  ui.countdown.title = `Resets at ${new Date(nextReset).toLocaleString()}`;
+  if (left > 0) {
+    setCountdown("Next reset in", formatCountdown(left), isoDuration(left));
+    return;
+  }
+  setCountdown("Next reset", "now…", "PT0S");
+  // The rollover frame brings the next reset; without one (socket down) ask the catalog.
+  if (left < -RESET_GRACE_MS && !state.live.refreshing) {
+    state.live.refreshing = true;
+    void loadBoards();
+  }
+}
+
+function setCountdown(label, text, duration) {
+  if (ui.resetLabel.textContent !== label) ui.resetLabel.textContent = label;
+  if (ui.countdown.textContent !== text) ui.countdown.textContent = text;
+  if (duration) ui.countdown.setAttribute("datetime", duration);
+  else ui.countdown.removeAttribute("datetime");
+  if (!duration) ui.countdown.removeAttribute("title");
+}
+
+/** "3 d 04:05:06" or "04:05:06". */
+function formatCountdown(ms) {
+  const total = Math.ceil(ms / 1000);
+  const days = Math.floor(total / 86_400);
+  const clock = [Math.floor(total / 3_600) % 24, Math.floor(total / 60) % 60, total % 60]
+    .map((n) => String(n).padStart(2, "0"))
+    .join(":");
+  return days ? `${days} d ${clock}` : clock;
+}
+
+/** An ISO 8601 duration for <time datetime>. */
+function isoDuration(ms) {
+  const total = Math.ceil(ms / 1000);
+  const days = Math.floor(total / 86_400);
+  const rest = `T${Math.floor(total / 3_600) % 24}H${Math.floor(total / 60) % 60}M${total % 60}S`;
+  return `P${days ? `${days}D` : ""}${rest}`;
+}
+
+/** "Your rank" on the viewed window: rank, players, top percent, and the players around. */
+function renderAround() {
+  const { archive, board, window } = state.view;
+  const data = archive ? archive.around : state.around;
+  const closed = archive ? ` · ${archive.period} (closed)` : "";
+  ui.aroundScope.textContent = `${boardTitle(board)} · ${windowLabel(window)}${closed}`;
+  let summary;
+  if (!state.session) summary = "–";
+  else if (!data) summary = "Loading your rank…";
+  else if (data.rank === null) {
+    summary = archive ? "You have no score in this period." : "Not on this board yet: complete an action to join it.";
+  } else {
+    const of = data.players ? ` of ${numberFormat.format(data.players)}` : "";
+    // As the API's top_percent: 100 × rank / players (rank 1 of 200 is the top 0.5 %).
+    const percent = data.players ? ` · top ${percentFormat.format((100 * data.rank) / data.players)} %` : "";
+    summary = `${archive ? "Final rank" : "Rank"} ${numberFormat.format(data.rank)}${of}${percent}`;
+  }
+  if (ui.aroundSummary.textContent !== summary) ui.aroundSummary.textContent = summary;
+
+  const entries = data?.entries ?? [];
+  const existing = new Map(Array.from(ui.aroundList.rows, (row) => [row.dataset.userId, row]));
+  const sameScope = ui.aroundList.dataset.shown === shownBoard().id;
+  ui.aroundList.dataset.shown = shownBoard().id;
+  const rows = entries.map((entry) => {
+    const known = sameScope && existing.has(entry.user_id);
+    const row = known ? existing.get(entry.user_id) : createRow(entry.user_id);
+    const change = updateRow(row, entry, known);
+    if (known && change) flash(row, `flash-${change}`);
+    return row;
+  });
+  ui.aroundList.replaceChildren(...rows);
+  ui.aroundList.closest("table").hidden = entries.length === 0;
 }
 
 function topOf(row) {
@@ -947,7 +1597,7 @@ async function submitAuthForm(form, operation) {
 // ---------------------------------------------------------------------------------------------
 // Boot
 
-const feed = new LiveFeed({ onFrame: handleFrame, onPhase: setConnection });
+const feed = new LiveFeed({ onFrame: handleFrame, onPhase: setConnection, onReady: syncSubscription });
 
 function wireEvents() {
   ui.loginForm.addEventListener("submit", (event) => {
@@ -970,6 +1620,27 @@ function wireEvents() {
     const button = event.target.closest("button[data-action-type]");
     if (button && !button.disabled) void runAction(button);
   });
+  ui.boardSelect.addEventListener("change", () => selectView(ui.boardSelect.value, state.view.window));
+  ui.windowSwitch.addEventListener("change", (event) => {
+    if (event.target.name === "window") selectView(state.view.board, event.target.value);
+  });
+  ui.periodSelect.addEventListener("change", () => {
+    if (ui.periodSelect.value) void openArchive(ui.periodSelect.value);
+    else backToLive();
+  });
+  ui.boardControls.addEventListener("submit", (event) => event.preventDefault());
+  ui.backLive.addEventListener("click", () => {
+    backToLive();
+    ui.periodSelect.focus();
+  });
+  ui.pagePrev.addEventListener("click", () => {
+    const { archive } = state.view;
+    if (archive && archive.page > 0) void loadArchivePage(archive.page - 1);
+  });
+  ui.pageNext.addEventListener("click", () => {
+    const { archive } = state.view;
+    if (archive?.nextCursor) void loadArchivePage(archive.page + 1);
+  });
   ui.reconnect.addEventListener("click", () => feed.reconnectNow());
   window.addEventListener("online", () => feed.reconnectNow());
   document.addEventListener("visibilitychange", () => {
@@ -984,8 +1655,13 @@ async function boot() {
   wireEvents();
   renderAccount();
   renderMe();
+  renderControls();
+  renderBoard();
+  renderAround();
   renderConnection();
   void loadActionTypes();
+  void loadBoards();
+  timers.resetClock = setInterval(renderCountdown, 1_000);
   timers.offlinePoll = setTimeout(function poll() {
     void pollTopWhileOffline();
     timers.offlinePoll = setTimeout(poll, OFFLINE_POLL_MS);
