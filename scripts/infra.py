@@ -237,10 +237,10 @@ def redis_up() -> None:
     say(f"Redis ready: redis://127.0.0.1:{REDIS_PORT}/0")
 
 
-def launch_redis(state: Path, port: int) -> int:
-    """Start a daemonised Redis with its data (append-only file) and ACL users under ``state``;
-    return its pid
-    (also in ``state``/redis.pid) once it accepts connections."""
+def launch_redis(state: Path, port: int, extra: tuple[str, ...] = ()) -> int:
+    """Start a daemonised Redis with its data (append-only file) and ACL users under ``state``
+    (``extra``: more command-line options); return its pid (also in ``state``/redis.pid) once it
+    accepts connections."""
     if not shutil.which("redis-server"):
         apt_install("redis-server")
     state.mkdir(parents=True, exist_ok=True)
@@ -264,6 +264,7 @@ def launch_redis(state: Path, port: int) -> int:
             "--appendfsync", "everysec",
             "--save", "",
             "--maxclients", "20000",
+            *extra,
         ]
     )  # fmt: skip
     # Redis creates the pidfile before it writes the pid: wait for the number, not the file.
@@ -279,6 +280,43 @@ def _pid_in(pidfile: Path) -> int | None:
         return int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def launch_redis_cluster(state: Path, ports: list[int], bus_ports: list[int]) -> list[int]:
+    """Start a Redis Cluster of ``len(ports)`` masters (at least three, no replicas), each a
+    daemonised ``redis-server --cluster-enabled yes`` with its data under ``state``/<port> and
+    its cluster bus on the matching ``bus_ports`` entry; return their pids once the cluster
+    serves every slot (``cluster_state:ok`` on each node). The caller stops them (SIGTERM)."""
+    if not shutil.which("redis-cli"):
+        apt_install("redis-tools")
+    pids: list[int] = []
+    try:
+        for port, bus_port in zip(ports, bus_ports, strict=True):
+            node = state / str(port)
+            extra = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node / "nodes.conf"),
+                "--cluster-port", str(bus_port),
+            )  # fmt: skip
+            pids.append(launch_redis(node, port, extra))
+        # Slots split evenly in port order (redis-cli's allocation: 0-5460, 5461-10922, ...).
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
+        run([*create, "--cluster-yes"], stdout=subprocess.DEVNULL)
+
+        def serving() -> bool:
+            for port in ports:
+                info = run(["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True)
+                if "cluster_state:ok" not in info.stdout:
+                    return False
+            return True
+
+        wait_for("Redis Cluster", serving, 30)
+    except BaseException:
+        for port in ports[: len(pids)]:
+            _kill(state / str(port) / "redis.pid", f"Redis {port}")
+        raise
+    return pids
 
 
 def redis_down() -> None:

@@ -20,7 +20,7 @@ from common.boards import BoardDefinition, save_definitions
 from common.events import BoardChange, ScoreChanged
 from testkit.broadcaster import Client, Player, Send, SettingsFactory, new_player, seed, serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_cluster]
 
 N = 25
 T0 = datetime(2026, 2, 1, tzinfo=UTC)

@@ -32,7 +32,7 @@ from testkit.broadcaster import (
     serve,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_cluster]
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from broadcaster.components import components_key
 from broadcaster.postgres_scores import PostgresScores
@@ -19,6 +18,7 @@ from common import moderation
 from common.boards import BoardDefinition, save_definitions
 from common.health import registry_key
 from common.postgres import create_pool
+from common.redis_client import RedisClient
 from testkit.broadcaster import (
     Client,
     Player,
@@ -33,7 +33,7 @@ from testkit.broadcaster import (
     serve,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_cluster]
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ async def _truth(client: Client) -> tuple[int, list[str]]:
 async def test_a_ban_takes_a_player_off_every_board_and_an_unban_brings_them_back(
     make_settings: SettingsFactory,
     pg: asyncpg.Connection,
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     send: Send,
     board_id: str,
 ) -> None:

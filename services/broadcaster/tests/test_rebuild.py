@@ -7,7 +7,7 @@ import functools
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import redis.asyncio as aioredis
+import pytest
 from prometheus_client import CollectorRegistry
 
 from broadcaster.components import components_key
@@ -18,6 +18,7 @@ from broadcaster.rebuild import Rebuilder
 from broadcaster.redis_board import RedisBoard
 from common.health import registry_key
 from common.postgres import create_pool
+from common.redis_client import RedisClient
 from testkit.broadcaster import (
     Send,
     SettingsFactory,
@@ -27,6 +28,8 @@ from testkit.broadcaster import (
     seed,
     serve,
 )
+
+pytestmark = pytest.mark.redis_cluster
 
 T0 = datetime(2026, 1, 15, tzinfo=UTC)
 
@@ -47,7 +50,7 @@ async def _board_rows(board: RedisBoard) -> list[tuple[str, str, int]]:
 async def test_flushed_board_is_rebuilt_identical_to_postgres(
     make_settings: SettingsFactory,
     pg: asyncpg.Connection,
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     send: Send,
 ) -> None:
     # Ties on score, and on score and time (then the user id decides), as PostgreSQL orders them.
@@ -76,8 +79,13 @@ async def test_flushed_board_is_rebuilt_identical_to_postgres(
             await send(change)
             applied = await inbox.wait_for(change.action_id)
         await save_scores(pg, [mover])
+        # Ahead: more points, or as many reached earlier (another run of this test's mover).
         ahead = await pg.fetchval(
-            "SELECT count(*) FROM scores WHERE version > 0 AND score > $1", mover.score
+            """SELECT count(*) FROM scores WHERE version > 0
+               AND (score > $1 OR (score = $1 AND (reached_at, user_id) < ($2, $3)))""",
+            mover.score,
+            mover.reached_at,
+            mover.user_id,
         )
         assert (applied["score"], applied["rank"]) == (mover.score, ahead + 1)
         assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
@@ -101,7 +109,7 @@ async def test_flushed_board_is_rebuilt_identical_to_postgres(
 
 
 async def test_only_one_replica_rebuilds(
-    make_settings: SettingsFactory, pg: asyncpg.Connection, redis_client: aioredis.Redis
+    make_settings: SettingsFactory, pg: asyncpg.Connection, redis_client: RedisClient
 ) -> None:
     players = [new_player() for _ in range(5)]
     for p in players:

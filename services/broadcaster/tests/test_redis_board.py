@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
-import redis.asyncio as aioredis
+import pytest
 
 from broadcaster.redis_board import RedisBoard
 from common.events import AppliedNotice
 from common.keyspace import APPLIED_TTL_S, done_key, ticket_key
+from common.redis_client import RedisClient
 from testkit.broadcaster import new_player
+
+pytestmark = pytest.mark.redis_cluster
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
@@ -72,7 +75,7 @@ async def test_equal_scores_rank_who_reached_first_higher(board: RedisBoard) -> 
 
 
 async def test_applied_changes_are_published_with_rank(
-    board: RedisBoard, redis_client: aioredis.Redis
+    board: RedisBoard, redis_client: RedisClient
 ) -> None:
     first, second = new_player(), new_player()
     await board.apply_changes([first.gain(100, T0)])
@@ -103,7 +106,7 @@ async def test_applied_changes_are_published_with_rank(
 
 
 async def test_the_applied_notice_is_the_contracts(
-    board: RedisBoard, redis_client: aioredis.Redis
+    board: RedisBoard, redis_client: RedisClient
 ) -> None:
     """What the apply script publishes is what the gateway reads: the AppliedNotice model and its
     committed JSON Schema (schemas/applied-notice.v1.json) both accept it."""
@@ -147,11 +150,11 @@ async def test_board_without_marker_refuses_changes(board: RedisBoard) -> None:
 
 
 async def test_a_change_confirms_its_action_to_the_gateway(
-    board: RedisBoard, redis_client: aioredis.Redis
+    board: RedisBoard, redis_client: RedisClient
 ) -> None:
     """The action's done marker becomes "applied" (keeping the gateway's TTL, or a week when the
     claim was released meanwhile) and its ticket goes; rows from PostgreSQL touch nothing."""
-    prefix = board.keys.rank.removesuffix("board:rank")
+    prefix = board.prefix
     player = new_player()
     claimed = player.gain(10, T0)
     released = player.gain(5, T0 + timedelta(seconds=1))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import redis.asyncio as aioredis
+import pytest
 
 from broadcaster.components import components_key
 from broadcaster.postgres_scores import PostgresScores
 from common.health import registry_key
 from common.postgres import create_pool
+from common.redis_client import RedisClient
 from common.removals import record_removal
 from testkit.broadcaster import (
     Client,
@@ -25,6 +26,8 @@ from testkit.broadcaster import (
     seed,
     serve,
 )
+
+pytestmark = pytest.mark.redis_cluster
 
 
 async def _delete(pg: asyncpg.Connection, user_id: uuid.UUID) -> int:
@@ -44,7 +47,7 @@ def _ids(frame: dict[str, object]) -> list[str]:
 async def test_a_deleted_player_leaves_every_board_and_stays_off(
     make_settings: SettingsFactory,
     pg: asyncpg.Connection,
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     send: Send,
 ) -> None:
     base = await high_score(pg)

@@ -137,6 +137,7 @@ def _change(
     )
 
 
+@pytest.mark.redis_cluster
 async def test_snapshot_then_tagged_frames_as_the_period_top_changes(
     client: Client, players: list[Player], board_ids: list[str], send: Send
 ) -> None:
@@ -282,6 +283,7 @@ async def test_the_reset_sends_a_period_frame_then_the_new_period(
         subs.clock = lambda: datetime.now(UTC)
 
 
+@pytest.mark.redis_cluster
 async def test_around_follows_the_players_own_rank_and_neighbours(
     client: Client, players: list[Player], board_ids: list[str], send: Send
 ) -> None:
@@ -393,6 +395,7 @@ async def test_a_season_window_goes_quiet_between_seasons_and_wakes_for_the_next
         await pg_module.execute("UPDATE boards SET retired = true WHERE board_id = $1", board)
 
 
+@pytest.mark.redis_cluster
 async def test_a_ban_takes_the_player_off_a_subscribed_period_live(
     client: Client, board_ids: list[str], pg_module: asyncpg.Connection
 ) -> None:
@@ -436,6 +439,7 @@ async def test_a_ban_takes_the_player_off_a_subscribed_period_live(
         assert back["version"] > after["version"]
 
 
+@pytest.mark.redis_cluster
 async def test_one_feed_serves_every_subscriber_the_same_bytes(
     client: Client, players: list[Player], board_ids: list[str], send: Send
 ) -> None:

@@ -19,6 +19,7 @@ from common.command_signing import CommandVerifier
 from common.events import ScoreCommandEvent
 from common.health import registry_key
 from common.kafka_access import delete_acls, ensure_acls, grants
+from common.keyspace import done_key, ticket_key
 from common.tracing import configure_tracing
 from gateway.components import components_key
 from gateway.settings import Settings
@@ -64,7 +65,7 @@ async def test_ticket_is_signed_and_stored_with_a_ttl(
     assert ticket["action_hash"].startswith("t1.")
     uuid.UUID(ticket["action_id"])
     prefix = gateway.app[components_key].settings.redis_prefix
-    ttl = await redis_client.ttl(f"{prefix}ticket:{ticket['action_id']}")
+    ttl = await redis_client.ttl(ticket_key(prefix, ticket["action_id"]))
     assert 590 <= ttl <= 600
 
 
@@ -112,11 +113,11 @@ async def test_accepted_command_is_on_kafka_with_catalog_points(
     prefix = player.client.app[components_key].settings.redis_prefix
     # Published (the broadcaster turns it into "applied" and drops the ticket; see
     # common.keyspace).
-    marker = cast(bytes | None, await redis_client.get(f"{prefix}done:{body['action_id']}"))
+    marker = cast(bytes | None, await redis_client.get(done_key(prefix, body["action_id"])))
     assert marker is not None
     assert marker.startswith(b"p:")
-    assert await redis_client.ttl(f"{prefix}done:{body['action_id']}") > 6 * 24 * 3600
-    assert await redis_client.exists(f"{prefix}ticket:{body['action_id']}") == 1
+    assert await redis_client.ttl(done_key(prefix, body["action_id"])) > 6 * 24 * 3600
+    assert await redis_client.exists(ticket_key(prefix, body["action_id"])) == 1
 
 
 async def test_points_are_never_taken_from_the_client(player: Player) -> None:
@@ -193,7 +194,7 @@ async def test_a_retry_waits_for_a_claim_in_flight_and_takes_over_a_dead_one(
     player = Player(client, mint)
     prefix = client.app[components_key].settings.redis_prefix
     body = await player.completion("quest")
-    done = f"{prefix}done:{body['action_id']}"
+    done = done_key(prefix, body["action_id"])
     now_ms = round(time.time() * 1000)
     await redis_client.set(done, f"c:{now_ms}:a-dead-gateway", ex=3600)
     started = time.monotonic()
@@ -208,7 +209,7 @@ async def test_a_retry_waits_for_a_claim_in_flight_and_takes_over_a_dead_one(
 
     # A claim that gets published while the retry waits: 409 as soon as it is.
     body = await player.completion("quest")
-    done = f"{prefix}done:{body['action_id']}"
+    done = done_key(prefix, body["action_id"])
     await redis_client.set(done, f"c:{round(time.time() * 1000)}:a-slow-gateway", ex=3600)
     retry = asyncio.create_task(player.submit(body))
     await asyncio.sleep(0.3)
@@ -273,11 +274,11 @@ async def test_400_for_tickets_that_do_not_match(
         assert status == 400, name
         assert doc["status"] == 400
     # An expired ticket (its expiry passed before Redis dropped it).
-    ticket = json.loads(await redis_client.get(f"{prefix}ticket:{body['action_id']}") or b"{}")
+    ticket = json.loads(await redis_client.get(ticket_key(prefix, body["action_id"])) or b"{}")
     expired = {**ticket, "expires_at": "2000-01-01T00:00:00.000Z", "expires_ms": 946684800000}
-    await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(expired))
+    await redis_client.set(ticket_key(prefix, body["action_id"]), json.dumps(expired))
     assert (await player.submit(body))[0] == 400
-    await redis_client.set(f"{prefix}ticket:{body['action_id']}", json.dumps(ticket))
+    await redis_client.set(ticket_key(prefix, body["action_id"]), json.dumps(ticket))
     # None of that counted: the honest completion still goes through, once.
     assert (await player.submit(body))[0] == 202
 
@@ -299,7 +300,7 @@ async def test_400s_decided_in_the_redemption_script(
     """A completion whose hash verifies is checked and claimed by one script; a stored ticket
     that does not match it is refused there, in the contract's order, and stays redeemable."""
     body = await player.completion("tap")
-    key = f"{player.client.app[components_key].settings.redis_prefix}ticket:{body['action_id']}"
+    key = ticket_key(player.client.app[components_key].settings.redis_prefix, body["action_id"])
     original = await redis_client.get(key)
     assert original is not None
     await redis_client.set(key, json.dumps({**json.loads(original), **tamper}))
@@ -314,7 +315,7 @@ async def test_actions_without_a_minimum_duration_tolerate_clock_skew(
 ) -> None:
     """A ticket issued by a replica whose clock runs a little ahead is not "too fast"."""
     body = await player.completion("tap")
-    key = f"{player.client.app[components_key].settings.redis_prefix}ticket:{body['action_id']}"
+    key = ticket_key(player.client.app[components_key].settings.redis_prefix, body["action_id"])
     ticket = json.loads(await redis_client.get(key) or b"{}")
     ticket["issued_ms"] += 1000
     await redis_client.set(key, json.dumps(ticket))

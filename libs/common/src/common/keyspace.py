@@ -1,24 +1,25 @@
 """Every Redis key, channel and stored value that two services share, in one place.
 
-``P`` is the deployment's ``SCOREBOARD_REDIS_PREFIX`` (``sb:``). Who writes and who reads:
+``P`` is the deployment's ``SCOREBOARD_REDIS_PREFIX`` (``sb:``; it holds no braces, so the hash
+tags below are the keys' only ones). Who writes and who reads:
 
-- ``P ticket:{action_id}``: the ticket, JSON. The gateway writes it (issue) and reads it
+- ``P ticket:{<action_id>}``: the ticket, JSON. The gateway writes it (issue) and reads it
   (redeem); the broadcaster deletes it once the action is applied.
-- ``P done:{action_id}``: the redemption marker, :data:`DONE_CLAIMED` ``<ms>:<gateway>``,
+- ``P done:{<action_id>}``: the redemption marker, :data:`DONE_CLAIMED` ``<ms>:<gateway>``,
   :data:`DONE_PUBLISHED` ``<ms>`` or :data:`DONE_APPLIED`. The gateway claims and marks
-  published; the broadcaster marks applied.
+  published; the broadcaster marks applied. The braces are a Redis Cluster hash tag: an
+  action's ticket and marker share one slot, so one command or script may touch both.
 - ``P revoked-session:{sid}``: :data:`SESSION_REVOKED`, TTL = the access-token lifetime. Auth
   writes, the gateway reads.
 - ``P user-status:{user_id}``: :data:`USER_BANNED` or :data:`USER_DELETED`, no TTL. Auth
   writes, the gateway reads.
 - ``P applied`` (channel): :class:`common.events.AppliedNotice` JSON. The broadcaster
   publishes, the gateway listens while ``Prefer: wait`` requests wait.
-- ``P board:*``: the board (:class:`BoardKeys`), written and read by the broadcaster replicas.
-  It is the default board's all-time window.
-- ``P {bd:<board>:<window>:<period>}:*``: one period of a board's window
-  (:class:`PeriodBoardKeys`), written and read by the broadcaster replicas. The braces are a
-  Redis Cluster hash tag: a period's keys share one slot, so its scripts run on one node, and
-  different periods spread over the cluster.
+- ``P {bd:<board>:<window>:<period>}:*``: one period of a board's window, written and read by
+  the broadcaster replicas. The braces are a Redis Cluster hash tag: a period's keys share one
+  slot, so its scripts run on one node, and different periods spread over the cluster. The
+  default board's all-time window (``{bd:global:all-time:all}``) has more keys than the others
+  (:class:`BoardKeys`); every other period has :class:`PeriodBoardKeys`.
 
 The done marker is an action's redemption, a small state machine (docs/architecture.md):
 
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 from string import Template
 from typing import Final
 
+from common.boards import ALL_TIME, ALL_TIME_PERIOD, DEFAULT_BOARD
+
 # The done marker's states (see the module docstring).
 DONE_CLAIMED: Final = "c:"
 DONE_PUBLISHED: Final = "p:"
@@ -61,13 +64,19 @@ SESSION_REVOKED: Final = "1"
 
 
 def ticket_key(prefix: str, action_id: uuid.UUID | str) -> str:
-    """The key of an action's ticket."""
-    return f"{prefix}ticket:{action_id}"
+    """The key of an action's ticket (in the slot of its :func:`done_key`)."""
+    return f"{prefix}ticket:{{{action_id}}}"
 
 
 def done_key(prefix: str, action_id: uuid.UUID | str) -> str:
-    """The key of an action's redemption marker."""
-    return f"{prefix}done:{action_id}"
+    """The key of an action's redemption marker (in the slot of its :func:`ticket_key`)."""
+    return f"{prefix}done:{{{action_id}}}"
+
+
+def period_tag(prefix: str, board: str, window: str, period: str) -> str:
+    """The common start of one board period's keys: ``P {bd:<board>:<window>:<period>}``, its
+    Redis Cluster hash tag (ids from common.boards, which have no braces)."""
+    return f"{prefix}{{bd:{board}:{window}:{period}}}"
 
 
 def revoked_session_key(prefix: str, session_id: uuid.UUID | str) -> str:
@@ -87,16 +96,21 @@ def applied_channel(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class BoardKeys:
-    """The board's Redis names under the deployment's prefix (broadcaster.board documents them).
+    """The main board's Redis names: the default board's all-time window (broadcaster.board
+    documents them), all under its period's hash tag ``P {bd:global:all-time:all}``.
 
     - ``rank``: sorted set of members by points; ``users``: hash user id -> entry;
       ``version``: the board version; ``built``: a rebuild finished; ``lock``: the one
       replica that rebuilds holds it; ``removed``: deleted users' ids (tombstones);
-      ``applied``: the :func:`applied_channel`; ``held``: hash user id -> ``"<held>|<real>"``
-      for players in shadow quarantine (broadcaster.holds); ``hold_steps``: how many holds and
-      releases the board version counts; ``hidden``: hash user id -> the version a banned
-      player had when they left the board; ``moderation``: hash, ``seq`` = the last moderation
-      log entry the board applied (broadcaster.moderation; missing: not synced yet).
+      ``held``: hash user id -> ``"<held>|<real>"`` for players in shadow quarantine
+      (broadcaster.holds); ``hold_steps``: how many holds and releases the board version
+      counts; ``hidden``: hash user id -> the version a banned player had when they left the
+      board; ``moderation``: hash, ``seq`` = the last moderation log entry the board applied
+      (broadcaster.moderation; missing: not synced yet).
+    - ``applied``: the :func:`applied_channel` (a channel, not a key: scripts get it in ARGV).
+
+    Before the hash tag these were ``P board:*``: a broadcaster of this version finds no
+    ``built`` marker under the new names and rebuilds the board from PostgreSQL.
     """
 
     rank: str
@@ -114,23 +128,24 @@ class BoardKeys:
     @classmethod
     def for_prefix(cls, prefix: str) -> BoardKeys:
         """Keys under ``prefix`` (``settings.redis_prefix``)."""
+        tag = period_tag(prefix, DEFAULT_BOARD, ALL_TIME, ALL_TIME_PERIOD)
         return cls(
-            rank=f"{prefix}board:rank",
-            users=f"{prefix}board:users",
-            version=f"{prefix}board:version",
-            built=f"{prefix}board:built",
-            lock=f"{prefix}board:rebuild-lock",
+            rank=f"{tag}:rank",
+            users=f"{tag}:users",
+            version=f"{tag}:version",
+            built=f"{tag}:built",
+            lock=f"{tag}:rebuild-lock",
             applied=applied_channel(prefix),
-            removed=f"{prefix}board:removed",
-            held=f"{prefix}board:held",
-            hold_steps=f"{prefix}board:hold-steps",
-            hidden=f"{prefix}board:hidden",
-            moderation=f"{prefix}board:moderation",
+            removed=f"{tag}:removed",
+            held=f"{tag}:held",
+            hold_steps=f"{tag}:hold-steps",
+            hidden=f"{tag}:hidden",
+            moderation=f"{tag}:moderation",
         )
 
     @property
     def board(self) -> list[str]:
-        """The keys that hold the board itself (what a rebuild recreates)."""
+        """The keys that hold the board itself (what a rebuild recreates), all in one slot."""
         return [
             self.rank, self.users, self.version, self.built, self.removed, self.held,
             self.hold_steps, self.hidden, self.moderation,
@@ -156,7 +171,7 @@ class PeriodBoardKeys:
     @classmethod
     def for_period(cls, prefix: str, board: str, window: str, period: str) -> PeriodBoardKeys:
         """Keys of ``period`` of ``board``'s ``window`` (ids from common.boards, no braces)."""
-        tag = f"{prefix}{{bd:{board}:{window}:{period}}}"
+        tag = period_tag(prefix, board, window, period)
         return cls(
             rank=f"{tag}:rank",
             users=f"{tag}:users",

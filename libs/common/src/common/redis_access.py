@@ -11,9 +11,12 @@ below are that table as Redis 7 ACLs (``%R~`` read-only, ``%W~`` write-only, ``~
 - auth: its login and signup throttles; writes revocations and user statuses.
 
 Read-only patterns (``%R~``) would say "reads" more exactly, but Redis checks the keys a script
-declares (``EVALSHA ... KEYS``) as read-write, and the gateway's admission script and the
-broadcaster's apply script declare the revocation and ticket keys they read or delete: so those
-patterns are read-write, and who writes them is the code's rule, not Redis'.
+declares (``EVALSHA ... KEYS``) as read-write, and the gateway's admission script declares the
+revocation and ticket keys it reads: so those patterns are read-write, and who writes them is
+the code's rule, not Redis'.
+
+ACL users are per server: on a Redis Cluster, ``scoreboard-redis-users`` runs against each node
+(docs/operations.md).
 
 Every user gets the ordinary data commands, scripts and pub/sub, never the dangerous ones
 (FLUSHALL, KEYS, CONFIG, DEBUG, ACL, ...). The ``default`` user is the administrator: locally it
@@ -55,9 +58,7 @@ def key_rules(service: str, prefix: str) -> list[str]:
             f"&{p}applied",
         ],
         "broadcaster": [
-            f"~{p}board*",
-            f"~{p}{{bd:*",  # each board period's keys (common.keyspace.PeriodBoardKeys)
-            f"~{p}applied",  # the apply script declares the channel among its KEYS
+            f"~{p}{{bd:*",  # every board period's keys, the main board's too (common.keyspace)
             f"~{p}done:*",
             f"~{p}ticket:*",
             f"&{p}applied",

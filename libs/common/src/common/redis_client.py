@@ -1,8 +1,20 @@
-"""The Redis client with timeouts and a pool that queues briefly instead of failing."""
+"""The Redis client with timeouts and a pool that queues briefly instead of failing.
+
+``SCOREBOARD_REDIS_URL`` names one server (``redis://``, ``rediss://``) or a Redis Cluster
+(``redis+cluster://`` or ``rediss+cluster://``, then one or more of its nodes, comma-separated:
+``redis+cluster://user:password@10.0.0.1:6379,10.0.0.2:6379``; the client learns the others
+from them). Only services whose scripts keep to one slot each take a cluster
+(:func:`create_redis_or_cluster`: the broadcaster, docs/architecture.md "Redis Cluster layout");
+:func:`create_redis` refuses one.
+"""
 
 from __future__ import annotations
 
+from typing import Final, TypeAlias
+from urllib.parse import unquote, urlsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -12,13 +24,37 @@ from common.settings import CommonSettings
 REDIS_TIMEOUT_S = 2.0
 """How long a command or a connection attempt may take before it fails."""
 
+CLUSTER_SCHEMES: Final = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+"""A client of one Redis server or of a Redis Cluster (what :func:`create_redis_or_cluster`
+returns)."""
+
+
+class ClusterNotSupported(ValueError):
+    """The service was given a Redis Cluster URL but needs one Redis server."""
+
+
+def is_cluster_url(url: str) -> bool:
+    """True when ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
 
 def create_redis(settings: CommonSettings) -> aioredis.Redis:
     """A pooled client; commands time out rather than hang (Redis down must not stall requests).
 
     redis-py's default pool raises "Too many connections" beyond its limit; under a burst a
     request should wait a moment for a free connection instead.
+
+    Raises :class:`ClusterNotSupported` for a cluster URL: the calling service's scripts touch
+    keys of several slots (docs/architecture.md "Redis Cluster layout").
     """
+    if is_cluster_url(settings.redis_url):
+        raise ClusterNotSupported(
+            f"{settings.service_name} needs one Redis server, not a Redis Cluster "
+            "(SCOREBOARD_REDIS_URL is a redis+cluster:// URL): its scripts touch keys of "
+            "several slots"
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -33,3 +69,40 @@ def create_redis(settings: CommonSettings) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def create_redis_or_cluster(settings: CommonSettings) -> RedisClient:
+    """:func:`create_redis`, or a :class:`RedisCluster` client for a cluster URL.
+
+    The cluster client routes each command (and each script, by its first key) to the node
+    that holds its slot, follows MOVED and ASK redirections, and pipelines per node. Its pools
+    are per node, ``redis_max_connections`` each, and do not queue: past the limit a command
+    fails at once (redis-py has no blocking pool for clusters).
+    """
+    if not is_cluster_url(settings.redis_url):
+        return create_redis(settings)
+    parts = urlsplit(settings.redis_url)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = [_node(seed) for seed in hosts.split(",") if seed]
+    if not nodes:
+        raise ValueError("a redis+cluster:// URL names at least one node (host:port)")
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=CLUSTER_SCHEMES[parts.scheme],
+        max_connections=settings.redis_max_connections,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=15,
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
+    )
+
+
+def _node(seed: str) -> ClusterNode:
+    host, sep, port = seed.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a Redis Cluster node is host:port, not {seed!r}")
+    return ClusterNode(host.strip("[]"), int(port))

@@ -40,9 +40,13 @@ class CommonSettings(BaseSettings):
     postgres_pool_min: int = 1
     postgres_pool_max: int = 10
 
+    # One server (redis://, rediss://), or a Redis Cluster: redis+cluster://[user:pw@]host:port
+    # with one or more nodes comma-separated (rediss+cluster:// with TLS). Only the broadcaster
+    # takes a cluster (common.redis_client; docs/architecture.md "Redis Cluster layout").
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key starts with this, so test runs and tenants never see each other's data.
-    redis_prefix: str = "sb:"
+    # No braces: the keys' Redis Cluster hash tags come after it (common.keyspace).
+    redis_prefix: str = Field(default="sb:", pattern=r"^[^{}]*$")
     # Connections per process; a command waits up to the timeout for a free one.
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 2.0

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio.client import PubSub
@@ -34,6 +33,7 @@ from broadcaster.components import components_key
 from broadcaster.settings import Settings
 from broadcaster.standings import ScoreRow
 from common.events import ScoreChanged
+from common.redis_client import RedisClient
 from common.wsframes import (
     OP_CLOSE,
     OP_PING,
@@ -219,7 +219,7 @@ class AppliedInbox:
 
 
 @contextlib.asynccontextmanager
-async def applied_inbox(redis: aioredis.Redis, channel: str) -> AsyncIterator[AppliedInbox]:
+async def applied_inbox(redis: RedisClient, channel: str) -> AsyncIterator[AppliedInbox]:
     """Subscribe to ``channel`` for the duration of the block."""
     pubsub = redis.pubsub()
     await pubsub.subscribe(channel)

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -38,7 +37,7 @@ from broadcaster.settings import Settings
 from broadcaster.subscriptions import Subscriptions
 from common.health import ReadinessCheck, readiness_key, registry_key
 from common.postgres import create_pool
-from common.redis_client import create_redis
+from common.redis_client import RedisClient, create_redis_or_cluster
 from common.tasks import running
 from common.web import create_base_app
 
@@ -91,8 +90,8 @@ def _lifetime(settings: Settings, metrics: BroadcasterMetrics) -> CleanupCtx:
 @asynccontextmanager
 async def _clients(
     settings: Settings, readiness: dict[str, ReadinessCheck]
-) -> AsyncIterator[tuple[aioredis.Redis, asyncpg.Pool]]:
-    redis = create_redis(settings)
+) -> AsyncIterator[tuple[RedisClient, asyncpg.Pool]]:
+    redis = create_redis_or_cluster(settings)  # a Redis Cluster for a redis+cluster:// URL
     # redis-py retries a failed command 10 times with up to 1 s between tries (about 5 s when
     # Redis is down); the broadcaster has PostgreSQL to fall back on, so it gives up sooner.
     redis.set_retry(Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
@@ -116,7 +115,7 @@ async def _clients(
 
 @asynccontextmanager
 async def _components(
-    settings: Settings, metrics: BroadcasterMetrics, redis: aioredis.Redis, pool: asyncpg.Pool
+    settings: Settings, metrics: BroadcasterMetrics, redis: RedisClient, pool: asyncpg.Pool
 ) -> AsyncIterator[Components]:
     board = RedisBoard(redis, settings.redis_prefix)
     scores = PostgresScores(pool)

@@ -39,7 +39,6 @@ from datetime import datetime
 from typing import Final
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from broadcaster.board_periods import BoardPeriods
@@ -49,6 +48,7 @@ from broadcaster.standings import member_for
 from common.backoff import Backoff
 from common.moderation import MODERATION_CHANNEL
 from common.postgres import follow_channel
+from common.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -174,7 +174,7 @@ class Entry:
 class ModerationBoard:
     """The main board's moderation scripts."""
 
-    def __init__(self, redis: aioredis.Redis, board: RedisBoard) -> None:
+    def __init__(self, redis: RedisClient, board: RedisBoard) -> None:
         self.keys = k = board.keys
         self._redis = redis
         self._keys = [k.rank, k.users, k.version, k.built, k.removed, k.hidden, k.moderation]

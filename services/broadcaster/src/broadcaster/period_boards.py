@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import redis.asyncio as aioredis
-
 from broadcaster.redis_board import _LUA_COMMON
 from broadcaster.standings import user_of_member
 from common.keyspace import PeriodBoardKeys
+from common.redis_client import RedisClient
 
 _NOT_BUILT: Final = -1
 
@@ -238,7 +237,7 @@ def _ms(instant: datetime | None) -> int:
 class PeriodBoards:
     """Board periods in Redis: apply entries, rebuild support, and the reads."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._apply = redis.register_script(_APPLY)
         self._page = redis.register_script(_PAGE)

@@ -1,18 +1,20 @@
 """The board's Redis store: a cache of PostgreSQL's ``scores`` kept current by ScoreChanged events.
 
-Keys (``P`` is ``settings.redis_prefix``; the names are :class:`common.keyspace.BoardKeys`):
+Keys (``P`` is ``settings.redis_prefix``; the names are :class:`common.keyspace.BoardKeys`, all
+under the hash tag ``{bd:global:all-time:all}``, written ``T`` here, so they share one Redis
+Cluster slot):
 
-- ``P board:rank``: sorted set, score = points, member = :func:`broadcaster.standings.member_for`
+- ``P T:rank``: sorted set, score = points, member = :func:`broadcaster.standings.member_for`
   (so ``ZREVRANGE`` gives the board's order, ties included).
-- ``P board:users``: hash, user id -> ``"<version>|<score>|<member>|<username>"``.
-- ``P board:version``: the board version. Each applied change adds the user's version step
+- ``P T:users``: hash, user id -> ``"<version>|<score>|<member>|<username>"``.
+- ``P T:version``: the board version. Each applied change adds the user's version step
   (``INCRBY new - old``), so the board version is always the sum of the users' versions: it only
   grows, and after the keys are lost a rebuild from PostgreSQL lands on a version at least as high
   as before (PostgreSQL is never behind Redis), so clients never see it go back.
-- ``P board:built``: marker written when a rebuild finished. Without it the board is incomplete
+- ``P T:built``: marker written when a rebuild finished. Without it the board is incomplete
   (flushed, evicted, never built): writes are refused and reads go to PostgreSQL until rebuilt.
-- ``P board:rebuild-lock``: held by the one replica that rebuilds.
-- ``P board:removed``: set of deleted users' ids (tombstones). Removing a user takes their entry
+- ``P T:rebuild-lock``: held by the one replica that rebuilds.
+- ``P T:removed``: set of deleted users' ids (tombstones). Removing a user takes their entry
   off and adds their last version plus one to the board version, as PostgreSQL's
   ``removed_users`` records it (see :mod:`common.removals`); a late event for them is ignored.
 
@@ -20,8 +22,11 @@ Every change is applied by one Lua script, atomically and idempotently: a user's
 to a newer version, so duplicates and reordered events are no-ops. For each applied change the
 script publishes a :class:`common.events.AppliedNotice`
 (``{"action_id","user_id","username","score","version","rank"}``) on channel ``P applied``
-(:func:`common.keyspace.applied_channel`; the gateway's ``Prefer: wait`` listens there), and
-marks the action's done marker :data:`common.keyspace.DONE_APPLIED`.
+(:func:`common.keyspace.applied_channel`, given as an argument: a channel is no key, and in a
+cluster PUBLISH reaches every node; the gateway's ``Prefer: wait`` listens there). The script
+touches the board's slot only; after it, separate commands mark each action's done marker
+:data:`common.keyspace.DONE_APPLIED` and delete its ticket (their own slot,
+:meth:`RedisBoard._mark_applied`).
 """
 
 from __future__ import annotations
@@ -32,12 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis.asyncio as aioredis
-
 from broadcaster.standings import Entry, Removal, ScoreRow, Standing, TopSnapshot, member_for
-from common import keyspace
 from common.events import ScoreChanged
-from common.keyspace import APPLIED_TTL_S, BoardKeys, done_key, ticket_key
+from common.keyspace import APPLIED_TTL_S, DONE_APPLIED, BoardKeys, done_key, ticket_key
+from common.redis_client import RedisClient
 
 _NOT_BUILT: Final = -1
 
@@ -53,34 +56,23 @@ local function user_of(member)
 end
 """
 
-# KEYS: rank, users, version, built, applied channel, removed, held, then per change its
-#       action's done marker and ticket (common.keyspace), or none for rows read from PostgreSQL.
-# ARGV: require_built ("1"/"0"), publish ("1"/"0"), applied marker TTL (s), then per change:
+# KEYS: rank, users, version, built, removed, held (the board's slot only).
+# ARGV: require_built ("1"/"0"), publish ("1"/"0"), the applied channel, then per change:
 #       user_id, version, score, member, username, action_id, held score ('' = as the held
 #       hash says: shadow quarantine, broadcaster.holds).
 # Returns {applied count, board version} or {-1, 0} when the board is not built.
-# A ScoreChanged means its action is applied in PostgreSQL: its done marker becomes DONE_APPLIED
-# (keeping the gateway's TTL, or ARGV[3] seconds when there was none: a claim released after a
-# publish that timed out yet reached Kafka) and the ticket goes, so every replay is a 409.
-_APPLY = keyspace.lua("""
+# The actions' done markers and tickets live in other slots: RedisBoard.apply_changes marks them
+# applied after this script, in commands of their own.
+_APPLY = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   return {-1, 0}
 end
-local publish = ARGV[2] == '1'
+local publish, channel = ARGV[2] == '1', ARGV[3]
 local applied = 0
 for i = 4, #ARGV, 7 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local held = ARGV[i + 6]
-  local action_keys = 8 + (i - 4) / 7 * 2
-  if KEYS[action_keys] then
-    if redis.call('EXISTS', KEYS[action_keys]) == 1 then
-      redis.call('SET', KEYS[action_keys], @DONE_APPLIED, 'KEEPTTL')
-    else
-      redis.call('SET', KEYS[action_keys], @DONE_APPLIED, 'EX', ARGV[3])
-    end
-    redis.call('DEL', KEYS[action_keys + 1])
-  end
   local new_version = tonumber(version)
   local old_version, old_member = 0, false
   local current = redis.call('HGET', KEYS[2], user_id)
@@ -88,18 +80,18 @@ for i = 4, #ARGV, 7 do
     local v, m = string.match(current, '^(%d+)|%d+|([^|]+)|')
     old_version, old_member = tonumber(v), m
   end
-  if new_version > old_version and redis.call('SISMEMBER', KEYS[6], user_id) == 0 then
+  if new_version > old_version and redis.call('SISMEMBER', KEYS[5], user_id) == 0 then
     -- Shadow quarantine: the public entry shows at most the held score, the real one is kept
     -- in the held hash (the player's own standing reads it).
     local shown = score
     if held == '' then
-      held = string.match(redis.call('HGET', KEYS[7], user_id) or '', '^(%d+)|') or ''
+      held = string.match(redis.call('HGET', KEYS[6], user_id) or '', '^(%d+)|') or ''
     end
     if held ~= '' then
       if tonumber(held) < tonumber(score) then
         shown = held
       end
-      redis.call('HSET', KEYS[7], user_id, held .. '|' .. score)
+      redis.call('HSET', KEYS[6], user_id, held .. '|' .. score)
     end
     if old_member and old_member ~= member then
       redis.call('ZREM', KEYS[1], old_member)
@@ -115,14 +107,14 @@ for i = 4, #ARGV, 7 do
       if shown == score then
         rank = redis.call('ZREVRANK', KEYS[1], member) + 1
       end
-      redis.call('PUBLISH', KEYS[5], '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
+      redis.call('PUBLISH', channel, '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
         .. '","username":"' .. username .. '","score":' .. score .. ',"version":' .. version
         .. ',"rank":' .. string.format('%d', rank) .. '}')
     end
   end
 end
 return {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
-""")
+"""
 
 # KEYS: rank, users, version, built, removed. ARGV: require_built ("1"/"0"), then per user:
 #       user_id, the version PostgreSQL recorded at the removal.
@@ -295,9 +287,9 @@ def _parse_value(value: str) -> tuple[int, int, str]:
 class RedisBoard:
     """The board in Redis: apply changes, read the top and players' standings, rebuild support."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.keys = BoardKeys.for_prefix(prefix)
-        self._prefix = prefix
+        self.prefix = prefix  # the deployment's key prefix (settings.redis_prefix)
         self._redis = redis
         self._apply = redis.register_script(_APPLY)
         self._remove = redis.register_script(_REMOVE)
@@ -311,22 +303,41 @@ class RedisBoard:
     async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
         """Apply ScoreChanged events in order; None (nothing done) when the board is not built.
 
-        Each change also confirms its action to the gateway (see :mod:`common.keyspace`).
+        Each change also confirms its action to the gateway (see :mod:`common.keyspace`), once
+        the board has it.
         """
-        args: list[str | int] = ["1", "1", APPLIED_TTL_S]
-        action_keys: list[str] = []
+        args: list[str | int] = ["1", "1", self.keys.applied]
         for c in changes:
             member = member_for(c.user_id, c.occurred_at)
             args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id), ""]
-            action_keys += [
-                done_key(self._prefix, c.action_id),
-                ticket_key(self._prefix, c.action_id),
-            ]
-        return await self._run_apply(args, len(changes), action_keys)
+        result = await self._run_apply(args, len(changes))
+        if result is not None:
+            await self._mark_applied([c.action_id for c in changes])
+        return result
+
+    async def _mark_applied(self, action_ids: Sequence[uuid.UUID]) -> None:
+        """Mark each action :data:`common.keyspace.DONE_APPLIED` and delete its ticket.
+
+        A ScoreChanged means its action is applied in PostgreSQL, so every replay is a 409: the
+        marker keeps the gateway's TTL, or gets :data:`APPLIED_TTL_S` when there was none (a
+        claim released after a publish that timed out yet reached Kafka). An action's two keys
+        share a slot but not the board's, hence commands of their own after the board script,
+        pipelined (one round trip per node). Each is idempotent, so a batch applied again after
+        a failure here (the board part is then a no-op) finishes the job.
+        """
+        if not action_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for action_id in action_ids:
+                done = done_key(self.prefix, action_id)
+                pipe.set(done, DONE_APPLIED, xx=True, keepttl=True)  # the gateway's marker
+                pipe.set(done, DONE_APPLIED, nx=True, ex=APPLIED_TTL_S)  # none: a new one
+                pipe.delete(ticket_key(self.prefix, action_id))
+            await pipe.execute()
 
     async def merge_rows(self, rows: Sequence[ScoreRow]) -> ApplyResult:
         """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing published."""
-        args: list[str | int] = ["0", "0", APPLIED_TTL_S]
+        args: list[str | int] = ["0", "0", self.keys.applied]
         for r in rows:
             member = member_for(r.user_id, r.reached_at)
             held = "" if r.held is None else r.held
@@ -335,13 +346,10 @@ class RedisBoard:
         assert result is not None  # merges do not require the marker
         return result
 
-    async def _run_apply(
-        self, args: list[str | int], count: int, action_keys: Sequence[str] = ()
-    ) -> ApplyResult | None:
+    async def _run_apply(self, args: list[str | int], count: int) -> ApplyResult | None:
         k = self.keys
         applied, version = await self._apply(
-            keys=[k.rank, k.users, k.version, k.built, k.applied, k.removed, k.held, *action_keys],
-            args=args,
+            keys=[k.rank, k.users, k.version, k.built, k.removed, k.held], args=args
         )
         if int(applied) == _NOT_BUILT:
             return None

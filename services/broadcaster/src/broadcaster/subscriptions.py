@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
@@ -62,6 +61,7 @@ from broadcaster.settings import Settings
 from broadcaster.slow_clients import SlowClients
 from common.events import utcnow
 from common.problems import Problem
+from common.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -176,7 +176,7 @@ class Subscriptions:
     def __init__(
         self,
         settings: Settings,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         periods: BoardPeriods,
         metrics: BroadcasterMetrics,
         slow: SlowClients,
