@@ -12,10 +12,9 @@ import redis.asyncio as aioredis
 
 from common.addresses import TrustedProxies, resolve_client_address
 from common.gcra import Rate
-from common.keyspace import done_key
-from common.redis_client import create_redis
 from gateway.components import components_key
 from gateway.ratelimit import Limit, RateLimiter
+from gateway.redis_pipeline import PipelinedRedis
 from gateway.settings import Settings
 from services.gateway.tests.support import Client, MakeGateway, TokenMint, bearer
 
@@ -25,7 +24,7 @@ TAP_NOW = {"tap": {"points": 1, "min_duration_ms": 0, "max_open": 10}}
 @pytest.fixture
 async def limiter(gateway_settings: Callable[..., Settings]) -> AsyncIterator[RateLimiter]:
     settings = gateway_settings()
-    client = create_redis(settings)  # the shared pool queues, never fails
+    client = PipelinedRedis(settings.redis_url)  # the gateway's: one pipelined connection
     yield RateLimiter(client, settings.redis_prefix)
     await client.aclose()
 
@@ -181,7 +180,7 @@ async def test_updates_rejected_before_the_rate_limit_charge_nothing(
     update = "/api/scoreboard/update"
 
     done = await _ticket(client, mint.mint(user_id, sid=sid))
-    await redis_client.set(done_key(prefix, done["action_id"]), "1")
+    await redis_client.set(f"{prefix}done:{done['action_id']}", "1")
     for _ in range(3):  # duplicates
         assert (await client.post(update, json=done, headers=bearer(token))).status == 409
     body = await _ticket(client, token)

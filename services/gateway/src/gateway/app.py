@@ -139,7 +139,7 @@ async def _components(app: web.Application, settings: Settings) -> AsyncIterator
             ),
         )
         signer = TicketSigner(settings.action_hmac_keys)
-        limiter = RateLimiter(redis, prefix)
+        limiter = RateLimiter(pipelined, prefix)
         claims = Claims(
             redis,
             pipelined,

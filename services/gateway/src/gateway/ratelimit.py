@@ -6,6 +6,10 @@ GCRA (the generic cell rate algorithm) keeps one number per key, the theoretical
 ``interval`` (``1 / rate``) later. Several limits are checked and charged together in one script:
 a request denied by any limit charges none of them, and the first denying limit (in the order
 given) is reported. The clock is Redis's own (``TIME``), so replicas with skewed clocks agree.
+
+The script runs on the gateway's auto-pipelined connection (:mod:`gateway.redis_pipeline`): a
+read's limit check through redis-py's client cost about a fifth of the gateway's CPU per read
+(py-spy under bench_ingest's reads), the pipelined call a fraction of that.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from common.gcra import GCRA_LUA, Rate
 from common.problems import TooManyRequests
 from common.rejections import Rejection
+from gateway.redis_pipeline import PipelinedRedis
 from gateway.settings import Settings
 
 
@@ -55,8 +58,8 @@ class RateLimited(TooManyRequests, Rejection):
 class RateLimiter:
     """Checks and charges GCRA limits atomically in Redis."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self._script = redis.register_script(GCRA_LUA)
+    def __init__(self, redis: PipelinedRedis, prefix: str) -> None:
+        self._redis = redis
         self._prefix = f"{prefix}rl:"
 
     def script_input(self, limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
@@ -83,7 +86,7 @@ class RateLimiter:
         if not limits:
             return Decision(allowed=True)
         keys, args = self.script_input(limits)
-        index, wait_us = await self._script(keys=keys, args=args)
+        index, wait_us = await self._redis.eval_script(GCRA_LUA, keys, args)
         return self.decision(limits, index, wait_us)
 
     async def enforce(self, *limits: Limit) -> None:

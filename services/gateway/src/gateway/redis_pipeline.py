@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import ssl
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ class _Protocol(asyncio.Protocol):
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._out: list[bytes] = []
+        self.lost = asyncio.get_running_loop().create_future()  # done once the socket closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -102,6 +104,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
 
 
 class PipelinedRedis:
@@ -208,3 +212,5 @@ class PipelinedRedis:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+            with contextlib.suppress(TimeoutError):  # the socket closes on a later iteration
+                await asyncio.wait_for(asyncio.shield(protocol.lost), 1.0)
