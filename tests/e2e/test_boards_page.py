@@ -17,7 +17,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Page,
+    WebSocket,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from common.boards import BoardDefinition, save_definitions
 from testkit.env import TestEnv
@@ -231,6 +238,12 @@ async def test_boards_page_switches_ranks_counts_down_and_shows_closed_periods(
     assert {"type": "unsubscribe", "board": boards.main, "window": "daily"} in sent
     assert sent[-1] == {"type": "subscribe", "board": boards.main, "window": "weekly", "around": 3}
 
+    # The keyboard moves through the windows, and keeps its place while the page follows.
+    await page.keyboard.press("ArrowRight")
+    await expect(page.locator("#period-label")).to_contain_text(f"Monthly · {today:%Y-%m}")
+    await expect(page.get_by_role("radio", name="Monthly")).to_be_focused()
+    await _expect_top(page, weekly[-2:])
+
     # Another board: only its windows, only the actions that feed it.
     for _ in range(3):
         status, body = await complete_action(http, gw, carol, "tap", wait_s=10)
@@ -240,7 +253,7 @@ async def test_boards_page_switches_ranks_counts_down_and_shows_closed_periods(
     await _expect_top(page, [(carol.username, 3), (bob.username, 1)])
     await expect(summary).to_contain_text("Not on this board yet")
     assert sent[-2:] == [
-        {"type": "unsubscribe", "board": boards.main, "window": "weekly"},
+        {"type": "unsubscribe", "board": boards.main, "window": "monthly"},
         {"type": "subscribe", "board": boards.taps, "window": "daily", "around": 3},
     ]
 
@@ -272,4 +285,69 @@ async def test_boards_page_switches_ranks_counts_down_and_shows_closed_periods(
     await page.screenshot(path=str(ARTIFACTS / "boards-page.png"), full_page=True)
     await page.set_viewport_size({"width": 390, "height": 844})  # a phone
     await page.screenshot(path=str(ARTIFACTS / "boards-page-phone.png"), full_page=True)
+    await page.close()
+
+
+async def test_a_rollover_frame_moves_the_page_to_the_new_period(
+    system: System, boards: Boards, http: aiohttp.ClientSession, browser: Browser
+) -> None:
+    """The reset itself is the broadcaster's (services/broadcaster/tests/test_subscriptions.py,
+    with an injected clock); here the real socket is relayed and a ``period`` frame of the
+    documented shape is added to it, to see the page follow it: the new period, the next reset,
+    the period that just closed offered among the past ones, and an announcement."""
+    await _listed(http, system.gateway, boards.main)
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+    relayed: list[WebSocketRoute] = []
+    daily = (boards.main, "daily")
+    snapshot = asyncio.Event()  # the daily subscription's first top frame reached the page
+
+    def relay(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def to_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame["type"] == "top" and (frame.get("board"), frame.get("window")) == daily:
+                snapshot.set()
+            ws.send(message)
+
+        server.on_message(to_page)
+        ws.on_message(server.send)
+        relayed.append(ws)
+
+    await page.route_web_socket(re.compile(r"/ws/scoreboard$"), relay)
+    await page.goto(system.gateway + "/")
+    await expect(page.locator("#status")).to_contain_text("live", ignore_case=True)
+    await page.locator("#board-select").select_option(boards.main)
+    await page.get_by_role("radio", name="Daily").check()
+    today = datetime.now(UTC).date()
+    label = page.locator("#period-label")
+    await expect(label).to_have_text(f"{boards.main_title} · Daily · {today.isoformat()}")
+    countdown = page.locator("#countdown")
+    assert _seconds(await countdown.inner_text()) < 86_400
+
+    tomorrow = today + timedelta(days=1)
+    starts = datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC)
+    ends = starts + timedelta(days=1)
+    period = {"period": tomorrow.isoformat(), "starts_at": starts.isoformat(),
+              "ends_at": ends.isoformat()}  # fmt: skip
+    frame = {
+        "type": "period",
+        "board": boards.main,
+        "window": "daily",
+        "closed": today.isoformat(),
+        "current": period,
+        "next_reset": ends.isoformat(),
+    }
+    # After the subscription's snapshot, as the server would send it.
+    await asyncio.wait_for(snapshot.wait(), timeout=10)
+    assert len(relayed) == 1
+    relayed[0].send(json.dumps(frame))
+
+    await expect(label).to_have_text(f"{boards.main_title} · Daily · {tomorrow.isoformat()}")
+    left = _seconds(await countdown.inner_text())
+    assert abs(left - (ends - datetime.now(UTC)).total_seconds()) < 5
+    assert left > 86_400
+    await expect(page.locator("#announcer")).to_contain_text(f"period {today.isoformat()} closed")
+    closed = page.locator(f'#period-select option[value="{today.isoformat()}"]')
+    await expect(closed).to_have_text(f"{today.isoformat()} (closed)")
     await page.close()

@@ -53,6 +53,7 @@ const SEND_BUDGET = { burst: 6, perSecond: 1.5 };
 const SUBSCRIBE_RETRY_MS = 3_000;
 /** After a reset time passes without a `period` frame (socket down), ask GET /api/boards. */
 const RESET_GRACE_MS = 3_000;
+const CATALOG_RETRY_MS = 10_000;
 /** How many closed periods the period picker offers, newest first. */
 const PAST_PERIODS = { daily: 14, weekly: 12, monthly: 12 };
 const WINDOW_LABELS = {
@@ -91,7 +92,7 @@ const state = {
    */
   view: { board: DEFAULT_BOARD, window: DEFAULT_WINDOW, archive: null },
   /** The viewed window's live period: its id, next reset (ms since epoch; null: never). */
-  live: { period: null, nextReset: null, refreshing: false, unavailable: "" },
+  live: { period: null, nextReset: null, refreshAfter: 0, unavailable: "" },
   /** The subscription the server holds on the current socket (sent: null when none). */
   sub: { connectionId: 0, sent: null },
   /** The player's live around frame for the viewed window: { period, rank, players, entries }. */
@@ -626,8 +627,15 @@ function windowLabel(window) {
   return WINDOW_LABELS[window] ?? window;
 }
 
-/** Load the boards, retrying with backoff until the gateway answers. */
-async function loadBoards(attempt = 0) {
+let boardsLoading = null;
+
+/** Load the boards, retrying with backoff until the gateway answers (one load at a time). */
+function loadBoards() {
+  boardsLoading ??= fetchBoards().finally(() => (boardsLoading = null));
+  return boardsLoading;
+}
+
+async function fetchBoards(attempt = 0) {
   const outcome = await request("/api/boards");
   if (outcome.ok && Array.isArray(outcome.data?.boards)) {
     const asOf = Date.parse(outcome.data.as_of);
@@ -641,7 +649,7 @@ async function loadBoards(attempt = 0) {
     return;
   }
   await sleep(Math.min(30_000, 2_000 * 2 ** attempt));
-  return loadBoards(attempt + 1);
+  return fetchBoards(attempt + 1);
 }
 
 function isBoard(b) {
@@ -653,7 +661,6 @@ function setLivePeriod(entry) {
   const nextReset = Date.parse(entry?.next_reset ?? "");
   state.live.period = entry?.current?.period ?? null;
   state.live.nextReset = Number.isFinite(nextReset) ? nextReset : null;
-  state.live.refreshing = false;
   scheduleSeasonStart();
 }
 
@@ -1137,12 +1144,17 @@ function boardNote() {
 function renderControls() {
   const { board, window, archive } = state.view;
   const boards = state.boards.size ? [...state.boards.values()] : [{ board, title: boardTitle(board) }];
-  const options = boards.map((b) => option(b.board, b.title ?? b.board));
-  ui.boardSelect.replaceChildren(...options);
+  // Rebuilt only when the lists change, so a focused control keeps its focus.
+  if (changedList(ui.boardSelect, boards.map((b) => `${b.board}:${b.title}`))) {
+    ui.boardSelect.replaceChildren(...boards.map((b) => option(b.board, b.title ?? b.board)));
+  }
   ui.boardSelect.value = board;
 
   const windows = state.boards.get(board)?.windows.map((w) => w.window) ?? [window];
-  ui.windowSwitch.replaceChildren(...windows.map((w) => windowOption(w, w === window)));
+  if (changedList(ui.windowSwitch, windows)) {
+    ui.windowSwitch.replaceChildren(...windows.map((w) => windowOption(w, w === window)));
+  }
+  for (const input of ui.windowSwitch.querySelectorAll("input")) input.checked = input.value === window;
 
   const past = pastPeriods(board, window, state.live.period);
   if (archive && !past.includes(archive.period)) past.unshift(archive.period);
@@ -1167,6 +1179,14 @@ function renderControls() {
   ui.boardHeading.textContent = archive ? "Final standings" : "Top 10";
   renderPager();
   renderCountdown();
+}
+
+/** True (and remembered) when `items` differ from what `element` was last built from. */
+function changedList(element, items) {
+  const signature = JSON.stringify(items);
+  if (element.dataset.items === signature) return false;
+  element.dataset.items = signature;
+  return true;
 }
 
 function option(value, text) {
@@ -1224,8 +1244,8 @@ function renderCountdown() {
   }
   setCountdown("Next reset", "now…", "PT0S");
   // The rollover frame brings the next reset; without one (socket down) ask the catalog.
-  if (left < -RESET_GRACE_MS && !state.live.refreshing) {
-    state.live.refreshing = true;
+  if (left < -RESET_GRACE_MS && Date.now() >= state.live.refreshAfter) {
+    state.live.refreshAfter = Date.now() + CATALOG_RETRY_MS;
     void loadBoards();
   }
 }
