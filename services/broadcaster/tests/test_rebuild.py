@@ -142,3 +142,39 @@ async def test_only_one_replica_rebuilds(
     finally:
         await pool.close()
         await redis_client.delete(*RedisBoard(redis_client, settings.redis_prefix).keys.board)
+
+
+async def test_a_board_under_the_names_before_hash_tags_is_rebuilt_under_the_new_ones(
+    make_settings: SettingsFactory, pg: asyncpg.Connection, redis_client: RedisClient
+) -> None:
+    """The upgrade to the Redis Cluster layout (docs/operations.md): the version before kept the
+    main board as ``P board:*``; the new names have no ``built`` marker, so the first replica
+    rebuilds the board from PostgreSQL, at a version no lower than the old one."""
+    players = [new_player() for _ in range(3)]
+    for i, player in enumerate(players):
+        player.gain(20 + i)
+    await seed(pg, players)
+    settings = make_settings()
+    p = settings.redis_prefix
+    old = {name: f"{p}board:{name}" for name in ("rank", "users", "version", "built")}
+    old_version = await pg.fetchval("SELECT sum(version) FROM scores WHERE version > 0")
+    for key, value in ((old["built"], "{}"), (old["version"], str(old_version))):
+        await redis_client.set(key, value)
+    await redis_client.zadd(old["rank"], {"ghost": 10**9})
+    pool = await create_pool(settings)
+    try:
+        board = RedisBoard(redis_client, p)
+        sync = functools.partial(
+            sync_board, ModerationBoard(redis_client, board), pool, rebuild=True
+        )
+        metrics = BroadcasterMetrics.create(CollectorRegistry())
+        rebuilder = Rebuilder(settings, board, PostgresScores(pool), metrics, before_built=sync)
+        assert not await board.is_built()
+        assert await rebuilder.ensure_built()  # rebuilt, not taken as built
+        assert await _board_rows(board) == [tuple(r) for r in await pg.fetch(_PG_ORDER)]
+        assert (await board.poll() or 0) >= old_version
+    finally:
+        await pool.close()
+        await redis_client.delete(*RedisBoard(redis_client, p).keys.board)
+        for key in old.values():
+            await redis_client.delete(key)  # one key at a time: their slots differ

@@ -14,7 +14,7 @@ from broadcaster.redis_board import RedisBoard
 from common.events import AppliedNotice
 from common.keyspace import APPLIED_TTL_S, done_key, ticket_key
 from common.redis_client import RedisClient
-from testkit.broadcaster import new_player
+from testkit.broadcaster import new_player, subscribed
 
 pytestmark = pytest.mark.redis_cluster
 
@@ -80,8 +80,8 @@ async def test_applied_changes_are_published_with_rank(
     first, second = new_player(), new_player()
     await board.apply_changes([first.gain(100, T0)])
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(board.keys.applied)
     try:
+        await subscribed(pubsub, board.keys.applied)
         change = second.gain(40, T0)
         await board.apply_changes([change, change])  # the duplicate publishes nothing
         after = second.gain(1, T0 + timedelta(seconds=1))
@@ -113,8 +113,8 @@ async def test_the_applied_notice_is_the_contracts(
     leader, player = new_player(), new_player()
     await board.apply_changes([leader.gain(500, T0)])
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(board.keys.applied)
     try:
+        await subscribed(pubsub, board.keys.applied)
         change = player.gain(70, T0 + timedelta(seconds=1))
         await board.apply_changes([change])
         msg = None

@@ -1,6 +1,7 @@
 """The board's keys on a real three-master Redis Cluster: one slot per board period, the periods
-spread over the nodes, and an action's done marker and ticket marked applied on whichever node
-holds them (docs/architecture.md "Redis Cluster layout").
+spread over the nodes, an action's done marker and ticket marked applied on whichever node
+holds them, and a broadcaster with its boards on the cluster and the actions on the server the
+gateway shares (docs/architecture.md "Redis Cluster layout").
 
 The board tests themselves run on the cluster too (``redis_cluster`` marker, conftest.py).
 """
@@ -11,18 +12,20 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from broadcaster.components import components_key
 from broadcaster.period_boards import PeriodBoards, PeriodEntry
 from broadcaster.redis_board import RedisBoard
 from broadcaster.standings import member_for
 from common.keyspace import BoardKeys, PeriodBoardKeys, done_key, ticket_key
-from common.redis_client import create_redis_or_cluster
+from common.redis_client import RedisClient, create_redis_or_cluster
 from common.settings import CommonSettings
-from testkit.broadcaster import new_player
+from testkit.broadcaster import Send, SettingsFactory, applied_inbox, new_player, seed, serve
 from testkit.env import TestEnv
 from testkit.redis_cluster import LocalRedisCluster
 
@@ -165,3 +168,49 @@ async def test_the_cluster_refuses_a_script_given_keys_of_two_slots(
     node = cluster.get_node_from_key(board.rank)
     with pytest.raises(ResponseError, match="hash to the same slot"):
         await cluster.execute_command("EVAL", "return 1", 2, *keys, target_nodes=node)
+
+
+async def test_the_boards_on_the_cluster_and_the_actions_on_the_gateways_redis(
+    make_settings: SettingsFactory,
+    redis_cluster: LocalRedisCluster,
+    redis_client: RedisClient,
+    pg: asyncpg.Connection,
+    send: Send,
+) -> None:
+    """SCOREBOARD_BOARD_REDIS_URL on the cluster, SCOREBOARD_REDIS_URL on the server the
+    gateway uses: the board lives on the cluster only; the marker, the ticket and the notice
+    the gateway waits for are on the server."""
+    players = [new_player() for _ in range(3)]
+    for i, p in enumerate(players):
+        p.gain(10 * (i + 1), T0)
+    await seed(pg, players)
+    settings = make_settings(board_redis_url=redis_cluster.url)
+    assert settings.redis_url != redis_cluster.url  # the shared server
+    async with serve(settings) as client:
+        board = client.app[components_key].board
+        mover = players[0]
+        change = mover.gain(10**6)
+        done, ticket = (
+            done_key(settings.redis_prefix, change.action_id),
+            ticket_key(settings.redis_prefix, change.action_id),
+        )
+        await redis_client.set(ticket, "{}", ex=600)
+        await redis_client.set(done, "p:1764240000000", ex=3600)
+        async with applied_inbox(redis_client, board.keys.applied) as inbox:
+            await send(change)
+            applied = await inbox.wait_for(change.action_id)
+        assert (applied["user_id"], applied["rank"]) == (str(mover.user_id), 1)
+        assert await redis_client.get(done) == b"1"
+        assert await redis_client.exists(ticket) == 0
+        resp = await client.get("/api/scoreboard/top", params={"limit": "1"})
+        assert (await resp.json())["entries"][0]["user_id"] == str(mover.user_id)
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+    on_cluster = set().union(*(await _keys_by_node(redis_cluster, settings.redis_prefix)).values())
+    k = board.keys
+    assert {k.rank, k.users, k.version, k.built} <= on_cluster
+    on_server = [
+        k async for k in redis_client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)
+    ]
+    assert on_server == [done.encode()]  # the board is not there; the ticket is gone
+    await redis_client.delete(done)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from common.addresses import TrustedProxies, resolve_client_address
 from common.gcra import Rate
+from common.keyspace import done_key
 from gateway.components import components_key
 from gateway.ratelimit import Limit, RateLimiter
 from gateway.redis_pipeline import PipelinedRedis
@@ -180,7 +181,7 @@ async def test_updates_rejected_before_the_rate_limit_charge_nothing(
     update = "/api/scoreboard/update"
 
     done = await _ticket(client, mint.mint(user_id, sid=sid))
-    await redis_client.set(f"{prefix}done:{done['action_id']}", "1")
+    await redis_client.set(done_key(prefix, done["action_id"]), "1")
     for _ in range(3):  # duplicates
         assert (await client.post(update, json=done, headers=bearer(token))).status == 409
     body = await _ticket(client, token)

@@ -1,9 +1,9 @@
 """The Redis client with timeouts and a pool that queues briefly instead of failing.
 
-``SCOREBOARD_REDIS_URL`` names one server (``redis://``, ``rediss://``) or a Redis Cluster
+A Redis URL names one server (``redis://``, ``rediss://``) or a Redis Cluster
 (``redis+cluster://`` or ``rediss+cluster://``, then one or more of its nodes, comma-separated:
 ``redis+cluster://user:password@10.0.0.1:6379,10.0.0.2:6379``; the client learns the others
-from them). Only services whose scripts keep to one slot each take a cluster
+from them). Only code whose scripts keep to one slot each takes a cluster
 (:func:`create_redis_or_cluster`: the broadcaster, docs/architecture.md "Redis Cluster layout");
 :func:`create_redis` refuses one.
 """
@@ -40,23 +40,25 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
-def create_redis(settings: CommonSettings) -> aioredis.Redis:
+def create_redis(settings: CommonSettings, url: str | None = None) -> aioredis.Redis:
     """A pooled client; commands time out rather than hang (Redis down must not stall requests).
 
     redis-py's default pool raises "Too many connections" beyond its limit; under a burst a
     request should wait a moment for a free connection instead.
 
-    Raises :class:`ClusterNotSupported` for a cluster URL: the calling service's scripts touch
-    keys of several slots (docs/architecture.md "Redis Cluster layout").
+    ``url`` defaults to ``settings.redis_url``. Raises :class:`ClusterNotSupported` for a
+    cluster URL: the calling service's scripts touch keys of several slots
+    (docs/architecture.md "Redis Cluster layout").
     """
-    if is_cluster_url(settings.redis_url):
+    url = url or settings.redis_url
+    if is_cluster_url(url):
         raise ClusterNotSupported(
             f"{settings.service_name} needs one Redis server, not a Redis Cluster "
             "(SCOREBOARD_REDIS_URL is a redis+cluster:// URL): its scripts touch keys of "
             "several slots"
         )
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+        url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
         socket_timeout=REDIS_TIMEOUT_S,
@@ -71,17 +73,19 @@ def create_redis(settings: CommonSettings) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
-def create_redis_or_cluster(settings: CommonSettings) -> RedisClient:
-    """:func:`create_redis`, or a :class:`RedisCluster` client for a cluster URL.
+def create_redis_or_cluster(settings: CommonSettings, url: str | None = None) -> RedisClient:
+    """:func:`create_redis`, or a :class:`RedisCluster` client for a cluster URL (``url``,
+    default ``settings.redis_url``).
 
     The cluster client routes each command (and each script, by its first key) to the node
     that holds its slot, follows MOVED and ASK redirections, and pipelines per node. Its pools
     are per node, ``redis_max_connections`` each, and do not queue: past the limit a command
     fails at once (redis-py has no blocking pool for clusters).
     """
-    if not is_cluster_url(settings.redis_url):
-        return create_redis(settings)
-    parts = urlsplit(settings.redis_url)
+    url = url or settings.redis_url
+    if not is_cluster_url(url):
+        return create_redis(settings, url)
+    parts = urlsplit(url)
     credentials, _, hosts = parts.netloc.rpartition("@")
     username, _, password = credentials.partition(":")
     nodes = [_node(seed) for seed in hosts.split(",") if seed]

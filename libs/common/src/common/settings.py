@@ -42,7 +42,8 @@ class CommonSettings(BaseSettings):
 
     # One server (redis://, rediss://), or a Redis Cluster: redis+cluster://[user:pw@]host:port
     # with one or more nodes comma-separated (rediss+cluster:// with TLS). Only the broadcaster
-    # takes a cluster (common.redis_client; docs/architecture.md "Redis Cluster layout").
+    # takes a cluster, here or for its boards alone (SCOREBOARD_BOARD_REDIS_URL); the gateway
+    # and auth refuse one (common.redis_client; docs/architecture.md "Redis Cluster layout").
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key starts with this, so test runs and tenants never see each other's data.
     # No braces: the keys' Redis Cluster hash tags come after it (common.keyspace).

@@ -218,12 +218,23 @@ class AppliedInbox:
                         return doc
 
 
+async def subscribed(pubsub: PubSub, channel: str, wait_s: float = 5.0) -> None:
+    """Subscribe to ``channel`` and wait until Redis confirms it: only then does a message
+    published elsewhere reach this subscriber (on a cluster, PUBLISH travels between nodes)."""
+    await pubsub.subscribe(channel)
+    async with asyncio.timeout(wait_s):
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg is not None and msg["type"] == "subscribe":
+                return
+
+
 @contextlib.asynccontextmanager
 async def applied_inbox(redis: RedisClient, channel: str) -> AsyncIterator[AppliedInbox]:
-    """Subscribe to ``channel`` for the duration of the block."""
+    """Subscribe to ``channel`` for the duration of the block (confirmed before it starts)."""
     pubsub = redis.pubsub()
-    await pubsub.subscribe(channel)
     try:
+        await subscribed(pubsub, channel)
         yield AppliedInbox(pubsub)
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]

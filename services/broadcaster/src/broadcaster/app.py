@@ -1,6 +1,7 @@
 """Wiring: the broadcaster's aiohttp application and the resources it owns.
 
-Start-up order (one cleanup context): the Redis and PostgreSQL clients, then the board's parts
+Start-up order (one cleanup context): the Redis clients (the boards' own when
+SCOREBOARD_BOARD_REDIS_URL is set, maybe a Redis Cluster) and PostgreSQL, then the board's parts
 (:class:`broadcaster.components.Components`, under one AppKey), then the background tasks (the
 Kafka consumer, the removals watcher and the fan-out ticker, in :func:`common.tasks.running`).
 On shutdown, WebSocket clients are closed first with 1012 (``on_shutdown``), then the tasks
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
@@ -69,8 +71,8 @@ def _lifetime(settings: Settings, metrics: BroadcasterMetrics) -> CleanupCtx:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with (
-            _clients(settings, app[readiness_key]) as (redis, pool),
-            _components(settings, metrics, redis, pool) as parts,
+            _clients(settings, app[readiness_key]) as clients,
+            _components(settings, metrics, clients) as parts,
         ):
             app[components_key] = parts
             async with running(
@@ -87,37 +89,59 @@ def _lifetime(settings: Settings, metrics: BroadcasterMetrics) -> CleanupCtx:
     return ctx
 
 
+@dataclass(frozen=True)
+class _Clients:
+    boards: RedisClient  # the boards (SCOREBOARD_BOARD_REDIS_URL, maybe a Redis Cluster)
+    actions: RedisClient  # done markers, tickets, the applied channel (SCOREBOARD_REDIS_URL)
+    pool: asyncpg.Pool
+
+
 @asynccontextmanager
 async def _clients(
     settings: Settings, readiness: dict[str, ReadinessCheck]
-) -> AsyncIterator[tuple[RedisClient, asyncpg.Pool]]:
-    redis = create_redis_or_cluster(settings)  # a Redis Cluster for a redis+cluster:// URL
-    # redis-py retries a failed command 10 times with up to 1 s between tries (about 5 s when
-    # Redis is down); the broadcaster has PostgreSQL to fall back on, so it gives up sooner.
-    redis.set_retry(Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
+) -> AsyncIterator[_Clients]:
+    # A Redis Cluster for a redis+cluster:// URL (docs/architecture.md "Redis Cluster layout").
+    actions = create_redis_or_cluster(settings)
+    boards = (
+        create_redis_or_cluster(settings, settings.board_redis_url)
+        if settings.board_redis_url
+        else actions
+    )
+    for redis in (actions,) if boards is actions else (actions, boards):
+        # redis-py retries a failed command 10 times with up to 1 s between tries (about 5 s
+        # when Redis is down); the broadcaster has PostgreSQL to fall back on: it gives up sooner.
+        redis.set_retry(Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
     pool = await create_pool(settings)
 
     async def redis_ready() -> None:
-        await redis.ping()
+        await actions.ping()
+
+    async def board_redis_ready() -> None:
+        await boards.ping()
 
     async def postgres_ready() -> None:
         async with pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
 
     readiness["redis"] = redis_ready
+    if boards is not actions:
+        readiness["board-redis"] = board_redis_ready
     readiness["postgres"] = postgres_ready
     try:
-        yield redis, pool
+        yield _Clients(boards, actions, pool)
     finally:
         await pool.close()
-        await redis.aclose()
+        await actions.aclose()
+        if boards is not actions:
+            await boards.aclose()
 
 
 @asynccontextmanager
 async def _components(
-    settings: Settings, metrics: BroadcasterMetrics, redis: RedisClient, pool: asyncpg.Pool
+    settings: Settings, metrics: BroadcasterMetrics, clients: _Clients
 ) -> AsyncIterator[Components]:
-    board = RedisBoard(redis, settings.redis_prefix)
+    redis, pool = clients.boards, clients.pool
+    board = RedisBoard(redis, settings.redis_prefix, actions=clients.actions)
     scores = PostgresScores(pool)
     moderation = ModerationBoard(redis, board)
     # Every rebuild syncs the bans before the board is marked built.
@@ -128,7 +152,9 @@ async def _components(
     periods = BoardPeriods(
         settings, PeriodBoards(redis), PostgresBoards(pool), pool, board.keys, rebuilder
     )
-    fanout.subscriptions = Subscriptions(settings, redis, periods, metrics, fanout.slow)
+    fanout.subscriptions = Subscriptions(
+        settings, redis, periods, metrics, fanout.slow, fanout.connections
+    )
     try:
         yield Components(
             settings=settings,

@@ -19,14 +19,14 @@ Cluster slot):
   ``removed_users`` records it (see :mod:`common.removals`); a late event for them is ignored.
 
 Every change is applied by one Lua script, atomically and idempotently: a user's entry moves only
-to a newer version, so duplicates and reordered events are no-ops. For each applied change the
-script publishes a :class:`common.events.AppliedNotice`
-(``{"action_id","user_id","username","score","version","rank"}``) on channel ``P applied``
-(:func:`common.keyspace.applied_channel`, given as an argument: a channel is no key, and in a
-cluster PUBLISH reaches every node; the gateway's ``Prefer: wait`` listens there). The script
-touches the board's slot only; after it, separate commands mark each action's done marker
-:data:`common.keyspace.DONE_APPLIED` and delete its ticket (their own slot,
-:meth:`RedisBoard._mark_applied`).
+to a newer version, so duplicates and reordered events are no-ops. The script touches the
+board's slot only and returns a :class:`common.events.AppliedNotice`
+(``{"action_id","user_id","username","score","version","rank"}``) per applied change. After it,
+separate commands (:meth:`RedisBoard._confirm`) mark each action's done marker
+:data:`common.keyspace.DONE_APPLIED`, delete its ticket (their own slot, on the Redis the
+gateway shares: the board may be on a Redis Cluster of its own) and publish the notices on
+channel ``P applied`` (:func:`common.keyspace.applied_channel`; the gateway's ``Prefer: wait``
+listens there).
 """
 
 from __future__ import annotations
@@ -57,19 +57,21 @@ end
 """
 
 # KEYS: rank, users, version, built, removed, held (the board's slot only).
-# ARGV: require_built ("1"/"0"), publish ("1"/"0"), the applied channel, then per change:
-#       user_id, version, score, member, username, action_id, held score ('' = as the held
-#       hash says: shadow quarantine, broadcaster.holds).
-# Returns {applied count, board version} or {-1, 0} when the board is not built.
-# The actions' done markers and tickets live in other slots: RedisBoard.apply_changes marks them
-# applied after this script, in commands of their own.
+# ARGV: require_built ("1"/"0"), notices ("1"/"0"), then per change: user_id, version, score,
+#       member, username, action_id, held score ('' = as the held hash says: shadow
+#       quarantine, broadcaster.holds).
+# Returns {applied count, board version, then per applied change its AppliedNotice JSON when
+# notices are asked for}, or {-1, 0} when the board is not built.
+# The actions' done markers and tickets, and the applied channel, are elsewhere (another slot,
+# maybe another Redis): RedisBoard.apply_changes marks the actions and publishes the notices
+# after this script, in commands of their own.
 _APPLY = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   return {-1, 0}
 end
-local publish, channel = ARGV[2] == '1', ARGV[3]
-local applied = 0
-for i = 4, #ARGV, 7 do
+local notify = ARGV[2] == '1'
+local applied, notices = 0, {}
+for i = 3, #ARGV, 7 do
   local user_id, version, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local member, username, action_id = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local held = ARGV[i + 6]
@@ -101,19 +103,23 @@ for i = 4, #ARGV, 7 do
     redis.call('HSET', KEYS[2], user_id, value)
     redis.call('INCRBY', KEYS[3], string.format('%d', new_version - old_version))
     applied = applied + 1
-    if publish then
+    if notify then
       -- The notice goes to the player's own request: their real score, ranked as if shown.
       local rank = redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf') + 1
       if shown == score then
         rank = redis.call('ZREVRANK', KEYS[1], member) + 1
       end
-      redis.call('PUBLISH', channel, '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
+      notices[#notices + 1] = '{"action_id":"' .. action_id .. '","user_id":"' .. user_id
         .. '","username":"' .. username .. '","score":' .. score .. ',"version":' .. version
-        .. ',"rank":' .. string.format('%d', rank) .. '}')
+        .. ',"rank":' .. string.format('%d', rank) .. '}'
     end
   end
 end
-return {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
+local out = {applied, tonumber(redis.call('GET', KEYS[3]) or '0')}
+for _, notice in ipairs(notices) do
+  out[#out + 1] = notice
+end
+return out
 """
 
 # KEYS: rank, users, version, built, removed. ARGV: require_built ("1"/"0"), then per user:
@@ -250,6 +256,15 @@ end
 return 0
 """
 
+# No KEYS (a channel is no key: on a cluster any node takes it, and PUBLISH reaches them all).
+# ARGV: the applied channel, then the notices to publish on it, in order.
+_PUBLISH = """
+for i = 2, #ARGV do
+  redis.call('PUBLISH', ARGV[1], ARGV[i])
+end
+return #ARGV - 1
+"""
+
 _REFRESH_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -287,10 +302,15 @@ def _parse_value(value: str) -> tuple[int, int, str]:
 class RedisBoard:
     """The board in Redis: apply changes, read the top and players' standings, rebuild support."""
 
-    def __init__(self, redis: RedisClient, prefix: str) -> None:
+    def __init__(
+        self, redis: RedisClient, prefix: str, *, actions: RedisClient | None = None
+    ) -> None:
+        """``redis`` holds the board; ``actions`` (default: ``redis``) the actions' done markers
+        and tickets and the applied channel, which the gateway shares."""
         self.keys = BoardKeys.for_prefix(prefix)
         self.prefix = prefix  # the deployment's key prefix (settings.redis_prefix)
         self._redis = redis
+        self._actions = redis if actions is None else actions
         self._apply = redis.register_script(_APPLY)
         self._remove = redis.register_script(_REMOVE)
         self._top = redis.register_script(_TOP)
@@ -299,61 +319,75 @@ class RedisBoard:
         self._sync_steps = redis.register_script(_SYNC_STEPS)
         self._refresh_lock = redis.register_script(_REFRESH_LOCK)
         self._release_lock = redis.register_script(_RELEASE_LOCK)
+        self._publish = self._actions.register_script(_PUBLISH)
 
     async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
         """Apply ScoreChanged events in order; None (nothing done) when the board is not built.
 
-        Each change also confirms its action to the gateway (see :mod:`common.keyspace`), once
-        the board has it.
+        Once the board has them, each change confirms its action to the gateway and each
+        applied one is announced (see :meth:`_confirm`).
         """
-        args: list[str | int] = ["1", "1", self.keys.applied]
+        args: list[str | int] = ["1", "1"]
         for c in changes:
             member = member_for(c.user_id, c.occurred_at)
             args += [str(c.user_id), c.version, c.score, member, c.username, str(c.action_id), ""]
-        result = await self._run_apply(args, len(changes))
-        if result is not None:
-            await self._mark_applied([c.action_id for c in changes])
+        reply = await self._run_apply(args)
+        if reply is None:
+            return None
+        result, notices = self._result(reply, len(changes))
+        await self._confirm([c.action_id for c in changes], notices)
         return result
 
-    async def _mark_applied(self, action_ids: Sequence[uuid.UUID]) -> None:
-        """Mark each action :data:`common.keyspace.DONE_APPLIED` and delete its ticket.
+    async def _confirm(self, action_ids: Sequence[uuid.UUID], notices: Sequence[bytes]) -> None:
+        """Mark each action :data:`common.keyspace.DONE_APPLIED`, delete its ticket, then
+        publish the :class:`common.events.AppliedNotice` of each change the board applied.
 
         A ScoreChanged means its action is applied in PostgreSQL, so every replay is a 409: the
         marker keeps the gateway's TTL, or gets :data:`APPLIED_TTL_S` when there was none (a
         claim released after a publish that timed out yet reached Kafka). An action's two keys
-        share a slot but not the board's, hence commands of their own after the board script,
-        pipelined (one round trip per node). Each is idempotent, so a batch applied again after
-        a failure here (the board part is then a no-op) finishes the job.
+        share a slot but not the board's (and may be on another Redis), hence commands of their
+        own after the board script, pipelined (one round trip per node), then the notices in
+        one more (a cluster pipeline cannot PUBLISH). Each marking is
+        idempotent, so a batch applied again after a failure here finishes the job (the board
+        part is then a no-op, and announces nothing: a ``Prefer: wait`` request then answers
+        202 at its timeout, as for any notice it misses). The notices go last, so a client
+        told its action is applied finds the marker applied.
         """
         if not action_ids:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._actions.pipeline(transaction=False) as pipe:
             for action_id in action_ids:
                 done = done_key(self.prefix, action_id)
                 pipe.set(done, DONE_APPLIED, xx=True, keepttl=True)  # the gateway's marker
                 pipe.set(done, DONE_APPLIED, nx=True, ex=APPLIED_TTL_S)  # none: a new one
                 pipe.delete(ticket_key(self.prefix, action_id))
             await pipe.execute()
+        if notices:
+            await self._publish(keys=[], args=[self.keys.applied, *notices])
 
     async def merge_rows(self, rows: Sequence[ScoreRow]) -> ApplyResult:
-        """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing published."""
-        args: list[str | int] = ["0", "0", self.keys.applied]
+        """Apply rows read from PostgreSQL (a rebuild): same version rule, nothing announced."""
+        args: list[str | int] = ["0", "0"]
         for r in rows:
             member = member_for(r.user_id, r.reached_at)
             held = "" if r.held is None else r.held
             args += [str(r.user_id), r.version, r.score, member, r.username, "", held]
-        result = await self._run_apply(args, len(rows))
-        assert result is not None  # merges do not require the marker
-        return result
+        reply = await self._run_apply(args)
+        assert reply is not None  # merges do not require the marker
+        return self._result(reply, len(rows))[0]
 
-    async def _run_apply(self, args: list[str | int], count: int) -> ApplyResult | None:
+    async def _run_apply(self, args: list[str | int]) -> list[Any] | None:
         k = self.keys
-        applied, version = await self._apply(
+        reply: list[Any] = await self._apply(
             keys=[k.rank, k.users, k.version, k.built, k.removed, k.held], args=args
         )
-        if int(applied) == _NOT_BUILT:
-            return None
-        return ApplyResult(applied=int(applied), stale=count - int(applied), version=int(version))
+        return None if int(reply[0]) == _NOT_BUILT else reply
+
+    @staticmethod
+    def _result(reply: list[Any], count: int) -> tuple[ApplyResult, list[bytes]]:
+        applied, version, *notices = reply
+        result = ApplyResult(applied=int(applied), stale=count - int(applied), version=int(version))
+        return result, notices
 
     async def remove_users(
         self, removals: Sequence[Removal], *, require_built: bool = True

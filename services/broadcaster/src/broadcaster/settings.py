@@ -60,6 +60,11 @@ class Settings(CommonSettings):
     holds_poll_s: float = Field(default=1.0, gt=0)
     # After a Redis failure, reads go straight to PostgreSQL for this long (no 2 s connect waits).
     redis_retry_after_s: float = Field(default=1.0, ge=0)
+    # Where the boards live, when not with the rest on SCOREBOARD_REDIS_URL (which keeps the
+    # actions' done markers and tickets and the applied channel, shared with the gateway): one
+    # server, or a Redis Cluster (redis+cluster://node:port[,node:port], common.redis_client;
+    # docs/architecture.md "Redis Cluster layout"). Empty: SCOREBOARD_REDIS_URL.
+    board_redis_url: str = ""
 
     # WebSocket fan-out.
     top_size: int = Field(default=10, ge=1, le=100)
