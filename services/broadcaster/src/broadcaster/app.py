@@ -152,9 +152,7 @@ async def _components(
     periods = BoardPeriods(
         settings, PeriodBoards(redis), PostgresBoards(pool), pool, board.keys, rebuilder
     )
-    fanout.subscriptions = Subscriptions(
-        settings, redis, periods, metrics, fanout.slow, fanout.connections
-    )
+    fanout.subscriptions = Subscriptions(settings, redis, periods, metrics, fanout.slow)
     try:
         yield Components(
             settings=settings,
