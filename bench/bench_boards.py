@@ -177,6 +177,10 @@ class ReadTrial:
             "target_p99_ms": READ_TARGETS_P99_MS.get(self.kind),
             "statuses": self.statuses,
             "cores": self.cores,
+            # CPU per answered read, per process group: steadier than latency on a busy machine.
+            "cpu_ms_per_read": {
+                k: round(v * self.seconds * 1000 / ok, 2) for k, v in self.cores.items() if ok
+            },
         }
 
 
