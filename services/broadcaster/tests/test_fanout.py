@@ -248,3 +248,55 @@ async def test_drain_tells_every_client_to_reconnect_elsewhere(rig: Rig) -> None
     for w in watchers:
         assert isinstance(w.ws, RecordingWebSocket)
         assert w.ws.closed_with == (CLOSE_RESTART, b"service restart")
+
+
+class StampingTransport(RecordingTransport):
+    """Also notes, for each write, the clock value the fan-out was told (``clock[0]``)."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+        self.stamps: list[float] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.stamps.append(self._clock[0])
+
+
+async def test_clients_joining_a_busy_board_never_get_more_than_the_cap_in_a_second(
+    rig: Rig,
+) -> None:
+    # Changes at twice the frame rate for 2.5 s, a tick every 10 ms, and clients joining all
+    # along: each one's snapshot counts, so for some the next broadcasts must wait.
+    loop = asyncio.get_running_loop()
+    players = [new_player() for _ in range(5)]
+    clock = [loop.time()]
+    joined: list[tuple[Watcher, StampingTransport]] = []
+    start = loop.time()
+    tick = 0
+    while loop.time() - start < 2.5:
+        if tick % 5 == 0:
+            await rig.apply((players[tick % 5], 1 + tick))
+        if tick % 11 == 0:
+            transport = StampingTransport(clock)
+            clock[0] = loop.time()
+            w = await rig.fanout.attach(RecordingWebSocket(), transport, None)
+            joined.append((w, transport))
+        clock[0] = loop.time()
+        await rig.fanout.ticker.tick(clock[0])
+        await asyncio.sleep(0.01)
+        tick += 1
+    end = clock[0]
+
+    assert len(joined) >= 5
+    for _, transport in joined:
+        stamps = transport.stamps  # only top frames: nobody here is signed in
+        spans = [stamps[i + 10] - stamps[i] for i in range(len(stamps) - 10)]
+        assert min(spans, default=1.0) >= 1.0 - 2e-3, spans
+    # Clients there for the last second and a half got about the rate, not less...
+    early = [t.stamps for _, t in joined if end - t.stamps[0] >= 1.5]
+    assert early
+    last_second = [sum(s >= end - 1.0 for s in stamps) for stamps in early]
+    assert min(last_second) >= 8, last_second
+    # ...and are back on the broadcasts' shared history (no bookkeeping of their own).
+    assert all(w.pace is None for w, t in joined if end - t.stamps[0] >= 1.5)

@@ -23,7 +23,7 @@ def _send_all(pacing: Pacing, changes: list[float]) -> list[tuple[float, float]]
         if at <= last_send:  # it rides on the frame already going
             sent.append((at, last_send))
             continue
-        when = max(at, pacing.next_at(pace))
+        when = max(at, pace.next_at)
         pacing.sent(pace, when)
         last_send = when
         sent.append((at, when))

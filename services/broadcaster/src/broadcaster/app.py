@@ -152,7 +152,9 @@ async def _components(
     periods = BoardPeriods(
         settings, PeriodBoards(redis), PostgresBoards(pool), pool, board.keys, rebuilder
     )
-    fanout.subscriptions = Subscriptions(settings, redis, periods, metrics, fanout.slow)
+    fanout.subscriptions = Subscriptions(
+        settings, redis, periods, metrics, fanout.slow, fanout.connections
+    )
     try:
         yield Components(
             settings=settings,

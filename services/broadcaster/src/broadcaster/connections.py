@@ -32,8 +32,10 @@ class Watcher:
     ws: web.WebSocketResponse
     transport: asyncio.Transport
     user_id: str | None
-    pace: Pace  # its top frames (broadcaster.pacing)
     top_version: int = -1
+    # Its top frames' history (broadcaster.pacing); None: only broadcasts lately, it shares
+    # ``Connections.broadcasts``.
+    pace: Pace | None = None
     me_state: MeState | None = None
     me_pending: bytes | None = None
     stuck_since: float | None = None
@@ -51,7 +53,8 @@ class Connections:
 
     def __init__(self, metrics: BroadcasterMetrics, close_grace_s: float, pacing: Pacing) -> None:
         self._metrics = metrics
-        self._pacing = pacing
+        self.pacing = pacing
+        self.broadcasts = pacing.pace()  # the ticker's broadcasts: most connections' history
         self._close_grace_s = close_grace_s
         self._all: dict[Watcher, None] = {}  # an ordered set: broadcasts go in connection order
         self._by_user: dict[str, set[Watcher]] = {}
@@ -78,12 +81,22 @@ class Connections:
         self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str | None
     ) -> Watcher:
         """Register a connection (``user_id``: the player it belongs to, if any)."""
-        w = Watcher(ws, transport, user_id, self._pacing.pace())
+        w = Watcher(ws, transport, user_id)
         self._all[w] = None
         if user_id is not None:
             self._by_user.setdefault(user_id, set()).add(w)
         self._metrics.ws_clients.set(len(self._all))
         return w
+
+    def own_pace(self, w: Watcher) -> Pace:
+        """``w``'s history of its own (forked from the broadcasts' when it shared them)."""
+        if w.pace is None:
+            w.pace = self.pacing.fork(self.broadcasts)
+        return w.pace
+
+    def sent_own(self, w: Watcher, now: float) -> None:
+        """Record a top frame of ``w``'s own (not a broadcast) sent at ``now``."""
+        self.pacing.sent(self.own_pace(w), now, own=True)
 
     def remove(self, w: Watcher) -> bool:
         """Forget a connection; True when it was its player's last one here."""

@@ -47,7 +47,6 @@ class Fanout:
         metrics: BroadcasterMetrics,
     ) -> None:
         self._metrics = metrics
-        self._pacing = settings.pacing
         self.connections = Connections(metrics, settings.ws_close_grace_s, settings.pacing)
         self.me = MeLookups(settings, reader, self.connections)
         self.slow = SlowClients(settings, metrics, self.connections)
@@ -79,7 +78,7 @@ class Fanout:
         if frame.version > w.top_version and w.writable:
             w.transport.write(frame.data)
             w.top_version = frame.version
-            self._pacing.sent(w.pace, asyncio.get_running_loop().time())
+            self.connections.sent_own(w, asyncio.get_running_loop().time())
             self._metrics.ws_frames.labels("top").inc()
         if w.user_id is not None:
             current = self.ticker.frame

@@ -36,7 +36,7 @@ class MeLookups:
     @property
     def next_rank_round_at(self) -> float:
         """When the next round of rank-only lookups may run (:mod:`broadcaster.pacing`)."""
-        return self._pacing.next_at(self._rank_rounds)
+        return self._rank_rounds.next_at
 
     @property
     def queued(self) -> bool:

@@ -52,7 +52,7 @@ from broadcaster.board_periods import (
     UnknownWindow,
     WindowNotOnBoard,
 )
-from broadcaster.connections import Watcher
+from broadcaster.connections import Connections, Watcher
 from broadcaster.frames import text_frame
 from broadcaster.metrics import BroadcasterMetrics
 from broadcaster.pacing import Pace
@@ -180,6 +180,7 @@ class Subscriptions:
         periods: BoardPeriods,
         metrics: BroadcasterMetrics,
         slow: SlowClients,
+        connections: Connections,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._top_size = settings.top_size
@@ -189,6 +190,7 @@ class Subscriptions:
         self._periods = periods
         self._metrics = metrics
         self._slow = slow
+        self._connections = connections  # (the pacing of each client's top frames)
         self.clock = clock
         self._feeds: dict[FeedKey, Feed] = {}
         self._of: dict[Watcher, dict[FeedKey, Feed]] = {}
@@ -275,7 +277,7 @@ class Subscriptions:
         self._count()
         if w.writable and feed.data:
             w.transport.write(feed.data)
-            self._pacing.sent(w.pace, asyncio.get_running_loop().time())
+            self._connections.sent_own(w, asyncio.get_running_loop().time())
             self._metrics.ws_frames.labels("top").inc()
         feed.around.pop(w, None)
         if around > 0 and w.user_id is not None:
@@ -474,7 +476,7 @@ class Subscriptions:
             if not behind:
                 self._owing.discard(w)
                 continue
-            if not self._pacing.due(w.pace, now):
+            if not self._pacing.due(self._connections.own_pace(w), now):
                 continue
             f = min(behind, key=lambda f: f.changed_at)
             last = f.subscribers[w]
@@ -483,7 +485,7 @@ class Subscriptions:
                 data = f.rolled + data  # the rollover first (also when it lagged past it)
             w.transport.write(data)
             f.subscribers[w] = f.seq
-            self._pacing.sent(w.pace, now)
+            self._connections.sent_own(w, now)
             sent += 1
             if len(behind) == 1:
                 self._owing.discard(w)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -75,8 +76,9 @@ class Ticker:
         self._me = me
         self._slow = slow
         self._interval = settings.tick_interval_s
-        self._pacing = settings.pacing
-        self._broadcasts = self._pacing.pace()  # broadcasts are paced as each connection is
+        self._pacing = connections.pacing
+        self._broadcasts = connections.broadcasts  # paced as each connection is: most share it
+        self._broadcast_at = -math.inf  # when the last one went
         self._frame: TopFrame | None = None
         self._seen_version: int | None = None  # by the top frame
         self._top_pending = False
@@ -126,7 +128,7 @@ class Ticker:
             soonest = start + self._interval / 5
             wake_at = start + self._interval
             if self._top_pending:
-                wake_at = min(wake_at, max(soonest, self._pacing.next_at(self._broadcasts)))
+                wake_at = min(wake_at, max(soonest, self._broadcasts.next_at))
             if self._me.queued:  # rank changes waiting for the next round
                 wake_at = min(wake_at, max(soonest, self._me.next_rank_round_at))
             with contextlib.suppress(TimeoutError):
@@ -177,6 +179,7 @@ class Ticker:
         ):
             self._frame = TopFrame.of(snapshot)
             self._pacing.sent(self._broadcasts, now)
+            self._broadcast_at = now
             broadcast = True
 
         connections = self._connections
@@ -218,9 +221,23 @@ class Ticker:
         return frame
 
     def _deliver(self, targets: Iterable[Watcher], now: float) -> None:
-        """Write what each target lacks, skipping (never awaiting) those that cannot take it."""
+        """Write what each target lacks, skipping (never awaiting) those that cannot take it.
+
+        The top frame, when it is the broadcast of this round, goes to every connection that
+        shares the broadcasts' history without a look (the broadcast was due, so it is due for
+        them); one with a history of its own is checked against it, and shares again once it
+        has had only broadcasts for a while (broadcaster.pacing). A connection that lags (it was
+        slow, or its own history held a broadcast back) catches up with the next broadcast
+        while they are flowing, so it falls back in step; when none came for an interval, it
+        gets the frame as one of its own.
+        """
         frame = self._frame
         connections = self._connections
+        pacing = self._pacing
+        broadcast = now == self._broadcast_at
+        # A broadcast is on its way: a change waits for one, or the last went under an interval
+        # ago (the 1 ms: the tick an interval later must find them stopped).
+        flowing = self._top_pending or now - self._broadcast_at < self._interval - 1e-3
         sent_top = sent_me = skipped = 0
         for w in targets:
             if not w.writable:
@@ -233,13 +250,32 @@ class Ticker:
             behind = False
             transport = w.transport
             if frame is not None and frame.version > w.top_version and not w.subscribed:
-                if self._pacing.due(w.pace, now):
-                    transport.write(frame.data)
-                    w.top_version = frame.version
-                    self._pacing.sent(w.pace, now)
-                    sent_top += 1
+                pace = w.pace
+                if broadcast:
+                    if pace is None:
+                        transport.write(frame.data)
+                        w.top_version = frame.version
+                        sent_top += 1
+                    elif pacing.due(pace, now):
+                        transport.write(frame.data)
+                        w.top_version = frame.version
+                        sent_top += 1
+                        pacing.sent(pace, now)
+                        if pacing.in_step(pace, now):
+                            w.pace = None
+                    else:
+                        behind = True
+                elif flowing:
+                    behind = True  # it catches up with the next broadcast
                 else:
-                    behind = True
+                    pace = connections.own_pace(w)
+                    if pacing.due(pace, now):
+                        transport.write(frame.data)
+                        w.top_version = frame.version
+                        sent_top += 1
+                        pacing.sent(pace, now, own=True)
+                    else:
+                        behind = True
             if w.me_pending is not None:
                 transport.write(w.me_pending)
                 w.me_pending = None
