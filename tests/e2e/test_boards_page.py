@@ -71,7 +71,7 @@ async def pg(e2e_env: TestEnv) -> AsyncIterator[asyncpg.Connection]:
 async def boards(pg: asyncpg.Connection) -> AsyncIterator[Boards]:
     """Define the two boards; retire them afterwards (other tests list GET /api/boards too)."""
     tag = uuid.uuid4().hex[:8]
-    made = Boards(f"page-{tag}", f"Page {tag}", f"taps-{tag}", f"Taps {tag}")
+    made = Boards(f"page-{tag}", "Arena", f"taps-{tag}", "Tap sprint")
     definitions = [
         BoardDefinition(
             board_id=made.main,
