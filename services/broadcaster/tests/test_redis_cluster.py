@@ -16,12 +16,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from broadcaster.components import components_key
 from broadcaster.period_boards import PeriodBoards, PeriodEntry
 from broadcaster.redis_board import RedisBoard
 from broadcaster.standings import member_for
+from common import redis_access
 from common.keyspace import BoardKeys, PeriodBoardKeys, done_key, ticket_key
 from common.redis_client import RedisClient, create_redis_or_cluster
 from common.settings import CommonSettings
@@ -214,3 +215,41 @@ async def test_the_boards_on_the_cluster_and_the_actions_on_the_gateways_redis(
     ]
     assert on_server == [done.encode()]  # the board is not there; the ticket is gone
     await redis_client.delete(done)
+
+
+async def test_the_service_users_are_on_every_node(
+    cluster: RedisCluster, redis_cluster: LocalRedisCluster, prefix: str
+) -> None:
+    """``scoreboard-redis-users`` on a cluster URL (common.redis_access): ACL users are per node,
+    so each node must know them; the broadcaster's user then reaches its boards on every node
+    and nothing of the gateway's."""
+    run = uuid.uuid4().hex[:8]
+    passwords = {s: f"{s}-{run}" for s in redis_access.SERVICES}
+    names = await redis_access.ensure_users(
+        cluster, prefix, passwords, name=f"cl-{run}-{{service}}"
+    )
+    try:
+        for port in redis_cluster.ports:
+            node = aioredis.from_url(redis_cluster.node_url(port))
+            try:
+                users = await node.acl_users()
+                assert set(names) <= {u if isinstance(u, str) else u.decode() for u in users}
+            finally:
+                await node.aclose()
+        seeds = ",".join(f"127.0.0.1:{port}" for port in redis_cluster.ports)
+        url = f"redis+cluster://cl-{run}-broadcaster:{passwords['broadcaster']}@{seeds}"
+        broadcaster = create_redis_or_cluster(CommonSettings.load(redis_url=url))
+        try:
+            periods: dict[int, PeriodBoardKeys] = {}  # one on each node
+            for i in range(100):
+                keys = PeriodBoardKeys.for_period(prefix, f"acl-{i}", "daily", "2026-02-01")
+                periods.setdefault(_port_of(cluster, keys.rank), keys)
+            assert len(periods) == len(redis_cluster.ports)
+            for keys in periods.values():
+                await broadcaster.set(keys.built, "{}")  # its boards, on whichever node
+            with pytest.raises(NoPermissionError):
+                await broadcaster.set(f"{prefix}rl:user:x", "1")  # the gateway's
+        finally:
+            await broadcaster.aclose()
+    finally:
+        await cluster.acl_deluser(*names, target_nodes=cluster.get_nodes())

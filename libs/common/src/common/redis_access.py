@@ -15,8 +15,8 @@ declares (``EVALSHA ... KEYS``) as read-write, and the gateway's admission scrip
 revocation and ticket keys it reads: so those patterns are read-write, and who writes them is
 the code's rule, not Redis'.
 
-ACL users are per server: on a Redis Cluster, ``scoreboard-redis-users`` runs against each node
-(docs/operations.md).
+ACL users are per server: on a Redis Cluster (a ``redis+cluster://`` URL)
+``scoreboard-redis-users`` sets them on every node (docs/operations.md).
 
 Every user gets the ordinary data commands, scripts and pub/sub, never the dangerous ones
 (FLUSHALL, KEYS, CONFIG, DEBUG, ACL, ...). The ``default`` user is the administrator: locally it
@@ -31,11 +31,12 @@ import asyncio
 import os
 from typing import Final
 
-import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from common.cli import parse_plain
+from common.redis_client import RedisClient, create_redis_or_cluster
 from common.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -89,32 +90,42 @@ def user_directive(service: str, prefix: str, password: str) -> str:
 
 
 async def ensure_users(
-    client: aioredis.Redis,
+    client: RedisClient,
     prefix: str,
     passwords: dict[str, str],
     *,
     name: str = "{service}",
 ) -> list[str]:
     """Create or reset the service users (as an administrator); ``name`` formats each user's
-    name (tests give theirs a run prefix). Returns the names."""
+    name (tests give theirs a run prefix). Returns the names. On a Redis Cluster, on every
+    node (ACL users are per node), replicas too: one may be promoted."""
     names = []
     for service, password in passwords.items():
         user = name.format(service=service)
         # The raw command, so the rules are the very words of user_directive (redis-py's
         # acl_setuser would rebuild them from its own arguments); its stub is untyped.
         rules = acl_rules(service, prefix, password)
-        await client.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
+        await _on_every_node(client, "ACL", "SETUSER", user, *rules)
         names.append(user)
     await save_acl(client)
     log.info("redis_users_ensured", users=names)
     return names
 
 
-async def save_acl(client: aioredis.Redis) -> bool:
+async def _on_every_node(client: RedisClient, *command: str) -> None:
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the nodes are known once the client has met the cluster
+        await client.execute_command(*command, target_nodes=client.get_nodes())
+    else:
+        # The raw command's stub is untyped.
+        await client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
+async def save_acl(client: RedisClient) -> bool:
     """``ACL SAVE`` where Redis keeps its users in an ACL file (so a restart keeps them);
     False where it has none (the users then last until Redis restarts)."""
     try:
-        await client.execute_command("ACL", "SAVE")  # type: ignore[no-untyped-call]
+        await _on_every_node(client, "ACL", "SAVE")
     except ResponseError as exc:
         if "ACL file" not in str(exc):
             raise
@@ -125,7 +136,8 @@ async def save_acl(client: aioredis.Redis) -> bool:
 def main() -> None:
     """``scoreboard-redis-users``: the service users for ``SCOREBOARD_REDIS_PREFIX``, with the
     passwords in ``SCOREBOARD_REDIS_<SERVICE>_PASSWORD`` (local development ones otherwise),
-    through ``SCOREBOARD_REDIS_URL`` (an administrator)."""
+    through ``SCOREBOARD_REDIS_URL`` (an administrator; a ``redis+cluster://`` URL: on every
+    node of that Redis Cluster)."""
     parse_plain("scoreboard-redis-users", "create or update the services' Redis ACL users")
     settings = CommonSettings.load()
     passwords = {
@@ -134,7 +146,7 @@ def main() -> None:
     }
 
     async def run() -> None:
-        client = aioredis.from_url(settings.redis_url)
+        client = create_redis_or_cluster(settings)
         try:
             users = await ensure_users(client, settings.redis_prefix, passwords)
         finally:
