@@ -14,7 +14,8 @@ tags below are the keys' only ones). Who writes and who reads:
 - ``P user-status:{user_id}``: :data:`USER_BANNED` or :data:`USER_DELETED`, no TTL. Auth
   writes, the gateway reads.
 - ``P applied`` (channel): :class:`common.events.AppliedNotice` JSON. The broadcaster
-  publishes, the gateway listens while ``Prefer: wait`` requests wait.
+  publishes (once the action's marker is applied), the gateway listens while ``Prefer: wait``
+  requests wait.
 - ``P {bd:<board>:<window>:<period>}:*``: one period of a board's window, written and read by
   the broadcaster replicas. The braces are a Redis Cluster hash tag: a period's keys share one
   slot, so its scripts run on one node, and different periods spread over the cluster. The
@@ -158,7 +159,8 @@ class PeriodBoardKeys:
 
     ``rank``, ``users``, ``version``, ``built`` and ``lock`` as in :class:`BoardKeys`; all under
     one hash tag. The default board's all-time window is :class:`BoardKeys` (see
-    :meth:`legacy`), whose reads share the scripts.
+    :meth:`of_board`), whose reads share the scripts: :meth:`for_period` names the same keys
+    for it, but its entries are the main board's, so use :meth:`of_board` there.
     """
 
     rank: str
