@@ -351,3 +351,28 @@ async def test_a_rollover_frame_moves_the_page_to_the_new_period(
     closed = page.locator(f'#period-select option[value="{today.isoformat()}"]')
     await expect(closed).to_have_text(f"{today.isoformat()} (closed)")
     await page.close()
+
+
+async def test_without_the_websocket_the_chosen_window_is_read_over_http(
+    system: System, boards: Boards, http: aiohttp.ClientSession, browser: Browser
+) -> None:
+    """A proxy that refuses WebSockets: the page says it is reconnecting and still shows the
+    chosen window's top from GET /api/boards/{board}/{window}/top."""
+    gw = system.gateway
+    player = await register_and_login(http, gw, f"of{uuid.uuid4().hex[:8]}", PASSWORD)
+    status, body = await complete_action(http, gw, player, "tap", wait_s=10)
+    assert status == 200, body
+    await _listed(http, gw, boards.taps)
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+
+    async def refuse(ws: WebSocketRoute) -> None:
+        await ws.close(code=1011, reason="no WebSockets here")
+
+    await page.route_web_socket(re.compile(r"/ws/scoreboard$"), refuse)
+    await page.goto(gw + "/")
+    await expect(page.locator("#status")).to_contain_text("Reconnecting", timeout=10_000)
+    await page.locator("#board-select").select_option(boards.taps)
+    await _expect_top(page, [(player.username, 1)])
+    table = page.locator("table:has(#board)")
+    await expect(table).to_have_class(re.compile(r"\bis-stale\b"))  # shown, not live
+    await page.close()
