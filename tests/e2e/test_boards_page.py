@@ -376,3 +376,46 @@ async def test_without_the_websocket_the_chosen_window_is_read_over_http(
     table = page.locator("table:has(#board)")
     await expect(table).to_have_class(re.compile(r"\bis-stale\b"))  # shown, not live
     await page.close()
+
+
+async def test_a_closed_period_pages_through_its_final_standings(
+    system: System,
+    boards: Boards,
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Connection,
+    browser: Browser,
+) -> None:
+    """Twelve players in last week's final standings: two pages, following the API's cursor."""
+    players = [(uuid.uuid4(), f"wk{i:02d}{uuid.uuid4().hex[:6]}") for i in range(12)]
+    await pg.executemany(
+        "INSERT INTO users (user_id, username, password_hash) VALUES ($1, $2, 'x')", players
+    )
+    last_week = _week_id(datetime.now(UTC).date() - timedelta(days=7))
+    # They never sign in: no tokens, only their rows.
+    standings = [Player(str(user_id), name, "", "", "") for user_id, name in players]
+    await _put_scores(
+        pg, boards.main, "weekly", last_week, [(p, 1000 - 10 * i) for i, p in enumerate(standings)]
+    )
+    await _listed(http, system.gateway, boards.main)
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+    await page.goto(system.gateway + "/")
+    await page.locator("#board-select").select_option(boards.main)
+    await page.get_by_role("radio", name="Weekly").check()
+    await page.locator("#period-select").select_option(last_week)
+
+    expected = [(p.username, 1000 - 10 * i) for i, p in enumerate(standings)]
+    await _expect_top(page, expected[:10])
+    info, previous, following = (
+        page.locator(selector) for selector in ("#page-info", "#page-prev", "#page-next")
+    )
+    await expect(info).to_have_text("1\N{EN DASH}10 of 12")
+    await expect(previous).to_be_disabled()
+    await following.click()
+    rows = _rows(page)
+    await expect(rows.locator(".name")).to_have_text([name for name, _ in expected[10:]])
+    await expect(rows.locator(".rank__badge")).to_have_text(["11", "12"])
+    await expect(info).to_have_text("11\N{EN DASH}12 of 12")
+    await expect(following).to_be_disabled()
+    await previous.click()
+    await _expect_top(page, expected[:10])
+    await page.close()

@@ -610,21 +610,21 @@ function parseFrame(data) {
 // The viewed board: the catalog (GET /api/boards), the one subscription that follows the
 // selection, and closed periods.
 
-const viewKey = (board, window) => `${board}/${window}`;
+const viewKey = (board, windowId) => `${board}/${windowId}`;
 const currentKey = () => viewKey(state.view.board, state.view.window);
 const DEFAULT_KEY = viewKey(DEFAULT_BOARD, DEFAULT_WINDOW);
 
 /** The catalog's entry for a window of a board, or null. */
-function windowInfo(board, window) {
-  return state.boards.get(board)?.windows.find((w) => w.window === window) ?? null;
+function windowInfo(board, windowId) {
+  return state.boards.get(board)?.windows.find((w) => w.window === windowId) ?? null;
 }
 
 function boardTitle(board) {
   return state.boards.get(board)?.title ?? (board === DEFAULT_BOARD ? "Global" : board);
 }
 
-function windowLabel(window) {
-  return WINDOW_LABELS[window] ?? window;
+function windowLabel(windowId) {
+  return WINDOW_LABELS[windowId] ?? windowId;
 }
 
 let boardsLoading = null;
@@ -665,10 +665,10 @@ function setLivePeriod(entry) {
 }
 
 /** Show (board, window) live; a window the board lacks falls back to its first one. */
-function selectView(board, window) {
+function selectView(board, windowId) {
   const info = state.boards.get(board);
   const windows = info ? info.windows.map((w) => w.window) : [DEFAULT_WINDOW];
-  const chosen = windows.includes(window) ? window : windows[0];
+  const chosen = windows.includes(windowId) ? windowId : windows[0];
   if (board === state.view.board && chosen === state.view.window && !state.view.archive) return;
   const switched = board !== state.view.board || chosen !== state.view.window;
   state.view = { board, window: chosen, archive: null };
@@ -760,35 +760,35 @@ function scheduleSeasonStart() {
  * weeks or months before the live one (computed from its id, which is a local date of the
  * board's zone), or the seasons that have ended.
  */
-function pastPeriods(board, window, livePeriod) {
-  if (window === "season") {
+function pastPeriods(board, windowId, livePeriod) {
+  if (windowId === "season") {
     const now = Date.now() + state.clockOffsetMs;
     return (state.boards.get(board)?.seasons ?? [])
       .filter((season) => Date.parse(season.ends_at) <= now)
       .sort((a, b) => Date.parse(b.ends_at) - Date.parse(a.ends_at))
       .map((season) => season.id);
   }
-  const count = PAST_PERIODS[window] ?? 0;
+  const count = PAST_PERIODS[windowId] ?? 0;
   const ids = [];
   let id = livePeriod;
   for (let i = 0; i < count && id; i += 1) {
-    id = previousPeriod(window, id);
+    id = previousPeriod(windowId, id);
     if (id) ids.push(id);
   }
   return ids;
 }
 
 /** The period before `id` of a daily ("2026-12-02"), weekly ("2026-W49") or monthly window. */
-function previousPeriod(window, id) {
+function previousPeriod(windowId, id) {
   let match;
-  if (window === "daily" && (match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(id))) {
+  if (windowId === "daily" && (match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(id))) {
     const day = Date.UTC(Number(match[1]), Number(match[2]) - 1, Number(match[3])) - DAY_MS;
     return new Date(day).toISOString().slice(0, 10);
   }
-  if (window === "weekly" && (match = /^(\d{4})-W(\d{2})$/.exec(id))) {
+  if (windowId === "weekly" && (match = /^(\d{4})-W(\d{2})$/.exec(id))) {
     return isoWeekId(isoWeekMonday(Number(match[1]), Number(match[2])) - 7 * DAY_MS);
   }
-  if (window === "monthly" && (match = /^(\d{4})-(\d{2})$/.exec(id))) {
+  if (windowId === "monthly" && (match = /^(\d{4})-(\d{2})$/.exec(id))) {
     const year = Number(match[1]);
     const month = Number(match[2]) - 1; // the previous month, 0-based
     return month === 0 ? `${year - 1}-12` : `${year}-${String(month).padStart(2, "0")}`;
@@ -979,7 +979,8 @@ function applyPeriod(frame) {
   state.around = null; // nobody is ranked in the new period until their next around frame
   state.board = { ...state.board, entries: [], version: -1, period: state.live.period };
   if (frame.closed) {
-    ui.announcer.textContent = `The ${windowLabel(frame.window).toLowerCase()} period ${frame.closed} closed; a new one has started.`;
+    const label = windowLabel(frame.window).toLowerCase();
+    ui.announcer.textContent = `The ${label} period ${frame.closed} closed; a new one has started.`;
   }
   renderControls();
   if (!state.view.archive) {
@@ -1142,7 +1143,7 @@ function boardNote() {
 
 /** The switchers, the period picker, the period line, the closed-period banner, the countdown. */
 function renderControls() {
-  const { board, window, archive } = state.view;
+  const { board, window: windowId, archive } = state.view;
   const boards = state.boards.size ? [...state.boards.values()] : [{ board, title: boardTitle(board) }];
   // Rebuilt only when the lists change, so a focused control keeps its focus.
   if (changedList(ui.boardSelect, boards.map((b) => `${b.board}:${b.title}`))) {
@@ -1150,27 +1151,27 @@ function renderControls() {
   }
   ui.boardSelect.value = board;
 
-  const windows = state.boards.get(board)?.windows.map((w) => w.window) ?? [window];
+  const windows = state.boards.get(board)?.windows.map((w) => w.window) ?? [windowId];
   if (changedList(ui.windowSwitch, windows)) {
-    ui.windowSwitch.replaceChildren(...windows.map((w) => windowOption(w, w === window)));
+    ui.windowSwitch.replaceChildren(...windows.map((w) => windowOption(w, w === windowId)));
   }
-  for (const input of ui.windowSwitch.querySelectorAll("input")) input.checked = input.value === window;
+  for (const input of ui.windowSwitch.querySelectorAll("input")) input.checked = input.value === windowId;
 
-  const past = pastPeriods(board, window, state.live.period);
+  const past = pastPeriods(board, windowId, state.live.period);
   if (archive && !past.includes(archive.period)) past.unshift(archive.period);
-  const periods = [option("", window === "all-time" ? "All-time (never resets)" : "Live (current)")];
+  const periods = [option("", windowId === "all-time" ? "All-time (never resets)" : "Live (current)")];
   periods.push(...past.map((id) => option(id, `${id} (closed)`)));
   ui.periodSelect.replaceChildren(...periods);
   ui.periodSelect.value = archive?.period ?? "";
   ui.periodSelect.disabled = past.length === 0;
 
-  const scope = `${boardTitle(board)} · ${windowLabel(window)}`;
+  const scope = `${boardTitle(board)} · ${windowLabel(windowId)}`;
   if (archive) {
     ui.periodLabel.textContent = `${scope} · ${archive.period}`;
     ui.archiveText.textContent = `Final standings of ${archive.period}. This period has ended; nothing here changes.`;
     ui.boardCaption.textContent = `Final standings of ${scope}, period ${archive.period} (closed)`;
   } else {
-    const period = state.live.period && window !== "all-time" ? ` · ${state.live.period}` : "";
+    const period = state.live.period && windowId !== "all-time" ? ` · ${state.live.period}` : "";
     ui.periodLabel.textContent = `${scope}${period}`;
     ui.boardCaption.textContent = `The ten highest scores of ${scope}${period}, updated live`;
   }
@@ -1196,16 +1197,16 @@ function option(value, text) {
   return element;
 }
 
-function windowOption(window, checked) {
+function windowOption(windowId, checked) {
   const label = document.createElement("label");
   label.className = "windows__option";
   const input = document.createElement("input");
   input.type = "radio";
   input.name = "window";
-  input.value = window;
+  input.value = windowId;
   input.checked = checked;
   const text = document.createElement("span");
-  text.textContent = windowLabel(window);
+  text.textContent = windowLabel(windowId);
   label.append(input, text);
   return label;
 }
@@ -1219,16 +1220,17 @@ function renderPager() {
   ui.pageNext.disabled = !archive.nextCursor;
   const first = archive.page * BOARD_SIZE + 1;
   const last = archive.page * BOARD_SIZE + archive.entries.length;
-  ui.pageInfo.textContent = `${numberFormat.format(first)}–${numberFormat.format(last)} of ${numberFormat.format(archive.players)}`;
+  const [from, to, of] = [first, last, archive.players].map((n) => numberFormat.format(n));
+  ui.pageInfo.textContent = `${from}–${to} of ${of}`;
 }
 
 /** The time to the viewed window's next reset, once a second (not live for screen readers). */
 function renderCountdown() {
-  const { archive, window } = state.view;
+  const { archive, window: windowId } = state.view;
   const { nextReset } = state.live;
   ui.reset.hidden = Boolean(archive);
   if (archive) return;
-  if (window === "all-time") {
+  if (windowId === "all-time") {
     setCountdown("Resets", "never", "");
     return;
   }
@@ -1278,10 +1280,10 @@ function isoDuration(ms) {
 
 /** "Your rank" on the viewed window: rank, players, top percent, and the players around. */
 function renderAround() {
-  const { archive, board, window } = state.view;
+  const { archive, board, window: windowId } = state.view;
   const data = archive ? archive.around : state.around;
   const closed = archive ? ` · ${archive.period} (closed)` : "";
-  ui.aroundScope.textContent = `${boardTitle(board)} · ${windowLabel(window)}${closed}`;
+  ui.aroundScope.textContent = `${boardTitle(board)} · ${windowLabel(windowId)}${closed}`;
   let summary;
   if (!state.session) summary = "–";
   else if (!data) summary = "Loading your rank…";
