@@ -282,9 +282,15 @@ class BoardPeriods:
                 )
                 groups.setdefault(t.keys, (t, []))[1].append(entry)
         applied = 0
-        for t, entries in groups.values():
+        items = list(groups.values())
+        # Every period in one round trip (a change feeds each window of each of its boards);
+        # Redis being away raises from here: the consumer retries the batch.
+        firsts = await self._redis.apply_all([(t.keys, e, t.redis_until) for t, e in items])
+        for (t, entries), first in zip(items, firsts, strict=True):
             try:
-                done = await self._redis.apply(t.keys, entries, t.redis_until)
+                if isinstance(first, Exception):
+                    raise first
+                done = first
                 if done is None:
                     await self.ensure_built(t)
                     done = await self._redis.apply(t.keys, entries, t.redis_until) or 0

@@ -205,7 +205,7 @@ class ChangeConsumer:
             chunk = self._settings.apply_chunk
             for start in range(0, len(changes), chunk):
                 await self._apply_chunk(changes[start : start + chunk])
-            self._on_change(c.user_id for c in changes)
+            self._on_change(c.user_id for c in changes)  # again: the boards' periods have them
         return changes
 
     def _skip(self, record: ConsumerRecord, **why: object) -> None:
@@ -235,7 +235,10 @@ class ChangeConsumer:
         retries = self._backoff()
         while True:
             try:
-                result = await self._board.apply_changes(changes)
+                # The watchers' frames go as soon as the main board has the changes.
+                result = await self._board.apply_changes(
+                    changes, lambda: self._on_change(c.user_id for c in changes)
+                )
                 if result is not None:
                     break
                 # The board lost its keys: rebuild (or wait for whoever is rebuilding), retry.

@@ -22,11 +22,16 @@ The read scripts also serve the default board's all-time window, whose keys are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broadcaster.redis_board import _LUA_COMMON
 from broadcaster.standings import user_of_member
@@ -34,6 +39,8 @@ from common.keyspace import PeriodBoardKeys
 from common.redis_client import RedisClient
 
 _NOT_BUILT: Final = -1
+# Period applies in flight at once on a cluster (PeriodBoards.apply_all).
+_CLUSTER_CONCURRENCY: Final = 32
 
 # KEYS: rank, users, version, built. ARGV: require_built, expire at (Unix ms, 0: never), then
 # per entry: user_id, version, score, member, username, entries. Returns the entries applied, or
@@ -230,6 +237,16 @@ def _slice(reply: list[Any], first_at: int, start: int) -> tuple[Ranked, ...]:
     return tuple(out)
 
 
+def _apply_args(
+    entries: Sequence[PeriodEntry], expire_at: datetime | None, *, require_built: bool = True
+) -> list[str | int]:
+    """The apply script's ARGV."""
+    args: list[str | int] = ["1" if require_built else "0", _ms(expire_at)]
+    for e in entries:
+        args += [e.user_id, e.version, e.score, e.member, e.username, e.entries]
+    return args
+
+
 def _ms(instant: datetime | None) -> int:
     return 0 if instant is None else int(instant.timestamp() * 1000)
 
@@ -254,11 +271,48 @@ class PeriodBoards:
         require_built: bool = True,
     ) -> int | None:
         """Apply entries (newer versions only); None, with nothing done, when not built."""
-        args: list[str | int] = ["1" if require_built else "0", _ms(expire_at)]
-        for e in entries:
-            args += [e.user_id, e.version, e.score, e.member, e.username, e.entries]
+        args = _apply_args(entries, expire_at, require_built=require_built)
         applied = int(await self._apply(keys=keys.board, args=args))
         return None if applied == _NOT_BUILT else applied
+
+    async def apply_all(
+        self, batch: Sequence[tuple[PeriodBoardKeys, Sequence[PeriodEntry], datetime | None]]
+    ) -> list[int | Exception | None]:
+        """:meth:`apply` for several periods at once, answers in order: one pipelined round trip
+        on a Redis server; on a cluster (whose client pipelines no scripts) concurrent calls,
+        which its per-node connections carry side by side. A period whose script failed (a
+        Redis that lost the script, or an error of its own) is applied once more on its own;
+        what that raises is returned in its place (connection failures raise: they concern
+        all)."""
+        if len(batch) <= 1:
+            return [await self.apply(*item) for item in batch]
+        results: list[int | Exception | None] = []
+        if isinstance(self._redis, RedisCluster):
+            for start in range(0, len(batch), _CLUSTER_CONCURRENCY):
+                chunk = batch[start : start + _CLUSTER_CONCURRENCY]
+                results += await asyncio.gather(*(self._apply_alone(*item) for item in chunk))
+            return results
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, entries, expire_at in batch:
+                board = keys.board
+                pipe.evalsha(self._apply.sha, len(board), *board, *_apply_args(entries, expire_at))
+            replies = await pipe.execute(raise_on_error=False)
+        for item, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                results.append(await self._apply_alone(*item))
+            else:
+                results.append(None if int(reply) == _NOT_BUILT else int(reply))
+        return results
+
+    async def _apply_alone(
+        self, keys: PeriodBoardKeys, entries: Sequence[PeriodEntry], expire_at: datetime | None
+    ) -> int | Exception | None:
+        try:
+            return await self.apply(keys, entries, expire_at)
+        except (RedisConnectionError, RedisTimeoutError):
+            raise
+        except Exception as exc:
+            return exc
 
     async def page(
         self, keys: PeriodBoardKeys, limit: int, after: tuple[int, str] | None

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -321,11 +321,14 @@ class RedisBoard:
         self._release_lock = redis.register_script(_RELEASE_LOCK)
         self._publish = self._actions.register_script(_PUBLISH)
 
-    async def apply_changes(self, changes: Sequence[ScoreChanged]) -> ApplyResult | None:
+    async def apply_changes(
+        self, changes: Sequence[ScoreChanged], on_board: Callable[[], None] = lambda: None
+    ) -> ApplyResult | None:
         """Apply ScoreChanged events in order; None (nothing done) when the board is not built.
 
-        Once the board has them, each change confirms its action to the gateway and each
-        applied one is announced (see :meth:`_confirm`).
+        Once the board has them, ``on_board`` is called (the fan-out may show them: the
+        watchers need not wait for what follows), then each change confirms its action to the
+        gateway and each applied one is announced (see :meth:`_confirm`).
         """
         args: list[str | int] = ["1", "1"]
         for c in changes:
@@ -335,6 +338,7 @@ class RedisBoard:
         if reply is None:
             return None
         result, notices = self._result(reply, len(changes))
+        on_board()
         await self._confirm([c.action_id for c in changes], notices)
         return result
 
