@@ -373,6 +373,8 @@ async def test_a_season_window_goes_quiet_between_seasons_and_wakes_for_the_next
         board_id=board, title="Seasons", windows=("season",), seasons=seasons
     )
     await save_definitions(pg_module, [definition])
+    # The catalog is re-read for an unknown board at most once a second: read it now.
+    await client.app[components_key].periods.catalog(max_age_s=0)
     try:
         subs.clock = lambda: first_end - timedelta(milliseconds=500)
         async with client.ws_connect("/ws/scoreboard") as ws:
