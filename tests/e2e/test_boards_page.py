@@ -26,7 +26,7 @@ from playwright.async_api import (
     expect,
 )
 
-from common.boards import BoardDefinition, save_definitions
+from common.boards import BoardDefinition, Season, save_definitions
 from testkit.env import TestEnv
 from tests.e2e.harness import Player, System, complete_action, register_and_login
 from tests.e2e.test_browser import ARTIFACTS, CHROMIUM
@@ -418,4 +418,67 @@ async def test_a_closed_period_pages_through_its_final_standings(
     await expect(following).to_be_disabled()
     await previous.click()
     await _expect_top(page, expected[:10])
+    # The address keeps the view: a reload (or the link) opens the same closed period.
+    await page.reload()
+    await expect(page.locator("#archive-banner")).to_contain_text(f"Final standings of {last_week}")
+    await _expect_top(page, expected[:10])
     await page.close()
+
+
+async def test_season_windows_count_down_to_the_season_end_or_the_next_start(
+    system: System, http: aiohttp.ClientSession, pg: asyncpg.Connection, browser: Browser
+) -> None:
+    """A season window: its live season counts down to its end and the seasons that ended are
+    the past periods; between seasons the page says so and counts down to the next start. Both
+    opened from a link (the view lives in the address's fragment)."""
+    tag = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def season(season_id: str, starts_in_days: int, ends_in_days: int) -> Season:
+        starts, ends = (now + timedelta(days=d) for d in (starts_in_days, ends_in_days))
+        return Season(id=season_id, starts_at=starts, ends_at=ends)
+
+    running, waiting = f"season-{tag}", f"later-{tag}"
+    definitions = [
+        BoardDefinition(
+            board_id=running,
+            title="Seasons",
+            windows=("season",),
+            seasons=(season("s1", -10, -3), season("s2", -3, 5)),
+        ),
+        BoardDefinition(
+            board_id=waiting,
+            title="Later",
+            windows=("season",),
+            seasons=(season("next", 2, 9),),
+        ),
+    ]
+    await save_definitions(pg, definitions)
+    try:
+        player = await register_and_login(http, system.gateway, f"se{tag}", PASSWORD)
+        await _put_scores(pg, running, "season", "s1", [(player, 77)])
+        await _listed(http, system.gateway, running, waiting)
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+
+        await page.goto(f"{system.gateway}/#board={running}&window=season")
+        await expect(page.locator("#window-switch label")).to_have_text(["Season"])
+        await expect(page.locator("#period-label")).to_have_text("Seasons · Season · s2")
+        await expect(page.locator("#reset-label")).to_have_text("Next reset in")
+        left = _seconds(await page.locator("#countdown").inner_text())
+        assert abs(left - timedelta(days=5).total_seconds()) < 30
+        await page.locator("#period-select").select_option("s1")
+        await _expect_top(page, [(player.username, 77)])
+        assert page.url.endswith(f"#board={running}&window=season&period=s1")
+        await page.close()
+
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        await page.goto(f"{system.gateway}/#board={waiting}&window=season")
+        await expect(page.locator("#board-note")).to_have_text("No season is running right now.")
+        await expect(page.locator("#reset-label")).to_have_text("Next season in")
+        left = _seconds(await page.locator("#countdown").inner_text())
+        assert abs(left - timedelta(days=2).total_seconds()) < 30
+        await page.close()
+    finally:
+        await pg.execute(
+            "UPDATE boards SET retired = true WHERE board_id = ANY($1)", [running, waiting]
+        )

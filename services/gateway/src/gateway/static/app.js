@@ -645,6 +645,8 @@ async function fetchBoards(attempt = 0) {
     if (!info) selectView(DEFAULT_BOARD, DEFAULT_WINDOW);
     else if (!windowInfo(state.view.board, state.view.window)) selectView(state.view.board, info.windows[0].window);
     else setLivePeriod(windowInfo(state.view.board, state.view.window));
+    // A link to the period that is still running opens it live.
+    if (state.view.archive && state.view.archive.period === state.live.period) backToLive();
     renderControls();
     return;
   }
@@ -664,6 +666,24 @@ function setLivePeriod(entry) {
   scheduleSeasonStart();
 }
 
+/** The view named by the address's fragment (#board=…&window=…&period=…), or null. */
+function viewFromAddress() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const board = params.get("board");
+  if (!board) return null;
+  return { board, window: params.get("window") ?? DEFAULT_WINDOW, period: params.get("period") };
+}
+
+/** Keep the view in the address, so a link or a reload opens the same board, window, period. */
+function rememberView() {
+  const { board, window: windowId, archive } = state.view;
+  const params = new URLSearchParams({ board, window: windowId });
+  if (archive) params.set("period", archive.period);
+  const home = board === DEFAULT_BOARD && windowId === DEFAULT_WINDOW && !archive;
+  const hash = home ? "" : `#${params}`;
+  if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname + location.search);
+}
+
 /** Show (board, window) live; a window the board lacks falls back to its first one. */
 function selectView(board, windowId) {
   const info = state.boards.get(board);
@@ -678,6 +698,7 @@ function selectView(board, windowId) {
     state.live.unavailable = "";
     setLivePeriod(windowInfo(board, chosen));
   }
+  rememberView();
   renderControls();
   renderBoard();
   renderAround();
@@ -736,16 +757,22 @@ function syncSubscription() {
   state.sub.sent = want;
 }
 
-/** A season window between seasons: subscribe again when the next season starts. */
-function scheduleSeasonStart() {
-  clearTimeout(timers.seasonStart);
-  if (state.view.window !== "season" || state.live.period !== null) return;
+/** When the viewed board's next season starts (ms since epoch), or null: none is planned. */
+function nextSeasonStart() {
   const now = Date.now() + state.clockOffsetMs;
   const starts = (state.boards.get(state.view.board)?.seasons ?? [])
     .map((season) => Date.parse(season.starts_at))
     .filter((t) => Number.isFinite(t) && t > now);
-  if (!starts.length) return;
-  const delay = Math.min(...starts) - now + 500;
+  return starts.length ? Math.min(...starts) : null;
+}
+
+/** A season window between seasons: subscribe again when the next season starts. */
+function scheduleSeasonStart() {
+  clearTimeout(timers.seasonStart);
+  if (state.view.window !== "season" || state.live.period !== null) return;
+  const starts = nextSeasonStart();
+  if (starts === null) return;
+  const delay = starts - (Date.now() + state.clockOffsetMs) + 500;
   if (delay > 2 ** 31 - 1) return;
   timers.seasonStart = setTimeout(async () => {
     await loadBoards();
@@ -825,6 +852,7 @@ async function openArchive(period) {
     error: "",
     around: null,
   };
+  rememberView();
   renderControls();
   renderBoard();
   renderAround();
@@ -873,6 +901,7 @@ async function loadArchiveAround() {
 function backToLive() {
   if (!state.view.archive) return;
   state.view.archive = null;
+  rememberView();
   renderControls();
   renderBoard();
   renderAround();
@@ -1235,7 +1264,10 @@ function renderCountdown() {
     return;
   }
   if (nextReset === null) {
-    setCountdown("Next reset", state.live.period === null ? "when the next season starts" : "–", "");
+    const starts = windowId === "season" && state.live.period === null ? nextSeasonStart() : null;
+    const left = starts === null ? 0 : starts - (Date.now() + state.clockOffsetMs);
+    if (left > 0) setCountdown("Next season in", formatCountdown(left), isoDuration(left));
+    else setCountdown("Next reset", windowId === "season" ? "no season planned" : "–", "");
     return;
   }
   const left = nextReset - (Date.now() + state.clockOffsetMs);
@@ -1674,6 +1706,8 @@ function wireEvents() {
 }
 
 async function boot() {
+  const linked = viewFromAddress();
+  if (linked) state.view = { board: linked.board, window: linked.window, archive: null };
   wireEvents();
   renderAccount();
   renderMe();
@@ -1684,6 +1718,7 @@ async function boot() {
   void loadActionTypes();
   void loadBoards();
   timers.resetClock = setInterval(renderCountdown, 1_000);
+  if (linked?.period) void openArchive(linked.period);
   timers.offlinePoll = setTimeout(function poll() {
     void pollTopWhileOffline();
     timers.offlinePoll = setTimeout(poll, OFFLINE_POLL_MS);
