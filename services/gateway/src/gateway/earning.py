@@ -80,6 +80,9 @@ end
 #       the pace marker, the hour and day counters.
 # ARGV: ticket JSON, ticket TTL (s), now (ms), expiry (ms), max open, minimum duration (ms),
 #       per hour, per day (0: none).
+# Returns {'limited', rule, wait} or {'issued', the replaced tickets' keys...}: those left the
+# open set here; the caller deletes them (a script touches only the keys it is given, and on a
+# Redis Cluster each ticket has a slot of its own).
 _ISSUE_LUA: Final = (
     EARNING_LUA_FUNCTIONS
     + """
@@ -91,17 +94,15 @@ if min_ms > 0 then
   if left > 0 then return {'limited', 'ticket_pace', left} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-local replaced = 0
+local out = {'issued'}
 while redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])
-  redis.call('DEL', oldest[1])
-  replaced = replaced + 1
+  out[#out + 1] = redis.call('ZPOPMIN', KEYS[2])[1]
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 1000)
 if min_ms > 0 then redis.call('SET', KEYS[3], '1', 'PX', min_ms) end
-return {'issued', replaced}
+return out
 """
 )
 

@@ -63,6 +63,7 @@ class TicketStore:
     def __init__(
         self, redis: aioredis.Redis, prefix: str, earning: EarningRules, *, ttl_s: int
     ) -> None:
+        self._redis = redis
         self._issue = redis.register_script(ISSUE_LUA)
         self._prefix = prefix
         self._earning = earning
@@ -93,4 +94,8 @@ class TicketStore:
         result = await self._issue(keys=keys, args=[*args, *rule_args])
         if result[0] == b"limited":
             raise self._earning.refused(result[1].decode(), action_type, issued, int(result[2]))
+        # The replaced tickets, deleted once the script is done (it touches only its keys). A
+        # completion of one racing this request may still count, as it would a moment earlier.
+        for replaced in result[1:]:
+            await self._redis.delete(replaced)
         return ticket
