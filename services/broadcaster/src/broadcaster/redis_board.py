@@ -351,11 +351,11 @@ class RedisBoard:
         claim released after a publish that timed out yet reached Kafka). An action's two keys
         share a slot but not the board's (and may be on another Redis), hence commands of their
         own after the board script, pipelined (one round trip per node), then the notices in
-        one more (a cluster pipeline cannot PUBLISH). Each marking is
-        idempotent, so a batch applied again after a failure here finishes the job (the board
-        part is then a no-op, and announces nothing: a ``Prefer: wait`` request then answers
-        202 at its timeout, as for any notice it misses). The notices go last, so a client
-        told its action is applied finds the marker applied.
+        one more (a cluster pipeline cannot PUBLISH). Each marking is idempotent, so a batch
+        applied again after a failure here finishes the job (the board part is then a no-op,
+        and announces nothing: a ``Prefer: wait`` request then answers 202 at its timeout, as
+        for any notice it misses). The notices go last, so a client told its action is applied
+        finds the marker applied.
         """
         if not action_ids:
             return
