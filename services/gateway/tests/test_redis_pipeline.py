@@ -43,6 +43,25 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_replies(
     assert len(set(ids)) == 1
 
 
+async def test_calls_made_while_it_connects_all_share_the_one_connection(
+    test_env: TestEnv,
+) -> None:
+    # Calls keep arriving, one loop iteration apart, while the connection is being made: none
+    # may find the attempt over but no connection yet and open another (leaking one).
+    client = PipelinedRedis(test_env.redis_url)
+
+    async def later(iterations: int) -> object:
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        return await client.execute("CLIENT", "ID")
+
+    try:
+        ids = await asyncio.gather(*(later(k) for k in range(300)))
+    finally:
+        await client.aclose()
+    assert len(set(ids)) == 1
+
+
 async def test_a_script_redis_lost_is_sent_again(
     fast: PipelinedRedis, redis_client: aioredis.Redis
 ) -> None:

@@ -169,12 +169,7 @@ class PipelinedRedis:
         attempt = self._connecting
         if attempt is None or attempt.done():
             attempt = self._connecting = asyncio.ensure_future(self._connect())
-            attempt.add_done_callback(self._connected)
         return await asyncio.shield(attempt)
-
-    def _connected(self, attempt: asyncio.Future[_Protocol]) -> None:
-        if not attempt.cancelled() and attempt.exception() is None:
-            self._protocol = attempt.result()
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -193,6 +188,9 @@ class PipelinedRedis:
                 for reply in await asyncio.gather(*setup):
                     if isinstance(reply, ResponseError):
                         raise RedisConnectionError(f"Redis refused the connection: {reply}")
+            # Set here, not in a done callback: between the attempt's end and such a callback
+            # another caller would find no connection and open a second one (leaking the first).
+            self._protocol = protocol
         except BaseException as exc:
             if protocol is not None:
                 protocol.fail(RedisConnectionError("connection setup failed"))
