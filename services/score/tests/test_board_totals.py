@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from common.boards import BoardDefinition, save_definitions
+from common.boards import BoardDefinition, load_catalog, save_definitions
 from common.events import ScoreChangedEvent
 from score import board_admin
 from score.commands import Command, Delivery
@@ -148,6 +148,39 @@ async def test_a_replayed_or_raced_batch_counts_on_the_boards_once(
         rows = await _rows(pg, board_id, u)
         assert rows[("all-time", "all")] == (2 * POINTS, 2)
         assert sum(1 for w, _ in rows if w == "daily") == 1
+
+
+async def test_a_batch_past_the_board_rows_bound_applies_in_runs_and_counts_once(
+    pool: asyncpg.Pool, pg: asyncpg.Connection, board_id: str
+) -> None:
+    # Each command counts in this board's 4 windows, and in those of the boards other tests
+    # left active for every type: a bound of twice that cuts a batch of 12 into runs of 2.
+    users = await add_users(pg, 4)
+    now = datetime.now(UTC)
+    batch = [_at(u, now, i) for i, u in enumerate(users * 3)]
+    feeding = (await load_catalog(pg)).feeding(f"worth_{POINTS}")
+    periods = sum(len(b.counted_windows) for b in feeding)
+    assert periods >= 4
+    store = ScoreStore(pool, max_board_rows=2 * periods + periods // 2)
+    assert [len(run) for run in await store._runs(batch)] == [2] * 6
+
+    plan = await store.apply(batch)
+
+    assert [a.command for a in plan.applied] == batch  # all of them, in stream order
+    assert [a.version for a in plan.applied[:4]] == [1, 1, 1, 1]
+    assert [a.version for a in plan.applied[-4:]] == [3, 3, 3, 3]
+    # Six transactions wrote the actions (one per run).
+    runs = await pg.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM actions WHERE action_id = ANY($1::uuid[])",
+        [c.data.action_id for c in batch],
+    )
+    assert runs == 6
+    for u in users:
+        rows = await _rows(pg, board_id, u)
+        assert rows[("all-time", "all")] == (3 * POINTS, 3)
+    again = await store.apply(batch)  # a redelivery: every run finds its commands applied
+    assert again.applied == []
+    assert len(again.duplicates) == len(batch)
 
 
 async def test_boards_defined_or_retired_count_from_the_next_batch(

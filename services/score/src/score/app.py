@@ -78,7 +78,13 @@ async def _service(
             max_poll_records=settings.batch_max,
         )
         await stack.enter_async_context(started(kafka_consumer))
-        consumer = CommandConsumer(kafka_consumer, producer, ScoreStore(pool), settings, metrics)
+        consumer = CommandConsumer(
+            kafka_consumer,
+            producer,
+            ScoreStore(pool, max_board_rows=settings.board_rows_per_transaction),
+            settings,
+            metrics,
+        )
         consumer.subscribe()
         # The relay makes its own transactional producer each time it takes the lead.
         relay = OutboxRelay(settings, metrics)

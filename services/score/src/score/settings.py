@@ -34,6 +34,9 @@ class Settings(CommonSettings, CatalogSettings, CommandKeySettings):
     # A batch is what getmany() returns, topped up for at most batch_wait_ms, up to batch_max.
     batch_max: int = 2000
     batch_wait_ms: int = 20
+    # At most this many board periods (a command counts in every window of every board it
+    # feeds) per transaction: a batch past it applies in consecutive runs (ScoreStore.apply).
+    board_rows_per_transaction: int = Field(default=20_000, ge=1)
     # How long one poll waits when nothing arrives (bounds how quickly a stop is noticed).
     poll_idle_ms: int = 500
     # Transient failures (database or Kafka) are retried with exponential backoff and jitter.

@@ -114,21 +114,66 @@ class ConcurrentApplyError(Exception):
 class ScoreStore:
     """Applies batches of score commands; every change goes to the outbox in the same commit."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_board_rows: int = 20_000) -> None:
         self._pool = pool
         # The boards as of the last batch: reloaded in the batch's transaction whenever the
         # table's revision moved, so every batch counts on the boards that existed when it ran.
         self._catalog: Catalog | None = None
+        self._max_board_rows = max_board_rows
 
     async def apply(self, commands: Sequence[Command]) -> Plan:
-        """Apply ``commands`` (in stream order) exactly once, in one transaction.
+        """Apply ``commands`` (in stream order) exactly once.
+
+        One transaction, unless the commands count in more than ``max_board_rows`` board
+        periods together: then consecutive runs of them that stay within it, one transaction
+        each, in order. (A command counts in every window of every board it feeds; with
+        hundreds of boards, one transaction of a full batch would outlast the database's
+        statement timeout, and its retry too, for ever.) A failure after some runs committed
+        leaves those applied: the retry finds them duplicates.
 
         Returns what was applied, what was a duplicate and which commands name unknown users
-        (those change nothing). Raises on any database failure, with nothing written;
-        :class:`ConcurrentApplyError` when another replica changed the same users meanwhile.
+        (those change nothing). Raises on any database failure (the run in progress writes
+        nothing); :class:`ConcurrentApplyError` when another replica changed the same users
+        meanwhile.
         """
         if not commands:
             return Plan()
+        runs = await self._runs(commands)
+        if len(runs) == 1:
+            return await self._apply_run(commands)
+        plan = Plan()
+        for run in runs:
+            done = await self._apply_run(run)
+            plan.applied += done.applied
+            plan.duplicates += done.duplicates
+            plan.unknown_users += done.unknown_users
+            plan.final.update(done.final)
+        return plan
+
+    async def _runs(self, commands: Sequence[Command]) -> list[Sequence[Command]]:
+        """``commands`` cut into runs of at most ``max_board_rows`` board periods each (by the
+        boards as last read: an estimate, which is all a cut needs)."""
+        catalog = self._catalog
+        if catalog is None:
+            async with self._pool.acquire() as conn:
+                catalog = self._catalog = await load_catalog(conn)
+        periods: dict[str, int] = {}
+        runs: list[Sequence[Command]] = []
+        start, rows = 0, 0
+        for i, c in enumerate(commands):
+            kind = c.data.action_type
+            n = periods.get(kind)
+            if n is None:
+                n = periods[kind] = sum(len(b.counted_windows) for b in catalog.feeding(kind))
+            if rows + n > self._max_board_rows and i > start:
+                runs.append(commands[start:i])
+                start, rows = i, 0
+            rows += n
+        runs.append(commands[start:])
+        return runs
+
+    async def _apply_run(self, commands: Sequence[Command]) -> Plan:
+        """Apply ``commands`` in one transaction (see :meth:`apply`)."""
         user_ids = list({c.data.user_id: None for c in commands})
         async with self._pool.acquire() as conn, conn.transaction():
             users: dict[uuid.UUID, UserState] = {}
