@@ -16,6 +16,7 @@ import pytest
 from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
+from broadcaster.components import components_key
 from common.boards import BoardDefinition, save_definitions
 from common.events import BoardChange, ScoreChanged
 from testkit.broadcaster import Client, Player, Send, SettingsFactory, new_player, seed, serve
@@ -283,3 +284,47 @@ async def test_a_cursor_of_another_period_is_refused(client: Client, board_id: s
         period=_today(),
     )  # fmt: skip
     await _json(client, f"/api/boards/{board_id}/all-time/top", 400, cursor=old["next_cursor"])
+
+
+async def test_a_period_rebuild_longer_than_its_lock_keeps_the_lock(
+    pg_module: asyncpg.Connection, board_id: str, make_settings: SettingsFactory
+) -> None:
+    # One player per chunk, 1,200 of them, and a lock of 100 ms: the rebuild outlasts the lock
+    # several times over, and another replica must still never get it while the rebuild runs.
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()  # kept in Redis
+    crowd = [new_player("k") for _ in range(1200)]
+    await seed(pg_module, crowd)
+    await pg_module.executemany(
+        "INSERT INTO board_scores VALUES ($1, 'daily', $5, $2, $3, 1, 1, $4)",
+        [(board_id, p.user_id, i, T0, yesterday) for i, p in enumerate(crowd)],
+    )
+    settings = make_settings(rebuild_batch=1, rebuild_lock_ttl_s=0.1)
+    async with serve(settings) as client:
+        periods = client.app[components_key].periods
+        t = await periods.resolve(board_id, "daily", yesterday, datetime.now(UTC))
+        redis = periods._redis  # the store the period lives in
+        await redis.drop(t.keys)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        rebuild = asyncio.ensure_future(periods.ensure_built(t))
+        for _ in range(5000):  # until the rebuild holds it
+            if await redis._redis.exists(t.keys.lock):
+                break
+            await asyncio.sleep(0.001)
+        taken = 0
+        while not rebuild.done():
+            if await redis.acquire_lock(t.keys, "another replica", 1.0):
+                taken += 1
+                await redis.release_lock(t.keys, "another replica")
+            await asyncio.sleep(0.01)
+        assert await rebuild  # this call built it
+        assert loop.time() - started > 2 * settings.rebuild_lock_ttl_s  # longer than the lock
+        assert taken == 0
+        page = await redis.page(t.keys, 1000, None)
+        assert page is not None
+        expected = await pg_module.fetchval(
+            "SELECT count(*) FROM board_scores WHERE board_id = $1 AND period = $2",
+            board_id,
+            yesterday,
+        )
+        assert page.players == expected

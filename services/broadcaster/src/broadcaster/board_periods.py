@@ -392,7 +392,7 @@ class BoardPeriods:
                     try:
                         if await self._redis.is_built(t.keys):
                             return False
-                        await self._rebuild(t)
+                        await self._rebuild(t, token)
                         return True
                     finally:
                         await self._redis.release_lock(t.keys, token)
@@ -400,14 +400,19 @@ class BoardPeriods:
                     raise TimeoutError(f"the rebuild lock of {t.ids} stayed taken")
                 await asyncio.sleep(0.05)
 
-    async def _rebuild(self, t: Target) -> None:
+    async def _rebuild(self, t: Target, token: str) -> None:
         started = time.perf_counter()
         players = 0
         batch = self._settings.rebuild_batch
+        ttl = self._settings.rebuild_lock_ttl_s
         async with contextlib.aclosing(self._postgres.rows(t.ids, batch)) as rows:
             async for chunk in rows:
                 await self._redis.apply(t.keys, chunk, t.redis_until, require_built=False)
                 players += len(chunk)
+                # A period of a million players takes longer than the lock's TTL to rebuild:
+                # keep it, or another replica starts the same rebuild (harmless, twice the load).
+                if not await self._redis.refresh_lock(t.keys, token, ttl):
+                    log.warning("board_period_rebuild_lock_lost", board=t.board.id, users=players)
         info = {"at": utcnow().isoformat(), "by": self._settings.replica_id, "users": players}
         await self._redis.mark_built(t.keys, info, t.redis_until)
         log.info(

@@ -33,7 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broadcaster.redis_board import _LUA_COMMON
+from broadcaster.redis_board import _LUA_COMMON, _REFRESH_LOCK, _RELEASE_LOCK
 from broadcaster.standings import user_of_member
 from common.keyspace import PeriodBoardKeys
 from common.redis_client import RedisClient
@@ -162,13 +162,6 @@ end
 return out
 """
 
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class PeriodEntry:
@@ -261,6 +254,7 @@ class PeriodBoards:
         self._around = redis.register_script(_AROUND)
         self._lookup = redis.register_script(_LOOKUP)
         self._release_lock = redis.register_script(_RELEASE_LOCK)
+        self._refresh_lock = redis.register_script(_REFRESH_LOCK)
 
     async def apply(
         self,
@@ -382,6 +376,11 @@ class PeriodBoards:
     async def acquire_lock(self, keys: PeriodBoardKeys, token: str, ttl_s: float) -> bool:
         """Take the period's rebuild lock unless another replica holds it."""
         return bool(await self._redis.set(keys.lock, token, nx=True, px=int(ttl_s * 1000)))
+
+    async def refresh_lock(self, keys: PeriodBoardKeys, token: str, ttl_s: float) -> bool:
+        """Extend our rebuild lock; False when it expired and someone else may hold it."""
+        args: list[str | int] = [token, int(ttl_s * 1000)]
+        return bool(await self._refresh_lock(keys=[keys.lock], args=args))
 
     async def release_lock(self, keys: PeriodBoardKeys, token: str) -> None:
         """Release our lock (never someone else's)."""
