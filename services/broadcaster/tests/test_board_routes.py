@@ -17,8 +17,10 @@ from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from broadcaster.components import components_key
+from broadcaster.postgres_boards import PostgresBoards
 from common.boards import BoardDefinition, save_definitions
 from common.events import BoardChange, ScoreChanged
+from common.postgres import create_pool
 from testkit.broadcaster import Client, Player, Send, SettingsFactory, new_player, seed, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_cluster]
@@ -328,3 +330,27 @@ async def test_a_period_rebuild_longer_than_its_lock_keeps_the_lock(
             yesterday,
         )
         assert page.players == expected
+
+
+async def test_a_period_count_read_from_postgresql_is_kept_a_second(
+    pg_module: asyncpg.Connection, board_id: str, make_settings: SettingsFactory
+) -> None:
+    # The count is a pass over the whole period; reads within count_ttl_s reuse it.
+    now = [0.0]
+    pool = await create_pool(make_settings())
+    try:
+        boards = PostgresBoards(pool, count_ttl_s=1.0, clock=lambda: now[0])
+        day = (T0.date() - timedelta(days=400 + uuid.uuid4().int % 3000)).isoformat()
+        period = (board_id, "daily", day)
+        crowd = [new_player("c") for _ in range(3)]
+        await seed(pg_module, crowd)
+        insert = "INSERT INTO board_scores VALUES ($1, 'daily', $2, $3, 5, 1, 1, $4)"
+        await pg_module.execute(insert, board_id, day, crowd[0].user_id, T0)
+        assert (await boards.page(period, 10, None)).players == 1
+        await pg_module.execute(insert, board_id, day, crowd[1].user_id, T0)
+        page = await boards.page(period, 10, None)
+        assert (page.players, len(page.entries)) == (1, 2)  # the rows are current, the count kept
+        now[0] += 1.01
+        assert (await boards.page(period, 10, None)).players == 2
+    finally:
+        await pool.close()
