@@ -291,16 +291,16 @@ async def test_a_cursor_of_another_period_is_refused(client: Client, board_id: s
 async def test_a_period_rebuild_longer_than_its_lock_keeps_the_lock(
     pg_module: asyncpg.Connection, board_id: str, make_settings: SettingsFactory
 ) -> None:
-    # One player per chunk, 1,200 of them, and a lock of 100 ms: the rebuild outlasts the lock
+    # One player per chunk, 2,000 of them, and a lock of 500 ms: the rebuild outlasts the lock
     # several times over, and another replica must still never get it while the rebuild runs.
     yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()  # kept in Redis
-    crowd = [new_player("k") for _ in range(1200)]
+    crowd = [new_player("k") for _ in range(2000)]
     await seed(pg_module, crowd)
     await pg_module.executemany(
         "INSERT INTO board_scores VALUES ($1, 'daily', $5, $2, $3, 1, 1, $4)",
         [(board_id, p.user_id, i, T0, yesterday) for i, p in enumerate(crowd)],
     )
-    settings = make_settings(rebuild_batch=1, rebuild_lock_ttl_s=0.1)
+    settings = make_settings(rebuild_batch=1, rebuild_lock_ttl_s=0.5)
     async with serve(settings) as client:
         periods = client.app[components_key].periods
         t = await periods.resolve(board_id, "daily", yesterday, datetime.now(UTC))
