@@ -66,7 +66,7 @@ from aiokafka import AIOKafkaProducer
 from bench import centrifugo
 from bench.cpu import CpuMeter, machine_busy_seconds
 from bench.fleet import Queue, Target, Window, fleet_process, merge, percentile, shares
-from bench.loadgen import HttpClient
+from bench.loadgen import HttpClient, HttpConnectionClosed
 from common.events import ScoreChangedEvent, Topics, encode
 from common.kafka import make_producer
 from common.kafka_access import SCORE
@@ -642,6 +642,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     starters: dict[str, Callable[[int], Awaitable[Server]]] = {}
     skipped: dict[str, str] = {}
     trials: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []  # trials a server did not get through
     try:
         if "broadcaster" in args.servers:
             env = await create_test_env(LOCAL_INFRA)
@@ -675,7 +676,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 k = (i + r) % len(names)
                 for name in names[k:] + names[:k]:  # alternate who goes first
                     print(f"-- {n} clients, {name} (round {r + 1})", file=sys.stderr, flush=True)
-                    result = await trial(starters[name], n, players, opts)
+                    try:
+                        result = await trial(starters[name], n, players, opts)
+                    except (OSError, RuntimeError, HttpConnectionClosed) as exc:
+                        # A server that gives up at this size (a publish unanswered, a crash)
+                        # is a result too: noted, and the run goes on with the next trial.
+                        failed.append(
+                            {"server": name, "clients": n, "round": r + 1, "error": repr(exc)}
+                        )
+                        print(f"   failed: {exc!r}", file=sys.stderr, flush=True)
+                        continue
                     result["round"] = r + 1
                     trials.append(result)
                     print(
@@ -719,6 +729,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": targets,
         "skipped": skipped,
         "trials": trials,
+        "failed_trials": failed,
         "machine": machine(),
         "run_id": uuid.uuid4().hex[:8],
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
