@@ -318,9 +318,11 @@ class Subscriptions:
     # -- the ticker ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick every ``1 / tick_hz`` (sooner after a :meth:`wake`) until cancelled."""
+        """Tick every ``1 / tick_hz`` until cancelled: sooner after a :meth:`wake` (woken ticks
+        at least a fifth of that apart), and when the pacing lets a held frame go."""
         loop = asyncio.get_running_loop()
         failing = False
+        woken_at = -math.inf
         while True:
             start = loop.time()
             self._nudged.clear()
@@ -333,10 +335,16 @@ class Subscriptions:
             else:
                 failing = False
             wake_at = start + self._interval
+            # Frames the pacing held back (not slow clients': those wait for the clock tick):
+            # the tick when the first may go.
+            held = [t for w in self._owing if w.pace and (t := w.pace.next_at) > start]
+            if held:
+                wake_at = min(wake_at, max(start + self._interval / 5, min(held)))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
-                    await asyncio.sleep(max(0.0, start + self._interval / 5 - loop.time()))
+                    await asyncio.sleep(max(0.0, woken_at + self._interval / 5 - loop.time()))
+                    woken_at = loop.time()
 
     async def tick(self, now: float) -> None:
         """One round: roll periods over, notice changed tops, deliver what each client lacks."""

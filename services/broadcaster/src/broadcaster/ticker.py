@@ -102,12 +102,15 @@ class Ticker:
     async def run(self) -> None:
         """Tick until cancelled; a failing tick is logged once and retried next tick.
 
-        Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`wake`, at least a
-        fifth of that apart (a busy topic must not turn into a busy Redis). A change the pacing
-        holds back is picked up by a tick as soon as the next broadcast is due.
+        Ticks come every ``1 / tick_hz`` seconds, or sooner after a :meth:`wake`; woken ticks
+        at least a fifth of that apart (a busy topic must not turn into a busy Redis). Only
+        woken ticks count for that spacing: a change right after a clock tick goes at once
+        (counting the clock ticks held one change in five back by up to 20 ms). A change the
+        pacing holds back is picked up by a tick as soon as the next broadcast is due.
         """
         loop = asyncio.get_running_loop()
         failing = False
+        woken_at = -math.inf
         while True:
             start = loop.time()
             self._nudged.clear()  # what arrives from here on is seen by this tick or the next
@@ -134,7 +137,8 @@ class Ticker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
-                    await asyncio.sleep(max(0.0, soonest - loop.time()))
+                    await asyncio.sleep(max(0.0, woken_at + self._interval / 5 - loop.time()))
+                    woken_at = loop.time()
 
     async def _traced_tick(self, now: float) -> None:
         """The round after traced board applies, in a span of our own linked to them (no
