@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import aiohttp
@@ -32,6 +32,18 @@ from tests.e2e.harness import Player, System, complete_action, register_and_logi
 from tests.e2e.test_browser import ARTIFACTS, CHROMIUM
 
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(autouse=True)
+async def _clear_of_midnight() -> None:
+    """Each test reads "today" once (and this week, this month); one that ran across UTC
+    midnight would check the page against the day before. So none starts in the last two
+    minutes of a UTC day: it waits for the next one."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+    left = (midnight - now).total_seconds()
+    if left < 120:
+        await asyncio.sleep(left + 1)
 
 
 @pytest.fixture
