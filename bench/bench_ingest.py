@@ -1,7 +1,7 @@
 """Ingest and board reads side by side with a bare aiohttp endpoint: one load tool, one run.
 
     uv run python bench/bench_ingest.py [--seconds 6] [--concurrency 64] [--players 40]
-        [--rounds 2] [--tickets 16000] [--profile DIR]
+        [--rounds 2] [--tickets 16000] [--downstream running|paused] [--profile DIR]
 
 Starts the four services on a fresh slice of the local servers (its own database, topics and
 Redis prefix; one gateway process, its per-user and per-address limits lifted) and the bare
@@ -14,6 +14,10 @@ from round to round:
   the gateway checks the token, the ticket's HMAC, the done marker, the rate limits and the
   earning rules in Redis, and answers 202 once Kafka has the command, acks=all) against the bare
   ``POST /update`` (decode the same body, answer 202). Target: ours at least 0.5 of bare.
+  With ``--downstream paused`` the score service and the broadcaster are stopped (SIGSTOP,
+  then SIGCONT; a trial stays within their Kafka session timeout) while ours is measured, so
+  the gateway has the cores the work its updates set going would take (the commands wait in
+  Kafka): what one gateway process accepts, not what the whole machine applies.
 - **reads**: ``GET /api/scoreboard/top?limit=10`` (the gateway proxies it to the broadcaster,
   which reads the Redis board) against the bare ``GET /top`` (the same bytes from memory).
   Target: ours at least 0.7 of bare. redis-benchmark's rate for the same ZREVRANGE on a 1,000-member
@@ -33,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +52,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -240,7 +246,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if name in ("gateway", "broadcaster") and svc.proc is not None
         } | {bare_proc.pid: "bare", os.getpid(): "load_generator"}
         gateway_pid = gateway.proc.pid if gateway.proc is not None else None
+        downstream = [
+            svc.proc.pid
+            for name, svc in system.services.items()
+            if name in ("score", "broadcaster") and svc.proc is not None
+        ]
         tune_gc()
+        accepted = await _applied(env.postgres_dsn)  # the board's fill, applied by now or soon
         for r in range(args.rounds):
             order = ["bare", "ours"] if r % 2 == 0 else ["ours", "bare"]
             for server in order:
@@ -252,15 +264,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     requests = _bare_updates(bare, tokens)
                     client = bare
-                await closed_loop(
-                    client,
-                    requests,
-                    trial,
-                    args.seconds,
-                    args.concurrency,
-                    CpuMeter(pids),
-                    _profile(args, gateway_pid, server, "ingest", r),
-                )
+                paused = downstream if server == "ours" and args.downstream == "paused" else []
+                _signal(paused, signal.SIGSTOP)
+                try:
+                    await closed_loop(
+                        client,
+                        requests,
+                        trial,
+                        args.seconds,
+                        args.concurrency,
+                        CpuMeter(pids),
+                        _profile(args, gateway_pid, server, "ingest", r),
+                    )
+                finally:
+                    _signal(paused, signal.SIGCONT)
+                if paused:  # the backlog applied before the next trial, which it would slow
+                    accepted += trial.statuses.get("202", 0)
+                    await _drained(env.postgres_dsn, accepted)
                 trials.append(trial)
                 _print_trial(trial)
             for server in order:
@@ -383,6 +403,39 @@ def _print_trial(trial: Trial) -> None:
     )
 
 
+async def _applied(dsn: str, *, published: bool = False) -> int:
+    """Actions the score service has applied (this run's own database); with ``published``,
+    those whose ScoreChanged has left the outbox too."""
+    query = "SELECT count(*) FROM actions"
+    if published:
+        query = (
+            "SELECT (SELECT count(*) FROM actions)"
+            " - (SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
+        )
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
+
+
+async def _drained(dsn: str, accepted: int, timeout_s: float = 180.0) -> None:
+    """Wait until ``accepted`` actions are applied and published, and the broadcaster has had
+    a few seconds for their events."""
+    deadline = time.monotonic() + timeout_s
+    while (done := await _applied(dsn, published=True)) < accepted:
+        if time.monotonic() > deadline:
+            print(f"   backlog not drained: {done} of {accepted} published", file=sys.stderr)
+            return
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3.0)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        os.kill(pid, sig)
+
+
 def _result(args: argparse.Namespace, trials: list[Trial], ceiling: float | None) -> dict[str, Any]:
     rows = [t.summary(202 if t.kind == "ingest" else 200) for t in trials]
 
@@ -429,6 +482,12 @@ def main() -> None:
         type=int,
         default=16_000,
         help="tickets issued per ingest trial of ours (at most 10,000 per player)",
+    )
+    parser.add_argument(
+        "--downstream",
+        choices=("running", "paused"),
+        default="paused",
+        help="the score service and broadcaster during our ingest trials (default: paused)",
     )
     parser.add_argument(
         "--profile",
