@@ -10,7 +10,7 @@ from them). Only code whose scripts keep to one slot each takes a cluster
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -58,19 +58,24 @@ def create_redis(settings: CommonSettings, url: str | None = None) -> aioredis.R
             "several slots"
         )
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        health_check_interval=15,
+        url, timeout=settings.redis_pool_timeout_s, **_connection_options(settings)
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def _connection_options(settings: CommonSettings) -> dict[str, Any]:
+    """How every connection behaves, to one server or to the nodes of a cluster."""
+    return {
+        "max_connections": settings.redis_max_connections,
+        "socket_timeout": REDIS_TIMEOUT_S,
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+        "health_check_interval": 15,
         # A pooled connection that died with the server (a Redis restart) fails on its next
         # command; that command never reached the new server, so it is safe to send it once
         # more on a fresh connection. Timeouts are not retried: the command may have run.
-        retry=Retry(NoBackoff(), retries=1),
-        retry_on_error=[RedisConnectionError],
-    )
-    return aioredis.Redis.from_pool(pool)
+        "retry": Retry(NoBackoff(), retries=1),
+        "retry_on_error": [RedisConnectionError],
+    }
 
 
 def create_redis_or_cluster(settings: CommonSettings, url: str | None = None) -> RedisClient:
@@ -96,12 +101,7 @@ def create_redis_or_cluster(settings: CommonSettings, url: str | None = None) ->
         username=unquote(username) or None,
         password=unquote(password) or None,
         ssl=CLUSTER_SCHEMES[parts.scheme],
-        max_connections=settings.redis_max_connections,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        health_check_interval=15,
-        retry=Retry(NoBackoff(), retries=1),
-        retry_on_error=[RedisConnectionError],
+        **_connection_options(settings),
     )
 
 
