@@ -2,7 +2,7 @@
 
     uv run python bench/bench_boards.py [--players 1000000] [--requests 3000] [--concurrency 16]
         [--boards 100] [--apply-users 10000] [--apply-commands 4000] [--repeats 2]
-        [--rate 1000] [--seconds 10] [--short] [--skip-reads] [--skip-apply]
+        [--rate 1000] [--seconds 10] [--topology own,all] [--short] [--skip-reads] [--skip-apply]
 
 Two parts, each on a fresh slice of the local servers (testkit.env: its own database, topics and
 Redis prefix, all dropped at the end, so the shared test database never holds the million rows)
@@ -21,19 +21,27 @@ with the four services running as processes (tests.e2e.harness.start_system):
    around-me (n=5) for each of the three players, and a rank (``/users/{id}``, random players).
    The gateway's micro-cache (gateway.board_cache) is off (TTL 0), so every request reaches the
    broadcaster and Redis: what is measured is the read path, not the cache.
-2. **Many boards applied.** ``--boards`` boards (the default one and ``--boards - 1`` more), each
-   with the all-time, daily, weekly and monthly windows, fed by every action type: each command
-   counts in 4 x boards - 1 board periods (the default board's all-time window is the ``scores``
-   table). Against the same run's single-board apply (the default board alone, as shipped):
+2. **Many boards applied.** ``--boards`` boards (the default one and ``--boards - 1`` more),
+   each with the all-time, daily, weekly and monthly windows, and ``--boards`` action types
+   (``mode_000``.., one price; the run's catalog, given to the score service), the commands
+   spread evenly over them. The extra boards' feeds, ``--topology``:
+   - ``own``: board ``mode-NNN`` is fed by ``mode_NNN`` alone (a board per game mode or event;
+     ``mode_000`` counts on the default board only): a command counts in its board's 4 periods
+     and the default board's 3 (its all-time window is the ``scores`` table).
+   - ``all``: every board is fed by every type: a command counts in 4 x boards - 1 periods.
+   Each against the same run's default board alone (the extra boards retired; same commands,
+   same catalog):
    - *store throughput*: the score service's own store (score.store.ScoreStore) applying the same
-     commands in batches of ``--batch``, alternating single and many ``--repeats`` times
-     (medians). Target: many/single >= 0.5.
+     commands in batches of ``--batch``, the configurations alternating ``--repeats`` times
+     (medians), board_scores checked after each run (its rows and entries are the commands'
+     distinct (board, window, period, player) keys and board periods). Target: ratio >= 0.5.
    - *end to end at ``--rate``*: signed commands produced to Kafka as the gateway does, open
      loop, for ``--seconds``, applied by the running score service, published by its relay and
      applied by the broadcaster. End to end is from the produce call to (a) the command's
      ScoreChanged read from Kafka and (b) the broadcaster's AppliedNotice on Redis (the main
      board moved; its period boards are applied right after it, in the same chunk). p50/p99 and
-     the achieved rate (commands / first produce to last ScoreChanged).
+     the achieved rate (commands / first produce to last ScoreChanged). ``all`` also runs at
+     ``--sustainable-rate``, and at ``--rate`` last (its backlog is abandoned).
 
 Prints a table (stderr) and one JSON object (the last stdout line), also written to
 bench/results/boards.json. ``--short`` is a quick run (10,000 players, a few hundred requests,
@@ -72,9 +80,12 @@ from bench.loadgen import HttpClient, HttpConnectionClosed, HttpProtocolError
 from common.boards import (
     DEFAULT_BOARD,
     BoardDefinition,
+    Catalog,
     Window,
+    load_catalog,
     save_definitions,
 )
+from common.catalog import ActionSpec
 from common.command_signing import CommandSigner
 from common.events import ScoreCommand, ScoreCommandEvent, Topics, encode
 from common.kafka import local_kafka_password, make_producer
@@ -116,6 +127,11 @@ READ_TARGETS_P99_MS: Final = {
     "rank_random_player": 50.0,
 }
 APPLY_RATIO_TARGET: Final = 0.5
+# Part 2's configurations: the baseline (the default board alone, as shipped) and the
+# topologies of the extra boards (board_definitions).
+SINGLE: Final = "default_alone"
+TOPOLOGIES: Final = ("own", "all")
+MODE_POINTS: Final = 10  # every action type of part 2 is worth the same
 E2E_P99_TARGET_MS: Final = 250.0  # bench_e2e_latency's target for click to screen at 1,000/s
 
 
@@ -455,31 +471,89 @@ async def check_reads(client: HttpClient, requests: dict[str, list[bytes]], play
 # -- part 2: many boards -----------------------------------------------------------------------
 
 
-def board_definitions(count: int) -> list[BoardDefinition]:
-    """``count - 1`` boards besides the default one, each with four windows, every type."""
-    return [
-        BoardDefinition(board_id=f"bench-{i:03d}", title=f"Bench {i}", windows=APPLY_WINDOWS)
-        for i in range(1, count)
-    ]
+def action_types(boards: int) -> list[str]:
+    """The run's action types, one per board: ``mode_000`` has no board of its own (a mode
+    counted on the default board alone), ``mode_NNN`` feeds board ``mode-NNN`` in ``own``."""
+    return [f"mode_{i:03d}" for i in range(boards)]
 
 
-async def use_boards(
-    conn: asyncpg.Connection, definitions: Sequence[BoardDefinition], on: bool
-) -> None:
-    """Make the extra boards count (``on``) or retire them: the default board alone is left."""
-    if on:
-        await save_definitions(conn, definitions)
-    else:
+def run_catalog(types: Sequence[str]) -> dict[str, ActionSpec]:
+    """The action catalog of the run: every type at the same price, so the topologies differ
+    only in where a command counts."""
+    return {t: ActionSpec(points=MODE_POINTS) for t in types}
+
+
+def board_definitions(topology: str, boards: int) -> list[BoardDefinition]:
+    """The ``boards - 1`` boards besides the default one, each with four windows.
+
+    ``own``: each fed by its own action type only (a board per game mode); ``all``: each fed by
+    every type (100 copies of one board, the harshest case); ``single``: none.
+    """
+    if topology == "own":
+        return [
+            BoardDefinition(
+                board_id=f"mode-{i:03d}",
+                title=f"Mode {i}",
+                action_types=(f"mode_{i:03d}",),
+                windows=APPLY_WINDOWS,
+            )
+            for i in range(1, boards)
+        ]
+    if topology == "all":
+        return [
+            BoardDefinition(board_id=f"bench-{i:03d}", title=f"Bench {i}", windows=APPLY_WINDOWS)
+            for i in range(1, boards)
+        ]
+    return []
+
+
+async def use_topology(conn: asyncpg.Connection, definitions: Sequence[BoardDefinition]) -> None:
+    """Retire every board but the default one, then make ``definitions`` count, in one
+    transaction (the score service sees one topology or the other, never a mix)."""
+    async with conn.transaction():
         await conn.execute(
             "UPDATE boards SET retired = true, revision = nextval('boards_revision_seq')"
             " WHERE board_id <> $1 AND NOT retired",
             DEFAULT_BOARD,
         )
+        await save_definitions(conn, definitions)
 
 
-def periods_per_command(boards: int) -> int:
-    """Board periods one command counts in (the default all-time window aside)."""
-    return len(APPLY_WINDOWS) * boards - 1
+def mode_commands(n: int, users: list[uuid.UUID], types: Sequence[str], seed: int) -> list[Command]:
+    """make_commands' commands, command ``i`` of type ``types[i % len(types)]`` (uniform over
+    the types; any ``len(types)`` consecutive commands cover every type)."""
+    out = []
+    for i, c in enumerate(make_commands(n, users, seed=seed)):
+        data = c.data.model_copy(
+            update={"action_type": types[i % len(types)], "points": MODE_POINTS}
+        )
+        out.append(Command(c.delivery, data))
+    return out
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Where a set of commands counts under one catalog of boards: the distinct board_scores
+    rows, (board, window, period, player), and the board periods summed over the commands."""
+
+    rows: int
+    periods: int
+
+    @classmethod
+    def expected(cls, catalog: Catalog, commands: Sequence[Command]) -> Counted:
+        """What the store should write for ``commands`` (each in the period of its
+        accepted_at, on every counted window of every board its type feeds)."""
+        keys = set()
+        periods = 0
+        for c in commands:
+            data = c.data
+            for board in catalog.feeding(data.action_type):
+                for window in board.counted_windows:
+                    period = board.period_at(window, data.accepted_at)
+                    if period is not None:
+                        keys.add((board.id, window, period.id, data.user_id))
+                        periods += 1
+        return cls(rows=len(keys), periods=periods)
 
 
 async def add_players(dsn: str, n: int) -> list[uuid.UUID]:
@@ -498,10 +572,15 @@ async def add_players(dsn: str, n: int) -> list[uuid.UUID]:
 
 
 async def store_rate(
-    store: ScoreStore, conn: asyncpg.Connection, commands: Sequence[Command], batch: int
+    store: ScoreStore,
+    conn: asyncpg.Connection,
+    commands: Sequence[Command],
+    batch: int,
+    expected: Counted,
 ) -> tuple[float, float]:
-    """Commands/s of the service's store over ``commands`` (from empty tables), checked, and the
-    longest batch in seconds."""
+    """Commands/s of the service's store over ``commands`` (from empty tables), and the longest
+    batch in seconds. Checked: the total of the scores, and board_scores holds exactly the
+    ``expected`` rows and entries (one entry per command and board period it counts in)."""
     await conn.execute("TRUNCATE actions, outbox, scores, board_scores")
     longest = 0.0
     start = time.perf_counter()
@@ -513,60 +592,81 @@ async def store_rate(
     total = await conn.fetchval("SELECT coalesce(sum(score), 0) FROM scores")
     if total != sum(c.data.points for c in commands):
         raise RuntimeError("the store applied the wrong total")
+    row = await conn.fetchrow("SELECT count(*), coalesce(sum(entries), 0) FROM board_scores")
+    assert row is not None
+    found = Counted(rows=int(row[0]), periods=int(row[1]))
+    if found != expected:
+        raise RuntimeError(f"board_scores holds {found}, expected {expected}")
     return rate, longest
 
 
 async def part_store(
     args: argparse.Namespace, env: TestEnv, users: list[uuid.UUID]
 ) -> dict[str, Any]:
-    """Part 2a: the store's throughput, default board alone vs ``--boards`` boards."""
+    """Part 2a: the store's throughput, the default board alone vs each topology."""
     # The service's pool times statements out after 10 s (common.postgres); a batch of many
     # boards can take longer, so this pool waits, and the longest batch is reported instead.
     pool = await asyncpg.create_pool(env.postgres_dsn, min_size=1, max_size=2, command_timeout=None)
     assert pool is not None
     conn = await asyncpg.connect(env.postgres_dsn)
-    definitions = board_definitions(args.boards)
-    commands = make_commands(args.apply_commands, users)
-    rates: dict[str, list[float]] = {"single": [], "many": []}
-    longest: dict[str, float] = {"single": 0.0, "many": 0.0}
-    rows_many = 0
+    types = action_types(args.boards)
+    commands = mode_commands(args.apply_commands, users, types, seed=7)
+    configs = [SINGLE, *args.topology]
+    rates: dict[str, list[float]] = {k: [] for k in configs}
+    longest = dict.fromkeys(configs, 0.0)
+    counted: dict[str, Counted] = {}
     try:
+        for which in configs:
+            await use_topology(conn, board_definitions(which, args.boards))
+            counted[which] = Counted.expected(await load_catalog(conn), commands)
+            print(
+                f"-- {which:13} {counted[which].periods / len(commands):.2f} board periods"
+                f" per command, {counted[which].rows:,} board_scores rows",
+                file=sys.stderr,
+                flush=True,
+            )
         store = ScoreStore(pool)
         await store.apply(commands[:1])  # connect and warm the statement cache
         for r in range(args.repeats):
-            order = ["single", "many"] if r % 2 == 0 else ["many", "single"]
-            for which in order:
-                await use_boards(conn, definitions, which == "many")
-                rate, slowest = await store_rate(store, conn, commands, args.batch)
+            for which in configs if r % 2 == 0 else configs[::-1]:
+                await use_topology(conn, board_definitions(which, args.boards))
+                rate, slowest = await store_rate(store, conn, commands, args.batch, counted[which])
                 rates[which].append(rate)
                 longest[which] = max(longest[which], slowest)
-                if which == "many":
-                    rows_many = int(await conn.fetchval("SELECT count(*) FROM board_scores"))
                 print(
-                    f"-- store {which:6} {rate:9.0f} commands/s, longest batch {slowest:.2f} s",
+                    f"-- store {which:13} {rate:9.0f} commands/s, longest batch {slowest:.2f} s",
                     file=sys.stderr,
                     flush=True,
                 )
         await conn.execute("TRUNCATE actions, outbox, scores, board_scores")
-        await use_boards(conn, definitions, False)
+        await use_topology(conn, [])
     finally:
         await conn.close()
         await pool.close()
-    single, many = statistics.median(rates["single"]), statistics.median(rates["many"])
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+
+    def summary(which: str) -> dict[str, Any]:
+        row = {
+            "board_periods_per_command": round(counted[which].periods / len(commands), 3),
+            "board_scores_rows": counted[which].rows,
+            "board_scores_entries": counted[which].periods,
+            "commands_per_s": round(medians[which]),
+            "runs_commands_per_s": [round(v) for v in rates[which]],
+            "longest_batch_s": round(longest[which], 2),
+        }
+        if which != SINGLE:
+            row["ratio"] = round(medians[which] / medians[SINGLE], 3)
+            row["target_ratio"] = APPLY_RATIO_TARGET
+        return row
+
     return {
         "commands": args.apply_commands,
         "users": args.apply_users,
-        "batch_max": args.batch,
-        "boards": args.boards,
-        "board_periods_per_command": periods_per_command(args.boards),
         "users_touched": len({c.data.user_id for c in commands}),
-        "board_scores_rows_after_many": rows_many,
-        "single_commands_per_s": round(single),
-        "many_commands_per_s": round(many),
-        "runs_commands_per_s": {k: [round(v) for v in vs] for k, vs in rates.items()},
-        "longest_batch_s": {k: round(v, 2) for k, v in longest.items()},
+        "batch_max": args.batch,
         "service_statement_timeout_s": 10,
-        "ratio": round(many / single, 3),
+        SINGLE: summary(SINGLE),
+        **{t: summary(t) for t in args.topology},
     }
 
 
@@ -651,10 +751,15 @@ async def changed_consumer(env: TestEnv) -> AIOKafkaConsumer:
 
 
 async def paced(
-    env: TestEnv, users: list[uuid.UUID], arrivals: Arrivals, rate: float, count: int
+    env: TestEnv,
+    users: list[uuid.UUID],
+    types: Sequence[str],
+    arrivals: Arrivals,
+    rate: float,
+    count: int,
 ) -> float:
-    """Produce ``count`` signed commands at ``rate`` a second, open loop; returns the achieved
-    produce rate."""
+    """Produce ``count`` signed commands of ``types`` at ``rate`` a second, open loop; returns
+    the achieved produce rate."""
     settings = ScoreSettings.load(
         **env.overrides(),
         kafka_username=GATEWAY,
@@ -662,7 +767,7 @@ async def paced(
     )
     signer = CommandSigner(settings.command_keys[0])  # as the gateway signs
     topic = Topics(env.topic_prefix).commands
-    commands = make_commands(count, users, seed=random.randrange(1 << 30))
+    commands = mode_commands(count, users, types, seed=random.randrange(1 << 30))
     producer = make_producer(settings, client_id="bench-boards")
     await producer.start()
     acks = []
@@ -708,17 +813,21 @@ def percentile_of_all(seen: Sequence[float], total: int, q: float) -> float | No
 
 @dataclass(frozen=True)
 class Phase:
-    """One paced end-to-end run: its label, boards, rate, commands and how long to drain."""
+    """One paced end-to-end run: its label, topology, rate, commands and how long to drain."""
 
     label: str
-    many: bool
+    topology: str
     rate: float
     count: int
     drain_s: float
 
 
 async def e2e_phase(
-    phase: Phase, env: TestEnv, users: list[uuid.UUID], pids: dict[int, str]
+    phase: Phase,
+    env: TestEnv,
+    users: list[uuid.UUID],
+    types: Sequence[str],
+    pids: dict[int, str],
 ) -> dict[str, Any]:
     """One paced run; latencies from the produce call to ScoreChanged and to AppliedNotice."""
     arrivals = Arrivals()
@@ -734,12 +843,14 @@ async def e2e_phase(
     meter = CpuMeter(pids)
     try:
         # A warm-up, not counted: the first batch of a phase loads the boards' catalog (and,
-        # after a change, rebuilds every new period in Redis).
-        await paced(env, users, arrivals, phase.rate, min(20, phase.count))
+        # after a change, rebuilds every new period in Redis). In ``own`` a board is touched
+        # only by its type: one command of each (mode_commands' order) reaches every board.
+        warm_up = max(20, len(types)) if phase.topology == "own" else 20
+        await paced(env, users, types, arrivals, phase.rate, min(warm_up, phase.count))
         await arrivals.drained(phase.drain_s)
         arrivals.sent.clear()
         meter.start()
-        produced_rate = await paced(env, users, arrivals, phase.rate, phase.count)
+        produced_rate = await paced(env, users, types, arrivals, phase.rate, phase.count)
         drained = await arrivals.drained(phase.drain_s)
         used = meter.stop()
     finally:
@@ -760,7 +871,7 @@ async def e2e_phase(
     wall = used.pop("wall", 1.0) or 1.0
     row = {
         "phase": phase.label,
-        "boards": "many" if phase.many else "single",
+        "topology": phase.topology,
         "asked_per_s": phase.rate,
         "produced_per_s": round(produced_rate),
         "commands": len(sent),
@@ -809,23 +920,30 @@ async def wait_idle(infra: Infra, env: TestEnv, timeout_s: float = 180.0) -> Non
 
 
 async def part_apply(args: argparse.Namespace, infra: Infra) -> dict[str, Any]:
-    """Part 2: the store's throughput, then end to end through the running services."""
+    """Part 2: the store's throughput, then end to end through the running services, the
+    default board alone and each ``--topology``, with one catalog and one kind of command."""
     env = await create_test_env(infra, partitions=12)
     system: System | None = None
+    types = action_types(args.boards)
     count = round(args.rate * args.seconds)
-    # The many-board overload runs last: it leaves a backlog that is abandoned at its timeout.
+    sustainable = round(args.sustainable_rate * args.seconds)
+    # ``all`` at --rate runs last: it leaves a backlog that is abandoned at its timeout.
     plan = [
-        Phase("single", False, args.rate, count, args.drain_timeout),
-        Phase("many_sustainable", True, args.sustainable_rate,
-              round(args.sustainable_rate * args.seconds), args.drain_timeout),
-        Phase("many", True, args.rate, count, args.overload_drain),
-    ]  # fmt: skip
+        Phase(SINGLE, SINGLE, args.rate, count, args.drain_timeout),
+        Phase("own", "own", args.rate, count, args.drain_timeout),
+        Phase("all_sustainable", "all", args.sustainable_rate, sustainable, args.drain_timeout),
+        Phase("all", "all", args.rate, count, args.overload_drain),
+    ]
+    plan = [p for p in plan if p.topology in (SINGLE, *args.topology)]
     try:
         users = await add_players(env.postgres_dsn, args.apply_users)
         store = await part_store(args, env, users)
         extra = {
             "SCOREBOARD_LOG_LEVEL": "WARNING",
             "SCOREBOARD_BATCH_MAX": str(args.service_batch_max),
+            "SCOREBOARD_ACTION_CATALOG": json.dumps(
+                {t: spec.model_dump() for t, spec in run_catalog(types).items()}
+            ),
         }
         system = start_system(env, extra)
         pids = {
@@ -838,8 +956,8 @@ async def part_apply(args: argparse.Namespace, infra: Infra) -> dict[str, Any]:
         try:
             for phase in plan:
                 # The score service reloads the boards in its next batch (their revision moved).
-                await use_boards(conn, board_definitions(args.boards), phase.many)
-                phases.append(await e2e_phase(phase, env, users, pids))
+                await use_topology(conn, board_definitions(phase.topology, args.boards))
+                phases.append(await e2e_phase(phase, env, users, types, pids))
         finally:
             await conn.close()
     finally:
@@ -847,15 +965,20 @@ async def part_apply(args: argparse.Namespace, infra: Infra) -> dict[str, Any]:
             system.stop()
         await wait_idle(infra, env)
         await drop_test_env(infra, env)
-    single, _, many = phases
+    at_rate = {p["phase"]: p["applied_per_s"] for p in phases}
     return {
+        "boards": args.boards,
+        "action_types": len(types),
         "store": store,
         "end_to_end": {
             "measured_from": "the produce call of the signed command (as the gateway sends it)",
             "to": "its ScoreChanged read from Kafka; its AppliedNotice on Redis (main board)",
             "service_batch_max": args.service_batch_max,
             "phases": phases,
-            "applied_ratio": round(many["applied_per_s"] / max(single["applied_per_s"], 1), 3),
+            "applied_ratio": {
+                t: round(at_rate[t] / max(at_rate[SINGLE], 1), 3) for t in args.topology
+            },
+            "target_ratio": APPLY_RATIO_TARGET,
         },
     }
 
@@ -878,11 +1001,12 @@ async def run(args: argparse.Namespace, infra: Infra = LOCAL_INFRA) -> dict[str,
     if not args.skip_apply:
         apply = await part_apply(args, infra)
         result["many_boards"] = apply
-        headline["apply_ratio"] = apply["store"]["ratio"]
-        targets["apply_ratio"] = APPLY_RATIO_TARGET
         e2e = apply["end_to_end"]
-        headline["e2e_applied_ratio"] = e2e["applied_ratio"]
-        targets["e2e_applied_ratio"] = APPLY_RATIO_TARGET
+        for topology in args.topology:
+            headline[f"{topology}_apply_ratio"] = apply["store"][topology]["ratio"]
+            targets[f"{topology}_apply_ratio"] = APPLY_RATIO_TARGET
+            headline[f"{topology}_e2e_applied_ratio"] = e2e["applied_ratio"][topology]
+            targets[f"{topology}_e2e_applied_ratio"] = APPLY_RATIO_TARGET
         for phase in e2e["phases"]:
             if phase["to_score_changed_p99_ms"] is not None:
                 headline[f"{phase['phase']}_e2e_p99_ms"] = phase["to_score_changed_p99_ms"]
@@ -928,6 +1052,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="seconds the many-board run at --rate may drain before its backlog is abandoned",
     )
+    parser.add_argument(
+        "--topology",
+        default=",".join(TOPOLOGIES),
+        help="the many-board topologies of part 2, comma-separated: own (each extra board fed by"
+        " its own action type) and/or all (each fed by every type)",
+    )
     parser.add_argument("--skip-reads", action="store_true", help="only part 2")
     parser.add_argument("--skip-apply", action="store_true", help="only part 1")
     args = parser.parse_args(argv)
@@ -948,6 +1078,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--players must be at least 4 (three of them are ranked on purpose)")
     if args.boards < 1:
         parser.error("--boards must be at least 1 (the default board)")
+    topology = tuple(dict.fromkeys(t.strip() for t in args.topology.split(",") if t.strip()))
+    if not topology or not set(topology) <= set(TOPOLOGIES):
+        parser.error(f"--topology: one or more of {', '.join(TOPOLOGIES)}")
+    args.topology = topology
     return args
 
 
