@@ -8,7 +8,9 @@ and reports the unsent bytes a test sets (what a client that stops reading looks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import statistics
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -300,3 +302,50 @@ async def test_clients_joining_a_busy_board_never_get_more_than_the_cap_in_a_sec
     assert min(last_second) >= 8, last_second
     # ...and are back on the broadcasts' shared history (no bookkeeping of their own).
     assert all(w.pace is None for w, t in joined if end - t.stamps[0] >= 1.5)
+
+
+class TimingTransport(RecordingTransport):
+    """Also notes the loop's clock at each write, and sets ``wrote``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+        self.wrote = asyncio.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.times.append(asyncio.get_running_loop().time())
+        self.wrote.set()
+
+
+async def test_a_change_just_before_its_slot_goes_at_the_slot(rig: Rig) -> None:
+    # The running ticker, and changes that each come 5 ms before the next frame may go: each
+    # must go at its slot, not a woken tick's spacing (a fifth of an interval) after its change.
+    # (Before, every change of a steady 10/s stream that came ahead of its slot waited 20 ms.)
+    loop = asyncio.get_running_loop()
+    broadcasts = rig.fanout.connections.broadcasts
+    player = new_player()
+    transport = TimingTransport()
+    await rig.fanout.attach(RecordingWebSocket(), transport, None)
+    runner = asyncio.create_task(rig.fanout.ticker.run())
+    late: list[float] = []  # how long after its slot each frame was written
+    try:
+        # A second after its snapshot the connection shares the broadcasts' history again.
+        await asyncio.sleep(1.0 + rig.settings.tick_interval_s)
+        for points in range(1, 14):
+            slot = broadcasts.next_at
+            await asyncio.sleep(max(0.0, slot - 0.005 - loop.time()))
+            transport.wrote.clear()
+            await rig.apply((player, points))
+            rig.fanout.nudge()
+            await asyncio.wait_for(transport.wrote.wait(), 1)
+            if points > 1:  # (the first goes at once: the board was quiet)
+                late.append(transport.times[-1] - slot)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    assert min(late) >= -1e-3, late  # never before its slot (the timer's slack aside)
+    # At its slot, give or take the tick's Redis reads (a woken tick later: 15 ms or more).
+    assert statistics.median(late) < 0.008, late

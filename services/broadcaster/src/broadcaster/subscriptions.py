@@ -339,7 +339,7 @@ class Subscriptions:
             # the tick when the first may go.
             held = [t for w in self._owing if w.pace and (t := w.pace.next_at) > start]
             if held:
-                wake_at = min(wake_at, max(start + self._interval / 5, min(held)))
+                wake_at = min(wake_at, min(held))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()

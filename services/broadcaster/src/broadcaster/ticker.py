@@ -128,12 +128,11 @@ class Ticker:
                     log.info("fanout_tick_recovered")
                 failing = False
             self._metrics.tick_seconds.observe(loop.time() - start)
-            soonest = start + self._interval / 5
             wake_at = start + self._interval
-            if self._top_pending:
-                wake_at = min(wake_at, max(soonest, self._broadcasts.next_at))
+            if self._top_pending:  # the change goes the moment the pacing lets it
+                wake_at = min(wake_at, self._broadcasts.next_at)
             if self._me.queued:  # rank changes waiting for the next round
-                wake_at = min(wake_at, max(soonest, self._me.next_rank_round_at))
+                wake_at = min(wake_at, max(start + self._interval / 5, self._me.next_rank_round_at))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
                     await self._nudged.wait()
