@@ -110,6 +110,28 @@ async def test_a_timeout_raises_and_the_next_call_starts_afresh(test_env: TestEn
         await slow.aclose()
 
 
+async def test_a_stalled_call_times_out_at_its_own_deadline_while_others_keep_coming(
+    test_env: TestEnv,
+) -> None:
+    slow = PipelinedRedis(test_env.redis_url, timeout_s=0.3)
+    try:
+        await slow.execute("PING")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        blocked = asyncio.ensure_future(slow.execute("BLPOP", f"{test_env.redis_prefix}never", 2))
+        later = []
+        while not blocked.done() and loop.time() - started < 1.0:
+            later.append(asyncio.ensure_future(slow.execute("ECHO", "x")))
+            await asyncio.sleep(0.05)
+        with pytest.raises(RedisTimeoutError, match=r"did not answer within 0\.3 s"):
+            await blocked
+        assert 0.25 < loop.time() - started < 0.5
+        results = await asyncio.gather(*later, return_exceptions=True)
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    finally:
+        await slow.aclose()
+
+
 async def test_the_url_selects_the_database(test_env: TestEnv) -> None:
     base = test_env.redis_url.rsplit("/", 1)[0]
     other = PipelinedRedis(f"{base}/3")

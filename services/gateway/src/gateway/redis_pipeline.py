@@ -11,8 +11,11 @@ futures matches them.
 Failure behaves like redis-py's: errors are :mod:`redis.exceptions` (``ResponseError`` for an
 error reply, ``ConnectionError`` and ``TimeoutError`` otherwise, all ``RedisError``). A call that
 times out drops the connection with everything in flight on it (their replies could no longer be
-told apart from later ones), and the next call connects again. A script Redis does not have
-(restarted, flushed) is sent whole once with EVAL, which also caches it.
+told apart from later ones), and the next call connects again. Since replies come in order, only
+the oldest call waiting can be the first to time out: one timer per connection watches its
+deadline, where an ``asyncio.timeout`` per call (a scheduled handle and two context-manager
+steps) was about 7% of the gateway's samples under bench_ingest's reads (py-spy). A script
+Redis does not have (restarted, flushed) is sent whole once with EVAL, which also caches it.
 """
 
 from __future__ import annotations
@@ -54,12 +57,16 @@ def pack(*args: Arg) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.transport: asyncio.Transport | None = None
-        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Each call's future and the loop time by which its reply must have come.
+        self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._out: list[bytes] = []
-        self.lost = asyncio.get_running_loop().create_future()  # done once the socket closed
+        self._loop = asyncio.get_running_loop()
+        self._timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.lost = self._loop.create_future()  # done once the socket closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -70,12 +77,33 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue ``command``; everything queued in this loop iteration leaves in one write."""
+        loop = self._loop
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(command)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + self._timeout_s
+        self.pending.append((future, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
         return future
+
+    def _check_deadline(self) -> None:
+        """Fail the connection if its oldest call is past its deadline; else watch that one."""
+        self._watchdog = None
+        if not self.pending:
+            return
+        future, deadline = self.pending[0]
+        if self._loop.time() < deadline:
+            self._watchdog = self._loop.call_at(deadline, self._check_deadline)
+            return
+        self.pending.popleft()
+        if not future.done():
+            future.set_exception(
+                RedisTimeoutError(f"Redis did not answer within {self._timeout_s} s")
+            )
+        # The replies still due on this connection can no longer be matched: start afresh.
+        self.fail(RedisTimeoutError("an earlier call on this connection timed out"))
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -89,16 +117,19 @@ class _Protocol(asyncio.Protocol):
             if not pending:
                 self.fail(InvalidResponse("a reply nobody asked for"))
                 return
-            future = pending.popleft()
+            future = pending.popleft()[0]
             if not future.done():  # its caller may have given up
                 future.set_result(reply)
 
     def fail(self, exc: Exception) -> None:
         """Close, and fail every call still waiting."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.transport is not None:
             self.transport.abort()
         while self.pending:
-            future = self.pending.popleft()
+            future = self.pending.popleft()[0]
             if not future.done():
                 future.set_exception(exc)
 
@@ -148,14 +179,7 @@ class PipelinedRedis:
 
     async def _call(self, command: bytes) -> Any:
         protocol = await self._connection()
-        future = protocol.send(command)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await future
-        except TimeoutError:
-            # The replies still due on this connection can no longer be matched: start afresh.
-            protocol.fail(RedisTimeoutError("an earlier call on this connection timed out"))
-            raise RedisTimeoutError(f"Redis did not answer within {self._timeout_s} s") from None
+        reply = await protocol.send(command)  # the protocol fails it past the timeout
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -177,7 +201,7 @@ class PipelinedRedis:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port, ssl=self._ssl
+                    lambda: _Protocol(self._timeout_s), self._host, self._port, ssl=self._ssl
                 )
                 setup = []
                 if self._password is not None:
