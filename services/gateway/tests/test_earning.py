@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from gateway.catalog import ActionSpec
+from gateway.catalog import ActionSpec, Catalog
 from gateway.components import components_key
-from gateway.earning import EARNING_PROBLEM, Budget
+from gateway.earning import EARNING_PROBLEM, Budget, EarningRules
 from services.gateway.tests.support import UPDATE, Client, MakeGateway, Player, TokenMint
 
 CATALOG: dict[str, dict[str, Any]] = {
@@ -152,3 +153,30 @@ def test_the_default_budget_is_the_best_type_done_back_to_back() -> None:
     assert (budget.per_minute, budget.burst_points) == (25 * 60, 50)  # quest: 25 points/s
     instant = {"jump": ActionSpec(points=3, min_duration_ms=0)}
     assert Budget.for_catalog(instant, updates_per_s=10, per_minute=None).per_minute == 1800
+
+
+def test_the_counters_keys_and_lifetimes_follow_the_utc_hour_and_day_of_each_time() -> None:
+    spec = ActionSpec(points=10, min_duration_ms=0, per_hour=2)
+    rules = EarningRules("p:", Catalog({"hourly": spec}), Budget(per_minute=60, burst_points=10))
+    user = uuid.UUID(int=1)
+
+    def periods(now: datetime) -> tuple[str, str, int, int]:
+        keys, args = rules.redeem_input(user, "hourly", spec, now)
+        return keys[1], keys[2], int(args[5]), int(args[6])
+
+    margin_ms = 5 * 60 * 1000
+    late = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
+    after = late + timedelta(seconds=1)
+    earlier = late - timedelta(hours=5)  # a refund of an older claim, asked after the others
+    for now, hour, day, to_hour_end, to_day_end in [
+        (late, "2026123123", "20261231", 1_000, 1_000),
+        (after, "2027010100", "20270101", 3_600_000, 86_400_000),
+        (earlier, "2026123118", "20261231", 1_000, 1_000 + 5 * 3_600_000),
+        (after, "2027010100", "20270101", 3_600_000, 86_400_000),
+    ]:
+        assert periods(now) == (
+            f"p:earn:{user}:hourly:h:{hour}",
+            f"p:earn:{user}:hourly:d:{day}",
+            to_hour_end + margin_ms,
+            to_day_end + margin_ms,
+        )

@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from aiohttp.web_urldispatcher import AbstractResource
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from common.bodies import MAX_BODY
 from common.metrics import http_metrics
@@ -89,12 +90,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 def metrics_middleware(service: str, registry: CollectorRegistry) -> Any:
     """Count requests and time them by route and status (the monitoring flow of the diagrams)."""
     requests, latency = http_metrics(registry)
+    # The labelled children by (method, route, status): ``labels()`` builds and checks its key
+    # under a lock on every call, about 2% of the gateway's CPU per read (py-spy).
+    children: dict[tuple[str, AbstractResource | None, int], tuple[Counter, Histogram]] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
         status = 500
         try:
             response = await handler(request)
@@ -104,7 +106,16 @@ def metrics_middleware(service: str, registry: CollectorRegistry) -> Any:
             status = exc.status
             raise
         finally:
-            requests.labels(service, request.method, name, str(status)).inc()
-            latency.labels(service, request.method, name).observe(time.perf_counter() - start)
+            key = (request.method, request.match_info.route.resource, status)
+            pair = children.get(key)
+            if pair is None:
+                route = key[1]
+                name = route.canonical if route is not None else "unmatched"
+                pair = children[key] = (
+                    requests.labels(service, key[0], name, str(status)),
+                    latency.labels(service, key[0], name),
+                )
+            pair[0].inc()
+            pair[1].observe(time.perf_counter() - start)
 
     return middleware

@@ -152,10 +152,35 @@ class Budget:
         return cls(per_minute=per_minute, burst_points=burst)
 
 
-def _period_ends(now: datetime) -> tuple[datetime, datetime]:
-    hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    return hour, day
+@dataclass(frozen=True, slots=True)
+class _Periods:
+    """The hour and the day ``now`` falls in: the counters' key suffixes and when they end.
+
+    Kept for the hour: formatting the suffixes and computing the ends per update was about 4%
+    of the gateway's CPU per update (py-spy under bench_ingest).
+    """
+
+    start: datetime
+    hour_end: datetime
+    day_end: datetime
+    hour: str
+    day: str
+
+    @classmethod
+    def of(cls, now: datetime) -> _Periods:
+        start = now.replace(minute=0, second=0, microsecond=0)
+        day_start = start.replace(hour=0)
+        return cls(
+            start,
+            start + timedelta(hours=1),
+            day_start + timedelta(days=1),
+            f"h:{now:%Y%m%d%H}",
+            f"d:{now:%Y%m%d}",
+        )
+
+    def holds(self, now: datetime) -> bool:
+        """Whether ``now`` (in the same time zone) falls in this hour."""
+        return now.tzinfo is self.start.tzinfo and self.start <= now < self.hour_end
 
 
 class EarningRules:
@@ -165,15 +190,20 @@ class EarningRules:
         self._prefix = f"{prefix}earn:"
         self._catalog = catalog
         self.budget = budget
+        self._periods = _Periods.of(datetime.now(UTC))
+
+    def _periods_of(self, now: datetime) -> _Periods:
+        periods = self._periods
+        if not periods.holds(now):
+            periods = _Periods.of(now)
+            if periods.start > self._periods.start:
+                self._periods = periods  # a past time (a refund) does not replace the hour
+        return periods
 
     def _keys(self, user_id: uuid.UUID, action_type: str, now: datetime) -> list[str]:
         base = f"{self._prefix}{user_id}:{action_type}"
-        return [
-            f"{base}:open",
-            f"{base}:pace",
-            f"{base}:h:{now:%Y%m%d%H}",
-            f"{base}:d:{now:%Y%m%d}",
-        ]
+        periods = self._periods_of(now)
+        return [f"{base}:open", f"{base}:pace", f"{base}:{periods.hour}", f"{base}:{periods.day}"]
 
     def issue_input(
         self, ticket_key: str, user_id: uuid.UUID, action_type: str, spec: ActionSpec, now: datetime
@@ -197,7 +227,8 @@ class EarningRules:
         if spec is None:
             return keys, [0, 0, self.budget.interval_us, self.budget.burst_points, 0, 1, 1]
         capped = spec.per_day is not None or spec.per_hour is not None
-        hour_end, day_end = _period_ends(now)
+        periods = self._periods_of(now)
+        hour_end, day_end = periods.hour_end, periods.day_end
         margin = timedelta(minutes=5)  # the counters outlive their period a little
         return keys, [
             spec.per_hour or 0,
@@ -224,10 +255,10 @@ class EarningRules:
     ) -> EarningLimited:
         """The 429 for ``rule``; Retry-After until the rule lets the same request through."""
         spec = self._catalog.find(action_type)
-        hour_end, day_end = _period_ends(now)
+        periods = self._periods_of(now)
         retry_after_s = {
-            "period_cap_day": (day_end - now).total_seconds(),
-            "period_cap_hour": (hour_end - now).total_seconds(),
+            "period_cap_day": (periods.day_end - now).total_seconds(),
+            "period_cap_hour": (periods.hour_end - now).total_seconds(),
         }.get(rule, wait_ms / 1000)
         cap = None
         if spec is not None:
