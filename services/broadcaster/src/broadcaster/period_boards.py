@@ -34,7 +34,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broadcaster.redis_board import _LUA_COMMON, _REFRESH_LOCK, _RELEASE_LOCK
-from broadcaster.standings import user_of_member
 from common.keyspace import PeriodBoardKeys
 from common.redis_client import RedisClient
 
@@ -98,15 +97,16 @@ local function after(key, score, member)
 end
 local function entries(out, start, stop)
   for _, member in ipairs(redis.call('ZREVRANGE', KEYS[1], start, stop)) do
-    out[#out + 1] = member
-    out[#out + 1] = redis.call('HGET', KEYS[2], user_of(member)) or ''
+    local user_id = user_of(member)
+    out[#out + 1] = user_id
+    out[#out + 1] = redis.call('HGET', KEYS[2], user_id) or ''
   end
   return out
 end
 """
 
 # KEYS: rank, users, version, built. ARGV: limit, has cursor ('1'/'0'), cursor score, member.
-# Returns false when not built, else {version, players, first rank0, member, value, ...}.
+# Returns false when not built, else {version, players, first rank0, user id, value, ...}.
 _PAGE = (
     _LUA_COMMON
     + _AFTER
@@ -124,7 +124,7 @@ return entries(out, start, start + tonumber(ARGV[1]) - 1)
 )
 
 # KEYS: rank, users, version, built. ARGV: user_id, n. Returns false when not built, else
-# {version, players, player's rank0 (-1: not on the board), first rank0, member, value, ...}.
+# {version, players, player's rank0 (-1: not on the board), first rank0, user id, value, ...}.
 _AROUND = (
     _LUA_COMMON
     + _AFTER
@@ -221,10 +221,12 @@ def _ranked(rank: int, user_id: str, value: str) -> Ranked | None:
 
 
 def _slice(reply: list[Any], first_at: int, start: int) -> tuple[Ranked, ...]:
+    # Pairs of (user id, value) from the entries function: the script names the user it looked
+    # up, and the value holds the member, so no member is parsed here (a 1,000-entry page spent
+    # half its Python turning members back into user ids).
     out: list[Ranked] = []
     for i in range(first_at, len(reply), 2):
-        member = _text(reply[i])
-        entry = _ranked(start + len(out) + 1, str(user_of_member(member)), _text(reply[i + 1]))
+        entry = _ranked(start + len(out) + 1, _text(reply[i]), _text(reply[i + 1]))
         if entry is not None:
             out.append(entry)
     return tuple(out)
