@@ -1,4 +1,7 @@
-"""A store that does not answer becomes 503 with Retry-After; other failures stay 500."""
+"""A store that does not answer becomes 503 with Retry-After; other failures stay 500.
+
+Each case runs with the outage middleware and with the rejection middleware given the outages.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from structlog.testing import capture_logs
 
-from common.outages import outage_middleware
+from common.addresses import TrustedProxies
+from common.outages import CONNECTION_FAILURES, UNAVAILABLE_DETAIL, Outages, outage_middleware
+from common.rejections import rejection_middleware
 from common.web import create_base_app
 
 Client = TestClient[web.Request, web.Application]
@@ -34,6 +39,24 @@ async def _handler(request: web.Request) -> web.Response:
     raise FAILURES[request.match_info["kind"]]
 
 
+Mount = Callable[..., Middleware]
+
+
+def _in_rejections(
+    failures: tuple[type[BaseException], ...] = CONNECTION_FAILURES,
+    *,
+    retry_after_s: int = 2,
+    detail: str = UNAVAILABLE_DETAIL,
+) -> Middleware:
+    return rejection_middleware(TrustedProxies(), outages=Outages(failures, retry_after_s, detail))
+
+
+@pytest.fixture(params=[outage_middleware, _in_rejections], ids=["alone", "in_rejections"])
+def mount(request: pytest.FixtureRequest) -> Mount:
+    mount: Mount = request.param
+    return mount
+
+
 async def _client(aiohttp_client: ClientFactory, middleware: Middleware) -> Client:
     app = create_base_app("test")
     app.middlewares.append(middleware)
@@ -43,9 +66,9 @@ async def _client(aiohttp_client: ClientFactory, middleware: Middleware) -> Clie
 
 @pytest.mark.parametrize("kind", ["refused", "timeout", "postgres", "pool", "redis"])
 async def test_connection_failures_are_503_with_retry_after(
-    aiohttp_client: ClientFactory, kind: str
+    aiohttp_client: ClientFactory, mount: Mount, kind: str
 ) -> None:
-    client = await _client(aiohttp_client, outage_middleware())
+    client = await _client(aiohttp_client, mount())
     with capture_logs() as logs:
         resp = await client.get(f"/{kind}")
     assert resp.status == 503
@@ -53,20 +76,21 @@ async def test_connection_failures_are_503_with_retry_after(
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["detail"] == "a backing service is unavailable; retry shortly"
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["dependency_unavailable"]
+    assert not [e for e in logs if e["event"] == "security"]  # a 503 is no rejection
 
 
 @pytest.mark.parametrize("kind", ["bug", "redis-bug"])
-async def test_other_failures_stay_500(aiohttp_client: ClientFactory, kind: str) -> None:
-    client = await _client(aiohttp_client, outage_middleware())
+async def test_other_failures_stay_500(
+    aiohttp_client: ClientFactory, mount: Mount, kind: str
+) -> None:
+    client = await _client(aiohttp_client, mount())
     assert (await client.get(f"/{kind}")).status == 500
 
 
 async def test_a_service_names_its_own_outages_and_retry_after(
-    aiohttp_client: ClientFactory,
+    aiohttp_client: ClientFactory, mount: Mount
 ) -> None:
-    only_redis = outage_middleware(
-        (RedisError,), retry_after_s=1, detail="a dependency is unavailable"
-    )
+    only_redis = mount((RedisError,), retry_after_s=1, detail="a dependency is unavailable")
     client = await _client(aiohttp_client, only_redis)
     resp = await client.get("/redis-bug")  # every Redis error, for a service that needs Redis
     assert resp.status == 503

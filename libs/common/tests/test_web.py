@@ -59,6 +59,14 @@ async def test_valid_body(client: TestClient[web.Request, web.Application]) -> N
     assert resp.headers["X-Request-ID"]
 
 
+async def test_each_request_without_an_id_gets_a_new_one(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    ids = [(await client.post("/echo", json={"name": "x"})).headers["X-Request-ID"] for _ in "ab"]
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
+    assert ids[0] != ids[1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [

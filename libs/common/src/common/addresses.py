@@ -7,6 +7,7 @@ the one our own proxy appended; anything before it came from the client and can 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ def resolve_client_address(
     return peer or "unknown"
 
 
+# Kept per address: parsing and printing it was about 4% of the gateway's CPU per board read
+# (py-spy), and the same few clients ask again and again. Bounded, as addresses come from outside.
+@functools.lru_cache(maxsize=4096)
 def address_bucket(address: str) -> str:
     """The unit a per-address limit counts: an IPv4 address (also when IPv4-mapped), or an IPv6
     /64 (what one host or subscriber usually holds); anything unparsable counts as itself."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import re
 import struct
@@ -111,7 +110,8 @@ def _field(data: bytes | None) -> bytes:
 
 def compute_mac(secret: bytes, key: bytes | None, value: bytes | None) -> bytes:
     """HMAC-SHA256 over the record's key and value, each length-prefixed (no ambiguity)."""
-    return hmac.new(secret, _DOMAIN + _field(key) + _field(value), hashlib.sha256).digest()
+    # One-shot (OpenSSL's HMAC in one call), not hmac.new(): the gateway signs every command.
+    return hmac.digest(secret, _DOMAIN + _field(key) + _field(value), "sha256")
 
 
 class CommandSigner:

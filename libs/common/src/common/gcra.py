@@ -11,6 +11,7 @@ clock is Redis's own (``TIME``), so replicas with skewed clocks agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 # Times are integer microseconds: they stay exact as Lua doubles (< 2^53) and are written with
@@ -67,7 +68,8 @@ class Rate:
         """Microseconds between requests at the sustained rate."""
         return max(1, round(1_000_000 / self.per_second))
 
-    @property
+    @cached_property
     def script_args(self) -> tuple[int, int]:
-        """The script's (interval, tolerance) for this rate, in microseconds."""
+        """The script's (interval, tolerance) for this rate, in microseconds (computed once: the
+        gateway passes them with every limited request)."""
         return self.interval_us, self.interval_us * (self.burst - 1)

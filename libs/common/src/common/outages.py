@@ -2,11 +2,13 @@
 
 :func:`outage_middleware` turns the failures a service names into :class:`DependencyUnavailable`.
 Mount it inside :func:`common.rejections.rejection_middleware`, or right inside the problem
-middleware when a service has no rejections.
+middleware when a service has no rejections; or give the rejection middleware the
+:class:`Outages` to do both in one (one coroutine frame less per request).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
@@ -43,6 +45,20 @@ class DependencyUnavailable(ServiceUnavailable):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
+@dataclass(frozen=True)
+class Outages:
+    """Which failures mean a store did not answer, and the 503 they become."""
+
+    failures: tuple[type[BaseException], ...] = CONNECTION_FAILURES
+    retry_after_s: int = 2
+    detail: str = UNAVAILABLE_DETAIL
+
+    def unavailable(self, request: web.Request, exc: BaseException) -> DependencyUnavailable:
+        """Log ``exc`` once (``dependency_unavailable``); the problem to raise instead."""
+        log.error("dependency_unavailable", path=request.path, error=repr(exc))
+        return DependencyUnavailable(self.detail, retry_after_s=self.retry_after_s)
+
+
 def outage_middleware(
     failures: tuple[type[BaseException], ...] = CONNECTION_FAILURES,
     *,
@@ -51,13 +67,13 @@ def outage_middleware(
 ) -> Middleware:
     """Log each of ``failures`` once (``dependency_unavailable``) and answer
     :class:`DependencyUnavailable` instead."""
+    outages = Outages(failures, retry_after_s, detail)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except failures as exc:
-            log.error("dependency_unavailable", path=request.path, error=repr(exc))
-            raise DependencyUnavailable(detail, retry_after_s=retry_after_s) from exc
+        except outages.failures as exc:
+            raise outages.unavailable(request, exc) from exc
 
     return middleware

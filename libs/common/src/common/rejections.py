@@ -3,7 +3,9 @@ it was rejected for, and counted by that reason.
 
 A service mounts :func:`rejection_middleware` inside :func:`common.middlewares.problem_middleware`
 (which renders the problem afterwards, so the request metrics see the real status). The
-middleware also resolves the client's address (:mod:`common.addresses`) for handlers and logs.
+middleware also resolves the client's address (:mod:`common.addresses`) for handlers and logs,
+and, given :class:`common.outages.Outages`, turns a store's failures into 503 as
+:func:`common.outages.outage_middleware` would inside it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from common.addresses import TrustedProxies, client_address_key, request_client_address
 from common.middlewares import request_id_key
+from common.outages import Outages
 from common.problems import BadRequest, Problem
 
 log = structlog.get_logger(__name__)
@@ -68,12 +71,15 @@ def rejection_middleware(
     every_client_error: bool = True,
     count: Count | None = None,
     identity: Identity = _nobody,
+    outages: Outages | None = None,
 ) -> Middleware:
     """Resolve each request's client address (``request[client_address_key]``), and log each
     rejection as a security event: reason, status, ``identity``'s fields, address, method, path
     and request id; ``count`` counts it by reason. The problem is re-raised for the problem
-    middleware to render.
+    middleware to render. With ``outages``, their failures become
+    :class:`common.outages.DependencyUnavailable` (a 503, which is no rejection).
     """
+    stores = outages if outages is not None else Outages(failures=())
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -97,5 +103,7 @@ def rejection_middleware(
                     request_id=request.get(request_id_key),
                 )
             raise
+        except stores.failures as exc:
+            raise stores.unavailable(request, exc) from exc
 
     return middleware

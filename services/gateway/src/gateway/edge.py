@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
 from common.addresses import TrustedProxies, client_address_key
-from common.outages import outage_middleware
+from common.outages import Outages
 from common.rejections import Rejected, rejection_middleware
 from gateway.components import components_key
 from gateway.settings import Settings
@@ -42,15 +42,16 @@ def edge_middlewares(settings: Settings) -> list[Middleware]:
     def identity(request: web.Request, error: Rejected) -> dict[str, object]:
         return {"user": request.get(user_key)}
 
+    # One middleware for both: each is a coroutine frame on every request.
     return [
         rejection_middleware(
             TrustedProxies.of(settings.trusted_proxies),
             every_client_error=False,
             count=count,
             identity=identity,
-        ),
-        outage_middleware(
-            (RedisError,), retry_after_s=1, detail="a dependency is unavailable; retry shortly"
+            outages=Outages(
+                (RedisError,), retry_after_s=1, detail="a dependency is unavailable; retry shortly"
+            ),
         ),
     ]
 

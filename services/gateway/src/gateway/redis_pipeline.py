@@ -51,7 +51,8 @@ def pack(*args: Arg) -> bytes:
     """One command in RESP: an array of bulk strings."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = _encode(arg)
+        # Strings inline: a script call has some twenty arguments, nearly all of them str.
+        data = arg.encode() if type(arg) is str else _encode(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 

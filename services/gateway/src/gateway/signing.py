@@ -10,7 +10,6 @@ never takes it from the client.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from collections.abc import Iterable, Sequence
@@ -31,7 +30,7 @@ class TicketSigner:
     @staticmethod
     def _mac(key: bytes, action_id: uuid.UUID, user_id: uuid.UUID, action_type: str) -> str:
         message = f"v2|{action_id}|{user_id}|{action_type}"
-        return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(key, message.encode(), "sha256").hex()  # one-shot, in OpenSSL
 
     def sign(self, ticket: Ticket) -> str:
         """``<key id>.<hex HMAC>`` for the ticket."""
