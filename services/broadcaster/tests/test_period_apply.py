@@ -1,5 +1,6 @@
-"""Many board periods applied in one round trip (PeriodBoards.apply_all), on a Redis server and
-on a Redis Cluster: each period's answer in its place, a failing one alone."""
+"""Many board periods applied in one round trip (PeriodBoards.apply_all), and a period's pages,
+on a Redis server and on a Redis Cluster: each period's answer in its place, a failing one alone;
+pages whole, empty and past the end."""
 
 from __future__ import annotations
 
@@ -57,3 +58,30 @@ async def test_periods_apply_together_each_with_its_own_answer(
     assert again == [0] * len(built) + [None]
     await redis_client.delete(broken.built)
     await redis_client.delete(broken.rank)
+
+
+async def test_pages_of_a_period_whole_empty_and_past_the_end(
+    redis_client: RedisClient, test_env: TestEnv, redis_mode: str
+) -> None:
+    # The page script looks a page's players up in one HMGET: a page with nobody on it (an
+    # empty period, or a cursor at the last entry) must come back empty, not fail.
+    prefix = f"{test_env.redis_prefix}pg-{uuid.uuid4().hex[:8]}:"
+    periods = PeriodBoards(redis_client)
+    keys = PeriodBoardKeys.for_period(prefix, "b", "daily", "2026-02-01")
+    await periods.mark_built(keys, {"by": "test"}, None)
+    empty = await periods.page(keys, 10, None)
+    assert empty is not None
+    assert (empty.players, empty.entries) == (0, ())
+
+    entries = [_entry(score) for score in (30, 20, 10)]
+    await periods.apply(keys, entries, None)
+    whole = await periods.page(keys, 10, None)
+    assert whole is not None
+    assert [(e.rank, e.user_id, e.username, e.score) for e in whole.entries] == [
+        (i + 1, e.user_id, e.username, e.score) for i, e in enumerate(entries)
+    ]
+    assert [e.member for e in whole.entries] == [e.member for e in entries]
+    last = whole.entries[-1]
+    past = await periods.page(keys, 10, (last.score, last.member))
+    assert past is not None
+    assert (past.players, past.entries) == (3, ())

@@ -96,10 +96,18 @@ local function after(key, score, member)
   return lo
 end
 local function entries(out, start, stop)
-  for _, member in ipairs(redis.call('ZREVRANGE', KEYS[1], start, stop)) do
-    local user_id = user_of(member)
+  local members = redis.call('ZREVRANGE', KEYS[1], start, stop)
+  if #members == 0 then
+    return out
+  end
+  local users = {}
+  for i, member in ipairs(members) do
+    users[i] = user_of(member)
+  end
+  local values = redis.call('HMGET', KEYS[2], unpack(users))
+  for i, user_id in ipairs(users) do
     out[#out + 1] = user_id
-    out[#out + 1] = redis.call('HGET', KEYS[2], user_id) or ''
+    out[#out + 1] = values[i] or ''
   end
   return out
 end
