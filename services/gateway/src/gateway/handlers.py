@@ -110,7 +110,7 @@ async def submit_update(request: web.Request) -> web.Response:
         issued_at=redeemed.ticket.issued_at,
         accepted_at=redeemed.claimed_at,
     )
-    accepted = {"status": "accepted", "action_id": str(command.action_id), "points": spec.points}
+    accepted = {"status": "accepted", "action_id": command.action_id, "points": spec.points}
     if wait_s is None:
         await parts.publisher.publish_claimed(command)
         return json_response(accepted, status=202, headers=NO_STORE)

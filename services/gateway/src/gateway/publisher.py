@@ -164,12 +164,14 @@ class CommandPublisher:
         if producer is None:
             self._metrics.publish_failures.labels("not_connected").inc()
             raise PublishFailed("not_connected")
-        value = encode(ScoreCommandEvent.wrap(command, source=GATEWAY_SOURCE))
-        key = str(command.user_id).encode()
+        event = ScoreCommandEvent.wrap(command, source=GATEWAY_SOURCE)
+        value = encode(event)
+        # The event's subject and id are the user and action ids as text, already formatted.
+        key = event.subject.encode()
         started = time.perf_counter()
         # The aiokafka instrumentation makes the send span and puts its traceparent in the
         # headers; the request's span says which action this was.
-        trace.get_current_span().set_attribute("scoreboard.action_id", str(command.action_id))
+        trace.get_current_span().set_attribute("scoreboard.action_id", event.id)
         try:
             async with asyncio.timeout(self._timeout):
                 await producer.send_and_wait(
