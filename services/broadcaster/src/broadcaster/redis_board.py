@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from redis.asyncio.cluster import RedisCluster
+
 from broadcaster.standings import Entry, Removal, ScoreRow, Standing, TopSnapshot, member_for
 from common.events import ScoreChanged
 from common.keyspace import APPLIED_TTL_S, DONE_APPLIED, BoardKeys, done_key, ticket_key
@@ -265,6 +267,23 @@ end
 return #ARGV - 1
 """
 
+# On a Redis server (not a cluster, whose slots keep each action's keys apart): what
+# RedisBoard._confirm does, in one call. KEYS: per action its done marker and ticket.
+# ARGV: the marker's value, the TTL of a new marker (s), the applied channel, then the notices.
+_CONFIRM = """
+local value, ttl, channel = ARGV[1], ARGV[2], ARGV[3]
+for i = 1, #KEYS, 2 do
+  if not redis.call('SET', KEYS[i], value, 'XX', 'KEEPTTL') then
+    redis.call('SET', KEYS[i], value, 'NX', 'EX', ttl)
+  end
+  redis.call('DEL', KEYS[i + 1])
+end
+for i = 4, #ARGV do
+  redis.call('PUBLISH', channel, ARGV[i])
+end
+return #KEYS / 2
+"""
+
 _REFRESH_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -320,6 +339,8 @@ class RedisBoard:
         self._refresh_lock = redis.register_script(_REFRESH_LOCK)
         self._release_lock = redis.register_script(_RELEASE_LOCK)
         self._publish = self._actions.register_script(_PUBLISH)
+        self._confirm_all = self._actions.register_script(_CONFIRM)
+        self._actions_clustered = isinstance(self._actions, RedisCluster)
 
     async def apply_changes(
         self, changes: Sequence[ScoreChanged], on_board: Callable[[], None] = lambda: None
@@ -355,9 +376,19 @@ class RedisBoard:
         applied again after a failure here finishes the job (the board part is then a no-op,
         and announces nothing: a ``Prefer: wait`` request then answers 202 at its timeout, as
         for any notice it misses). The notices go last, so a client told its action is applied
-        finds the marker applied.
+        finds the marker applied. On a Redis server all of it is one script call instead (three
+        commands an action, packed one by one, were an eighth of the broadcaster's CPU under
+        load).
         """
         if not action_ids:
+            return
+        if not self._actions_clustered:
+            keys = []
+            for action_id in action_ids:
+                keys += [done_key(self.prefix, action_id), ticket_key(self.prefix, action_id)]
+            args: list[str | int | bytes] = [DONE_APPLIED, APPLIED_TTL_S, self.keys.applied]
+            args += notices
+            await self._confirm_all(keys=keys, args=args)
             return
         async with self._actions.pipeline(transaction=False) as pipe:
             for action_id in action_ids:
